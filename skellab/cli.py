@@ -79,6 +79,15 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.checks import check_dataset
+
+    report = check_dataset(args.dir, samples_per_shape=args.samples, progress=not args.quiet)
+    print(json.dumps(report, indent=1))
+    ok = report["watertight"] == report["shapes"] and report["sign_agreement"] >= 0.999
+    return 0 if ok else 1
+
+
 def _cmd_data_import(args: argparse.Namespace) -> int:
     from .data.build import import_files
 
@@ -124,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(func=_cmd_data_info)
+    c = dsub.add_parser("check", help="re-verify meshes and SDF signs (exact winding number)")
+    c.add_argument("dir")
+    c.add_argument("--samples", type=_positive_int, default=2000, help="SDF samples checked per shape")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_data_check)
     im = dsub.add_parser("import", help="add your own meshes or label volumes to a dataset")
     im.add_argument("files", nargs="+", help="mesh files (STL, PLY, OBJ, OFF, GIFTI) or NIfTI label volumes")
     im.add_argument("--class", dest="organ", required=True, help="organ class name")

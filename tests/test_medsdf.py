@@ -174,3 +174,13 @@ def test_cli_bad_flags_exit_nonzero_without_traceback():
     code, _, err = _run_cli("data", "build", "--out", "never", "--bogus")
     assert code == 2 and "Traceback" not in err and "unrecognized" in err
     assert main(["data", "info", "/definitely/not/here"]) == 2
+
+
+def test_check_dataset_confirms_watertight_meshes_and_signs(tiny_dataset):
+    from skellab.data.checks import check_dataset
+
+    report = check_dataset(tiny_dataset, samples_per_shape=500, progress=False)
+    assert report["shapes"] == report["watertight"] == 20
+    assert report["sign_agreement"] >= 0.999
+    code, out, _ = _run_cli("data", "check", tiny_dataset, "--samples", "200", "--quiet")
+    assert code == 0 and json.loads(out)["sign_checked_points"] == 4000
