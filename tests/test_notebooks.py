@@ -11,6 +11,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Small parameters per notebook (CPU, seconds); the dataset comes from the tiny fixture.
 SMALL = {
     "01_medsdf_data": {"slice_resolution": 48, "show_real": True},
+    "02_skeletonization": {"num_points": 1024, "k": 256, "train_steps": 5},
 }
 
 
