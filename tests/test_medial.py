@@ -173,3 +173,34 @@ def test_dispatcher_batches_and_numpy_input():
     single = skeletonize(points.numpy(), normals.numpy(), k=64)
     assert torch.allclose(single.centers, out[0].centers, atol=1e-6)
     assert single.edges.shape[1] == 2 and single.meta["kept"] > 0
+
+
+def test_radius_bound_matches_reference_rho():
+    # The coordinate-major bound is the same test as _rho over the FPS samples.
+    import math
+
+    from skellab.skeleton.medial import _radius_bound, _rho
+    from skellab.skeleton.ops import farthest_point_sampling, gather
+
+    mesh = CASES["torus"]()[0]
+    pts, face = trimesh.sample.sample_surface(mesh, 900, seed=5)
+    x = torch.tensor(pts, dtype=torch.float32)[None].repeat(2, 1, 1)
+    n = torch.tensor(mesh.face_normals[face], dtype=torch.float32)[None].repeat(2, 1, 1)
+    sin_half = math.sin(math.radians(30.0))
+    bound, q = _radius_bound(x, n, x, 48, sin_half)
+    sel = farthest_point_sampling(x, 48)
+    ref_bound, arg = _rho(x, n, gather(x, sel).unsqueeze(1), sin_half).min(-1)
+    assert torch.allclose(bound, ref_bound, rtol=1e-5) and bool(torch.isfinite(bound).all())
+    assert (q == torch.gather(sel, 1, arg)).float().mean() > 0.99  # ties may break either way
+
+
+def test_default_ball_subset_still_recovers_torus_axis():
+    # Default: 1024 strided balls; all N balls (num_balls=None) must stay as accurate.
+    mesh, _, axis, _ = _torus_case()
+    pts, face = trimesh.sample.sample_surface(mesh, N_POINTS, seed=0)
+    p = torch.tensor(pts, dtype=torch.float32)
+    nrm = torch.tensor(mesh.face_normals[face], dtype=torch.float32)
+    for cfg in (MedialConfig(), MedialConfig(num_balls=None)):
+        sk = skeletonize(p, nrm, method="medial", k=K, config=cfg)
+        c = sk.centers.detach().double().numpy()
+        assert cKDTree(axis).query(c)[0].mean() <= 0.02 and cKDTree(c).query(axis)[0].mean() <= 0.02

@@ -53,7 +53,7 @@ class MedialConfig:
     separation_deg: float = 60.0  # ignore samples subtending ∠pcq below this (noise rule)
     min_object_deg: float = 90.0  # drop balls whose final ∠pcq* is below this (spurious branches)
     tol: float = 1e-3  # a step must shrink r by more than this fraction to count
-    num_balls: int | None = None  # surface samples that get a ball (None: all N; else a random subset)
+    num_balls: int | None = 1024  # surface samples that get a ball (None: all N; else a subset, strided or random)
     bound_samples: int = 64  # FPS samples giving each ball a tight starting radius (0: start at max_radius)
     knn_backend: str = "auto"  # "auto" | "kdtree" | "dense" nearest-neighbour search (see ops.NeighborIndex)
 
@@ -110,9 +110,23 @@ def _rho(p: torch.Tensor, n: torch.Tensor, q: torch.Tensor, sin_half: float) -> 
 def _radius_bound(
     p: torch.Tensor, n: torch.Tensor, points: torch.Tensor, s: int, sin_half: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper bound (B, M) on each medial radius from s FPS samples, and the sample (B, M) giving it."""
+    """Upper bound (B, M) on each medial radius from s FPS samples, and the sample (B, M) giving it.
+
+    Same arithmetic as :func:`_rho` (exact differences, so near neighbours of ``p`` are
+    rejected reliably), but laid out coordinate-major: nine (B, M, s) elementwise ops
+    instead of (B, M, s, 3) difference tensors reduced over a length-3 axis.
+    """
     sel = farthest_point_sampling(points, min(s, points.shape[1]))  # (B, s)
-    bound, arg = _rho(p, n, gather(points, sel).unsqueeze(1), sin_half).min(-1)
+    q = gather(points, sel).transpose(1, 2)  # (B, 3, s)
+    num = den = None
+    for j in range(3):
+        dj = p[..., j : j + 1] - q[:, j : j + 1, :]  # (B, M, s) component j of p − q
+        nj = n[..., j : j + 1] * dj
+        num = dj * dj if num is None else num.addcmul_(dj, dj)
+        den = nj if den is None else den.add_(nj)
+    ok = den > sin_half * num.sqrt() + 1e-12  # inside the cone ⟺ ∠pcq ≥ separation angle
+    rho = num.div_(den.clamp_min_(1e-12).mul_(2.0)).masked_fill_(~ok, torch.inf)
+    bound, arg = rho.min(-1)
     return bound, torch.gather(sel, 1, arg)
 
 

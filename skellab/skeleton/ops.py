@@ -178,7 +178,7 @@ class NeighborIndex:
         self._trees = None
         if backend == "kdtree":
             arr = ref.detach().cpu().numpy()
-            self._trees = [cKDTree(a) for a in arr]
+            self._trees = [cKDTree(a, leafsize=32) for a in arr]
 
     @property
     def num_points(self) -> int:
