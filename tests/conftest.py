@@ -12,3 +12,19 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("medsdf") / "tiny"
     build_dataset(root, preset_name="tiny", workers=1, progress=False)
     return root
+
+
+def run_cli(*args):
+    """Run ``skellab`` in-process; return (exit code, stdout, stderr) like a subprocess would."""
+    import contextlib
+    import io
+
+    from skellab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()

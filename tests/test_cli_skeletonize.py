@@ -8,7 +8,14 @@ import pytest
 import trimesh
 
 
+from conftest import run_cli
+
+
 def _cli(*args):
+    return run_cli("skeletonize", *args)
+
+
+def _subprocess_cli(*args):
     p = subprocess.run([sys.executable, "-m", "skellab.cli", "skeletonize", *map(str, args)],
                        capture_output=True, text=True)
     return p.returncode, p.stdout, p.stderr
@@ -26,7 +33,7 @@ def capsule_stl(tmp_path_factory):
 
 def test_medial_skeleton_overlays_the_input_mesh(capsule_stl, tmp_path):
     out = tmp_path / "skel.npz"
-    code, stdout, err = _cli(capsule_stl, "--out", out, "--points", "64")
+    code, stdout, err = _subprocess_cli(capsule_stl, "--out", out, "--points", "64")  # real entry point
     assert code == 0, err
     z = np.load(out)
     assert z["centers"].dtype == np.float32 and z["centers"].shape == (64, 3)

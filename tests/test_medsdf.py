@@ -19,8 +19,11 @@ from skellab.data.medsdf import MedSDF, read_manifest
 from skellab.data.sampling import sign_agreement
 
 
-def _run_cli(*args):
-    """Run the real console entry point; return (code, stdout, stderr)."""
+from conftest import run_cli as _run_cli
+
+
+def _run_subprocess(*args):
+    """Run the real console entry point in a new process; return (code, stdout, stderr)."""
     proc = subprocess.run([sys.executable, "-m", "skellab.cli", *map(str, args)], capture_output=True, text=True)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -77,7 +80,7 @@ def test_corrupt_sample_file_is_detected(tiny_dataset, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-100] + b"x" * 100)
     with pytest.raises(SkellabError, match="checksum mismatch"):
         MedSDF.open(root).samples(ds.ids()[0])
-    code, _, err = _run_cli("data", "info", root, "--verify")
+    code, _, err = _run_subprocess("data", "info", root, "--verify")  # the real entry point, end to end
     _assert_clean_error(code, err, "checksum mismatch")
 
 

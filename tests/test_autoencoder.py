@@ -1,0 +1,218 @@
+"""Skeletal latent autoencoder: shapes, errors, the sphere prior, overfitting, checkpoints, training."""
+
+import math
+
+import pytest
+import torch
+
+from skellab.autoencoder import (
+    AutoencoderConfig,
+    Latent,
+    SkeletalAutoencoder,
+    load_autoencoder,
+    save_autoencoder,
+    sphere_union_sdf,
+    tiny_config,
+    train_autoencoder,
+)
+from skellab.autoencoder.train import DEFAULT_WEIGHTS
+from skellab.errors import SkellabError
+
+TINY = AutoencoderConfig(num_tokens=16, num_surface=128, encoder_width=32, encoder_blocks=1, group_k=8,
+                         num_frequencies=3, decoder_width=32, decoder_heads=2, decoder_blocks=1)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models step 10-40x faster single-threaded on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sphere_cloud(n: int, radius: float = 0.5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, n, 3, generator=g)
+    nrm = x / x.norm(dim=-1, keepdim=True)
+    return radius * nrm, nrm
+
+
+def chain(k: int = 16):
+    t = torch.linspace(-0.5, 0.5, k)
+    centers = torch.stack([t, 0.1 * torch.sin(4 * t), torch.zeros(k)], -1)[None]
+    radii = (0.2 + 0.05 * torch.cos(5 * t))[None]
+    return centers, radii
+
+
+def test_shapes_and_prior():
+    torch.manual_seed(0)
+    model = SkeletalAutoencoder(config=TINY).eval()
+    pts, nrm = sphere_cloud(TINY.num_surface)
+    c, r = chain(TINY.num_tokens)
+    lat = model.encode(pts, nrm, c, r)
+    assert lat.tokens.shape == (1, 16, 16) and lat.features.shape == (1, 16, 12)
+    assert torch.equal(lat.centers, c) and torch.equal(lat.radii, r)
+    # standardised features: zero mean, unit variance per token
+    assert lat.features.mean(-1).abs().max() < 1e-5
+    q = torch.rand(1, 300, 3) * 2 - 1
+    sdf = model.decode(lat, q)
+    assert sdf.shape == (1, 300) and sdf.abs().max() <= TINY.truncation + 1e-6
+    # the output head starts at zero: an untrained model decodes the union of skeletal spheres
+    prior = sphere_union_sdf(q, c, r).clamp(-TINY.truncation, TINY.truncation)
+    assert torch.allclose(sdf, prior, atol=1e-6)
+    assert torch.allclose(model.decode(lat, q, chunk=64), sdf, atol=1e-6)
+
+
+def test_surface_tokens_and_class_conditioning():
+    cfg = TINY.replace(token_source="surface", sphere_prior=False, num_classes=3, class_conditioning=True)
+    model = SkeletalAutoencoder(config=cfg)
+    pts, nrm = sphere_cloud(cfg.num_surface)
+    lat = model.encode(pts, nrm, class_index=torch.tensor([2]))
+    assert lat.radii.abs().max() == 0 and lat.class_index.tolist() == [2]
+    assert (lat.centers.norm(dim=-1) - 0.5).abs().max() < 1e-5  # FPS picks surface points
+    with pytest.raises(SkellabError, match="class_index"):
+        model.encode(pts, nrm)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(token_source="surface"), "sphere_prior"),
+        (dict(token_source="medial"), "token_source"),
+        (dict(decoder_width=30, decoder_heads=4), "divisible"),
+        (dict(truncation=0.0), "truncation"),
+        (dict(class_conditioning=True), "num_classes"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(SkellabError, match=match):
+        TINY.replace(**kwargs)
+
+
+def test_input_errors():
+    model = SkeletalAutoencoder(config=TINY)
+    pts, nrm = sphere_cloud(TINY.num_surface)
+    c, r = chain(TINY.num_tokens)
+    with pytest.raises(SkellabError, match="points"):
+        model.encode(pts[0], nrm[0], c, r)
+    with pytest.raises(SkellabError, match="normals"):
+        model.encode(pts, None, c, r)
+    with pytest.raises(SkellabError, match="radii"):
+        model.encode(pts, nrm, c, r[:, :5])
+    with pytest.raises(SkellabError, match="batch"):
+        model.encode(pts, nrm, c.expand(2, -1, -1), r.expand(2, -1))
+    with pytest.raises(SkellabError, match="centers"):
+        model.encode(pts, nrm, None, None)
+    lat = model.encode(pts, nrm, c, r)
+    with pytest.raises(SkellabError, match="queries"):
+        model.decode(lat, torch.zeros(1, 10, 2))
+    with pytest.raises(SkellabError, match="channels"):
+        model.decode(Latent(torch.zeros(1, 16, 10)), torch.zeros(1, 10, 3))
+    with pytest.raises(SkellabError, match="Latent"):
+        model.decode(lat.tokens, torch.zeros(1, 10, 3))
+    with pytest.raises(SkellabError, match="tokens"):
+        Latent(torch.zeros(16, 16))
+
+
+def test_overfits_a_sphere(one_thread):
+    """A wrong skeleton (radii 0.15 instead of the sphere's 0.5) must be corrected by the residual."""
+    torch.manual_seed(0)
+    cfg = TINY.replace(skeleton_weight=0.0, truncation=0.5)
+    model = SkeletalAutoencoder(config=cfg)
+    pts, nrm = sphere_cloud(cfg.num_surface)
+    c = 0.2 * torch.randn(1, cfg.num_tokens, 3, generator=torch.Generator().manual_seed(1))
+    r = torch.full((1, cfg.num_tokens), 0.15)
+    g = torch.Generator().manual_seed(2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(250):
+        q = torch.rand(1, 512, 3, generator=g) * 2 - 1
+        sdf = q.norm(dim=-1) - 0.5
+        loss = model.loss(model.encode(pts, nrm, c, r), q, sdf)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first / 10, (first, last)
+    with torch.no_grad():
+        q = torch.tensor([[[0.0, 0.0, 0.0], [0.9, 0.0, 0.0]]])
+        out = model.decode(model.encode(pts, nrm, c, r), q)[0]
+    assert out[0] < -0.3 and out[1] > 0.3
+
+
+def test_skeleton_constraint_term():
+    model = SkeletalAutoencoder(config=TINY.replace(skeleton_weight=1.0))
+    pts, nrm = sphere_cloud(TINY.num_surface)
+    c, r = chain(TINY.num_tokens)
+    lat = model.encode(pts, nrm, c, r)
+    q = torch.rand(1, 64, 3)
+    losses = model.loss(lat, q, q.norm(dim=-1) - 0.5)
+    assert losses["skeleton"] > 0 and math.isclose(float(losses["total"].detach()), float(losses["sdf"] + losses["skeleton"]), rel_tol=1e-5)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    model = SkeletalAutoencoder(config=TINY.replace(num_classes=2), classes=["a", "b"]).eval()
+    with torch.no_grad():
+        model.out[1].weight.normal_()  # make the decoder output differ from the prior
+    path = save_autoencoder(tmp_path / "ae.pt", model, step=7, metrics={"val": 0.1})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "skellab.autoencoder/1" and raw["config"]["num_tokens"] == 16
+    back = load_autoencoder(path)
+    assert back.classes == ["a", "b"] and back.checkpoint_info["step"] == 7
+    pts, nrm = sphere_cloud(TINY.num_surface)
+    c, r = chain(TINY.num_tokens)
+    q = torch.rand(1, 50, 3)
+    with torch.no_grad():
+        assert torch.allclose(model(pts, nrm, c, r, q), back(pts, nrm, c, r, q))
+
+    with pytest.raises(SkellabError, match="not found"):
+        load_autoencoder(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(SkellabError, match="corrupt"):
+        load_autoencoder(tmp_path / "corrupt.pt")
+    torch.save({"format": "skellab.diffusion/1"}, tmp_path / "other.pt")
+    with pytest.raises(SkellabError, match="not a skellab.autoencoder/1"):
+        load_autoencoder(tmp_path / "other.pt")
+    raw["config"]["decoder_width"] = 64  # weights no longer fit the config
+    torch.save(raw, tmp_path / "mismatch.pt")
+    with pytest.raises(SkellabError, match="do not fit"):
+        load_autoencoder(tmp_path / "mismatch.pt")
+    with pytest.raises(SkellabError, match="differs"):
+        load_autoencoder(path, expect=TINY)
+
+
+def test_train_tiny(tiny_dataset, tmp_path):
+    model_cfg, train_cfg = tiny_config(steps=4, val_every=2, num_queries=128)
+    model, hist = train_autoencoder(tiny_dataset, config=model_cfg, train_config=train_cfg, device="cpu",
+                                    out=tmp_path / "run", progress=False)
+    assert hist["step"] == [1, 2, 3, 4] and len(hist["val_sdf"]) == 2
+    assert all(math.isfinite(x) for x in hist["loss"])
+    assert (tmp_path / "run" / "skeletons.npz").is_file() and (tmp_path / "run" / "history.json").is_file()
+    back = load_autoencoder(tmp_path / "run" / "autoencoder.pt", expect=model.config)
+    assert back.classes == model.classes and model.config.num_classes == len(model.classes)
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped weights not present")
+def test_shipped_weights_load():
+    model = load_autoencoder()
+    assert model.config.num_tokens == 256 and model.config.token_dim == 16
+
+
+def test_encode_points_skeletonizes():
+    from skellab.autoencoder import encode_points
+
+    model = SkeletalAutoencoder(config=TINY).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g)
+    nrm = x / x.norm(dim=-1, keepdim=True)
+    pts = nrm * torch.tensor([0.9, 0.4, 0.3])  # an ellipsoid: medial axis inside, radii < 0.4
+    nrm = pts / torch.tensor([0.9, 0.4, 0.3]) ** 2
+    nrm = nrm / nrm.norm(dim=-1, keepdim=True)
+    lat = encode_points(model, pts, nrm)
+    assert lat.tokens.shape == (1, 16, 16)
+    assert (lat.radii > 0).all() and (lat.radii < 0.45).all()
+    with pytest.raises(SkellabError, match="at least"):
+        encode_points(model, pts[:50], nrm[:50])
