@@ -217,10 +217,14 @@ def import_files(
         if shape_id in taken:
             raise SkellabError(f"{path}: a shape with id {shape_id!r} is already in {root}")
         taken.add(shape_id)
-        shapes.append(
-            load_shape_file(path, organ=organ, shape_id=shape_id, label=label,
-                            source=source or f"user:{Path(path).name}", license=license)
-        )
+        try:
+            shapes.append(
+                load_shape_file(path, organ=organ, shape_id=shape_id, label=label,
+                                source=source or f"user:{Path(path).name}", license=license)
+            )
+        except SkellabError as exc:  # name the file, not only the shape id
+            message = str(exc).replace(f"{shape_id}: ", "")
+            raise SkellabError(message if Path(path).name in message else f"{Path(path).name}: {message}") from exc
     cfg = SampleConfig.from_dict(existing["sample_config"]) if existing else SampleConfig()
     root.mkdir(parents=True, exist_ok=True)
     records, failures = _run([("shape", s, s.shape_id) for s in shapes], root, cfg, workers, progress, "import")
