@@ -197,8 +197,14 @@ def test_train_tiny(tiny_dataset, tmp_path):
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped weights not present")
 def test_shipped_weights_load():
+    import hashlib
+    import json
+
     model = load_autoencoder()
     assert model.config.num_tokens == 256 and model.config.token_dim == 16
+    index = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert index["sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert index["config"] == model.config.to_dict() and DEFAULT_WEIGHTS.stat().st_size < 8_000_000
 
 
 def test_encode_points_skeletonizes():
