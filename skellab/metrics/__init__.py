@@ -1,4 +1,7 @@
-"""Metrics: reconstruction (Chamfer, EMD, F-score, Hausdorff), with explicit conventions."""
+"""Metrics with explicit conventions: reconstruction (Chamfer, EMD, F-score, Hausdorff) and
+generation (MMD, COV, 1-NNA after PointFlow; Betti numbers)."""
+
+from .generation import betti_error, betti_numbers, coverage, generation_metrics, mmd, one_nna, pairwise_distances
 
 from .reconstruction import (
     CHAMFER_CONVENTIONS,
@@ -12,6 +15,13 @@ from .reconstruction import (
 )
 
 __all__ = [
+    "betti_error",
+    "betti_numbers",
+    "coverage",
+    "generation_metrics",
+    "mmd",
+    "one_nna",
+    "pairwise_distances",
     "CHAMFER_CONVENTIONS",
     "chamfer_distance",
     "emd",

@@ -1,0 +1,186 @@
+"""The token-set denoiser: a transformer over the K unordered skeletal tokens (METHOD §6).
+
+No positional embedding anywhere, so the network is **permutation-equivariant**:
+permuting the K input tokens permutes the K outputs the same way (a latent is a set).
+The noise condition (DDPM's t or EDM's c_noise(σ), see :mod:`.schedulers`) goes through
+a sinusoidal embedding and an MLP; the class goes through an embedding table with one
+extra learned **null class** (index ``num_classes``) used for unconditional predictions
+and classifier-free guidance. Their sum conditions every block by adaLN-Zero (Peebles &
+Xie 2023, "DiT"): LayerNorm without affine → per-channel scale/shift from the condition →
+attention or MLP → a gate, initialised to zero so every block starts as the identity.
+The output layer is zero-initialised too (an untrained network outputs 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SkellabError
+
+__all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null"]
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Architecture of :class:`TokenDenoiser` (and its classifier-free-guidance dropout)."""
+
+    token_dim: int = 16  # D, numbers per token: xyz 3 + radius 1 + features 12
+    width: int = 256  # transformer channels (paper: 512)
+    depth: int = 6  # transformer blocks (paper: 6)
+    heads: int = 8  # attention heads (paper: 8)
+    time_embed_dim: int = 128  # sinusoidal noise-condition embedding size (paper: 128)
+    mlp_ratio: float = 4.0  # hidden width of each block's MLP, as a multiple of width
+    num_classes: int = 0  # organ classes; 0 = unconditional model (only the null class)
+    class_dropout: float = 0.2  # P(class → null) per training sample, for classifier-free guidance (paper: 0.2)
+    dropout: float = 0.0  # dropout inside attention and MLP
+
+    def __post_init__(self) -> None:
+        if min(self.token_dim, self.width, self.depth, self.heads, self.time_embed_dim) < 1:
+            raise SkellabError("DenoiserConfig: token_dim, width, depth, heads, time_embed_dim must be >= 1")
+        if self.width % self.heads:
+            raise SkellabError(f"DenoiserConfig: width {self.width} is not divisible by heads {self.heads}")
+        if self.time_embed_dim % 2:
+            raise SkellabError(f"DenoiserConfig: time_embed_dim must be even, got {self.time_embed_dim}")
+        if self.num_classes < 0 or not 0 <= self.class_dropout < 1 or not 0 <= self.dropout < 1:
+            raise SkellabError("DenoiserConfig: num_classes >= 0, class_dropout and dropout in [0, 1)")
+
+    # presets -------------------------------------------------------------
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "DenoiserConfig":
+        """CI / CPU preset: width 64, depth 2, 4 heads (~0.17 M parameters)."""
+        return replace(cls(width=64, depth=2, heads=4, time_embed_dim=64), **overrides)
+
+    @classmethod
+    def default(cls, **overrides: Any) -> "DenoiserConfig":
+        """skellab's default: width 256, depth 6, 8 heads (~7.3 M parameters; trainable on CPU, slowly)."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "DenoiserConfig":
+        """The paper's size: width 512, depth 6, 8 heads, time embedding 128 (~29 M parameters)."""
+        return replace(cls(width=512), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DenoiserConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SkellabError(f"DenoiserConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B,) → (B, dim): [cos(t·f_i), sin(t·f_i)], f_i = max_period^(−i/(dim/2)).
+
+    As the Transformer's positional encoding and DDPM's timestep embedding; t may be a
+    real number (EDM's c_noise = ¼ ln σ ∈ [−1.6, 1.1]: the high frequencies resolve it).
+    Differentiable in t.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def class_or_null(class_index: torch.Tensor | None, num_classes: int, batch: int, device: torch.device) -> torch.Tensor:
+    """(B,) embedding-table indices: class_index, with None / negative entries → the null class ``num_classes``."""
+    if class_index is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    c = torch.as_tensor(class_index, device=device).long().reshape(-1)
+    if c.shape[0] != batch:
+        raise SkellabError(f"class_index has {c.shape[0]} entries for a batch of {batch}")
+    if (c >= num_classes).any():
+        raise SkellabError(f"class_index must be < num_classes={num_classes} (negative: unconditional)")
+    return torch.where(c < 0, torch.full_like(c, num_classes), c)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]  # (B, K, W) with (B, W) → broadcast over tokens
+
+
+class _Block(nn.Module):
+    """adaLN-Zero transformer block over the token set."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+                                 nn.Linear(hidden, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        b, k, w = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, W) each
+        h = _modulate(self.norm1(x), shift1, scale1)
+        q, kk, v = self.qkv(h).reshape(b, k, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, K, hs)
+        a = F.scaled_dot_product_attention(q, kk, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + gate1[:, None] * self.proj(a.transpose(1, 2).reshape(b, k, w))
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class TokenDenoiser(nn.Module):
+    """Permutation-equivariant transformer denoiser for token sets ``(B, K, D)``.
+
+    ``forward(x, t, class_index)``:
+
+    x           : (B, K, D) noisy (already scheduler-scaled) standardised tokens
+    t           : (B,) float noise condition from ``scheduler.scale_model_input`` (DDPM t or EDM c_noise)
+    class_index : (B,) int64 in [0, num_classes), negative = null class; or None (all null)
+    returns     : (B, K, D) raw network output (ε, v, x₀ or EDM's F, per the scheduler)
+
+    Differentiable in x (and t). ``null_class`` is the index of the learned
+    unconditional embedding, ``num_classes``.
+    """
+
+    def __init__(self, *, config: DenoiserConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or DenoiserConfig()
+        self.null_class = cfg.num_classes
+        self.input = nn.Linear(cfg.token_dim, cfg.width)
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.width), nn.SiLU(),
+                                      nn.Linear(cfg.width, cfg.width))
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class
+        nn.init.normal_(self.class_embed.weight, std=1.0)  # as strong as the time signal from step 0
+        self.blocks = nn.ModuleList(_Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+        self.output = nn.Linear(cfg.width, cfg.token_dim)
+        for lin in (self.ada_out[1], self.output):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def class_or_null(self, class_index: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) embedding indices: the class, or ``null_class`` where None / negative."""
+        return class_or_null(class_index, self.config.num_classes, batch, device)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.config.token_dim:
+            raise SkellabError(f"denoiser input must be (B, K, {self.config.token_dim}), got {tuple(x.shape)}")
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)  # (B,), a scalar is broadcast
+        c = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim)) \
+            + self.class_embed(self.class_or_null(class_index, b, x.device))  # (B, W)
+        h = self.input(x)  # (B, K, W)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+        return self.output(_modulate(self.norm_out(h), shift, scale))  # (B, K, D)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,186 @@
+"""Token denoiser, guidance, sampling loop, a tiny training run and checkpoints."""
+
+import pytest
+import torch
+
+from skellab.diffusion import (
+    DDIMScheduler,
+    DenoiserConfig,
+    EDMScheduler,
+    LatentNormalizer,
+    TokenDenoiser,
+    guided_output,
+    load_diffusion,
+    make_synthetic_latents,
+    sample_latents,
+    save_diffusion,
+    train_diffusion,
+)
+from skellab.errors import SkellabError
+from skellab.runtime import make_generator
+
+
+def _random_model(num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    model = TokenDenoiser(config=DenoiserConfig.tiny(num_classes=num_classes)).eval()
+    with torch.no_grad():  # the zero-initialised gates/outputs would make every test trivial
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_presets_and_shapes():
+    tiny, default, paper = DenoiserConfig.tiny(), DenoiserConfig.default(), DenoiserConfig.paper()
+    assert (tiny.width, tiny.depth) == (64, 2) and (default.width, default.depth, default.heads) == (256, 6, 8)
+    assert paper.width == 512 and paper.time_embed_dim == 128 and paper.class_dropout == 0.2
+    model = _random_model()
+    out = model(torch.randn(2, 10, 16), torch.tensor([0.3, -1.0]), torch.tensor([0, 2]))
+    assert out.shape == (2, 10, 16)
+    assert DenoiserConfig.from_dict(tiny.to_dict()) == tiny
+    with pytest.raises(SkellabError):
+        DenoiserConfig(width=30, heads=4)
+    with pytest.raises(SkellabError):
+        model(torch.randn(2, 10, 15), torch.zeros(2), None)
+    with pytest.raises(SkellabError):
+        model(torch.randn(2, 10, 16), torch.zeros(2), torch.tensor([0, 3]))  # 3 = null, not a class
+
+
+def test_untrained_denoiser_outputs_zero():
+    model = TokenDenoiser(config=DenoiserConfig.tiny(num_classes=2))
+    assert model(torch.randn(2, 5, 16), torch.zeros(2), torch.tensor([0, 1])).abs().max() == 0
+
+
+def test_permutation_equivariance():
+    model = _random_model()
+    x = torch.randn(3, 17, 16)
+    t, c = torch.tensor([5.0, 100.0, 700.0]), torch.tensor([0, 1, 2])
+    perm = torch.randperm(17)
+    with torch.no_grad():
+        out, out_perm = model(x, t, c), model(x[:, perm], t, c)
+    assert torch.allclose(out[:, perm], out_perm, atol=1e-5)
+    assert not torch.allclose(out[:, perm], out, atol=1e-3)  # it really depends on the tokens
+
+
+def test_class_and_time_conditioning_change_the_output():
+    model = _random_model()
+    x = torch.randn(2, 8, 16)
+    with torch.no_grad():
+        a = model(x, torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
+        b = model(x, torch.tensor([1.0, 1.0]), torch.tensor([1, 1]))
+        c = model(x, torch.tensor([2.0, 2.0]), torch.tensor([0, 0]))
+        null = model(x, torch.tensor([1.0, 1.0]), None)
+        neg = model(x, torch.tensor([1.0, 1.0]), torch.tensor([-1, -1]))
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+    assert torch.allclose(null, neg)
+
+
+def test_cfg_weights():
+    model = _random_model()
+    x, t, c = torch.randn(4, 6, 16), torch.full((4,), 0.2), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        cond, uncond = model(x, t, c), model(x, t, None)
+        assert torch.allclose(guided_output(model, x, t, c, 0.0), uncond, atol=1e-6)
+        assert torch.allclose(guided_output(model, x, t, c, 1.0), cond, atol=1e-6)
+        assert torch.allclose(guided_output(model, x, t, c, 2.5), uncond + 2.5 * (cond - uncond), atol=1e-5)
+
+
+def test_sampling_w0_equals_unconditional_and_is_deterministic():
+    model, sched = _random_model(), EDMScheduler(num_steps=4)
+    kw = dict(num=3, num_tokens=6, steps=4)
+    a = sample_latents(model, sched, class_index=1, guidance=0.0, generator=make_generator(0), **kw)
+    b = sample_latents(model, sched, class_index=None, generator=make_generator(0), **kw)
+    c, traj = sample_latents(model, sched, class_index=1, guidance=0.0, generator=make_generator(0),
+                             return_trajectory=True, **kw)
+    assert a.shape == (3, 6, 16) and torch.allclose(a, b) and torch.equal(a, c)
+    assert len(traj) == len(sched.timesteps) == 7 and traj[-1].shape == (3, 6, 16)
+    d = sample_latents(model, sched, class_index=1, guidance=2.0, generator=make_generator(0), **kw)
+    assert not torch.allclose(a, d)
+
+
+def test_normalizer_round_trip():
+    x = torch.randn(10, 7, 16) * torch.linspace(0.1, 3, 16) + torch.arange(16.0)
+    n = LatentNormalizer.fit(x)
+    z = n.normalize(x)
+    assert torch.allclose(z.reshape(-1, 16).mean(0), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(z.reshape(-1, 16).std(0, unbiased=False), torch.ones(16), atol=1e-4)
+    assert torch.allclose(n.denormalize(z), x, atol=1e-4)
+    m = LatentNormalizer.from_dict(n.to_dict())
+    assert torch.equal(m.mean, n.mean) and torch.equal(m.std, n.std)
+    with pytest.raises(SkellabError):
+        n.normalize(torch.zeros(2, 3, 5))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny EDM model on two well-separated synthetic classes (~5 s on 2 cores)."""
+    lat, cls, protos = make_synthetic_latents(32, num_classes=2, num_tokens=16, generator=make_generator(0))
+    diffusion, history = train_diffusion(lat, cls, scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20,
+                                         ema_decay=None, classes=["liver", "spleen"], generator=make_generator(1),
+                                         device="cpu", progress=False)
+    return diffusion, history, protos
+
+
+def test_training_lowers_the_loss_and_separates_classes(trained):
+    diffusion, history, protos = trained
+    loss = history["loss"]
+    assert len(loss) == 300 and sum(loss[-50:]) / 50 < 0.6 * sum(loss[:20]) / 20
+    means = protos.mean(1)  # (2, D) class means of the data
+    for c in (0, 1):
+        s = diffusion.sample(8, class_index=c, steps=10, generator=make_generator(2))
+        assert s.shape == (8, 16, 16)
+        dist = (s.mean(dim=(0, 1)) - means).norm(dim=-1)
+        assert dist[c] < 0.5 * dist[1 - c], (c, dist)
+    named = diffusion.sample(2, class_index="spleen", steps=3, generator=make_generator(3))
+    assert named.shape == (2, 16, 16)
+    with pytest.raises(SkellabError):
+        diffusion.sample(2, class_index="brain")
+
+
+def test_checkpoint_round_trip_and_errors(trained, tmp_path):
+    diffusion = trained[0]
+    path = save_diffusion(tmp_path / "diff.pt", diffusion)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "skellab.diffusion/1" and raw["classes"] == ["liver", "spleen"]
+    back = load_diffusion(path)
+    assert back.denoiser.config == diffusion.denoiser.config and back.scheduler.config == diffusion.scheduler.config
+    assert back.num_tokens == 16 and back.classes == ["liver", "spleen"]
+    a = diffusion.sample(2, class_index=0, steps=3, generator=make_generator(5))
+    b = back.sample(2, class_index=0, steps=3, generator=make_generator(5))
+    assert torch.allclose(a, b, atol=1e-6)
+
+    with pytest.raises(SkellabError, match="not found"):
+        load_diffusion(tmp_path / "missing.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(SkellabError, match="corrupt"):
+        load_diffusion(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "skellab.autoencoder/1"}, other)
+    with pytest.raises(SkellabError, match="not a skellab.diffusion/1"):
+        load_diffusion(other)
+    raw["config"]["width"] = 32
+    torch.save(raw, other)
+    with pytest.raises(SkellabError, match="do not fit"):
+        load_diffusion(other)
+
+
+def test_ddpm_training_and_ddim_sampling_run():
+    lat, cls, _ = make_synthetic_latents(4, num_classes=2, num_tokens=8, generator=make_generator(0))
+    diffusion, history = train_diffusion(lat, cls, scheduler="ddpm", steps=5, batch_size=4, progress=False,
+                                         device="cpu", generator=make_generator(0))
+    assert diffusion.scheduler.name == "ddpm" and len(history["loss"]) == 5
+    diffusion.scheduler = DDIMScheduler.from_ddpm(diffusion.scheduler, num_steps=5)
+    assert diffusion.scheduler.prediction_type == "epsilon" and diffusion.scheduler.num_steps == 5
+    assert diffusion.sample(2, class_index=1, steps=5, generator=make_generator(0)).shape == (2, 8, 16)
+
+
+def test_train_diffusion_rejects_bad_input():
+    lat = torch.randn(4, 8, 16)
+    with pytest.raises(SkellabError):
+        train_diffusion(lat[0], None, steps=1, progress=False)
+    with pytest.raises(SkellabError):
+        train_diffusion(lat, torch.tensor([0, 1]), steps=1, progress=False)
+    with pytest.raises(SkellabError):
+        train_diffusion(lat, None, config=DenoiserConfig.tiny(token_dim=12), steps=1, progress=False)
+    with pytest.raises(SkellabError):
+        train_diffusion(lat, None, scheduler="sde", steps=1, progress=False)
