@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from ..data.medsdf import MedSDF
 from ..errors import SkellabError
-from ..meshing import decode_grid_guided, extract_mesh
 from ..metrics.reconstruction import reconstruction_metrics
 from .model import SkeletalAutoencoder
 from .train import encode_shapes
@@ -34,6 +33,7 @@ def sphere_union_mesh(centers: torch.Tensor, radii: torch.Tensor, resolution: in
     """Mesh of the union of spheres (K, 3), (K,) by marching cubes on a dense grid (normalised frame)."""
     from ..autoencoder.model import sphere_union_sdf
     from ..data.sampling import grid_points
+    from ..meshing import extract_mesh  # lazy: meshing imports this package
 
     g = torch.as_tensor(grid_points(resolution, box), dtype=torch.float32)[None]
     sdf = sphere_union_sdf(g, centers.reshape(1, -1, 3).float(), radii.reshape(1, -1).float())
@@ -67,6 +67,8 @@ def evaluate_autoencoder(
     sampling noise below which no reconstruction can score (CD ≈ point spacing).
     Keys of each metric dict: cd_pointflow, cd_paper, emd, hausdorff, f1@0.02, f1@0.06.
     """
+    from ..meshing import decode_grid_guided, extract_mesh  # lazy: meshing imports this package
+
     store = MedSDF.open(dataset_root)
     ids = list(ids) if ids is not None else store.ids(split=split)
     if not ids:
