@@ -1,0 +1,75 @@
+"""`skellab reconstruct` / `skellab interpolate` with the shipped autoencoder: outputs and bad input."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def meshes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("meshes")
+    cap = trimesh.creation.capsule(height=40.0, radius=10.0)
+    cap.apply_translation([200.0, -50.0, 10.0])
+    cap.export(d / "capsule.stl")
+    trimesh.creation.icosphere(radius=15.0).export(d / "ball.ply")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_reconstruct_writes_a_watertight_mesh_in_input_units(meshes, tmp_path):
+    out = tmp_path / "rec.ply"
+    code, stdout, err = run_cli("reconstruct", meshes / "capsule.stl", "--out", out, "--resolution", "48")
+    assert code == 0, err
+    rec = trimesh.load(out, process=True)
+    assert rec.is_watertight
+    ref = trimesh.load(meshes / "capsule.stl")
+    # the reconstruction overlays the input: same place and size in millimetres
+    assert np.allclose(rec.bounds.mean(0), ref.bounds.mean(0), atol=3.0)
+    assert np.allclose(np.ptp(rec.vertices, axis=0), np.ptp(ref.vertices, axis=0), rtol=0.2)
+
+
+def test_interpolate_writes_steps(meshes, tmp_path):
+    code, stdout, err = run_cli("interpolate", meshes / "capsule.stl", meshes / "ball.ply", "--steps", "3",
+                                "--out", tmp_path / "interp", "--resolution", "40")
+    assert code == 0, err
+    files = sorted((tmp_path / "interp").glob("step_*.ply"))
+    assert len(files) == 3 and stdout.count("watertight") == 3
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--resolution", "8"], "resolution"),
+        (["--resolution", "100000"], "resolution"),
+        (["--checkpoint", "{tmp}/missing.pt"], "not found"),
+        (["--checkpoint", "{tmp}/garbage.pt"], "corrupt"),
+        (["--checkpoint", "{tmp}/other.pt"], "format"),
+        (["--organ", "unicorn"], "unknown organ"),
+    ],
+    ids=["res-small", "res-huge", "missing-ckpt", "corrupt-ckpt", "other-format", "unknown-organ"],
+)
+def test_reconstruct_bad_input(meshes, tmp_path, args, needle):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    torch.save({"format": "skellab.learned_skeleton/1", "config": {}}, tmp_path / "other.pt")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "rec.ply"
+    code, _, err = run_cli("reconstruct", meshes / "capsule.stl", "--out", out, *args)
+    assert code == 2 and "Traceback" not in err
+    assert needle in err.lower(), err
+    assert not out.exists()
+
+
+def test_interpolate_bad_steps(meshes, tmp_path):
+    code, _, err = run_cli("interpolate", meshes / "capsule.stl", meshes / "ball.ply", "--steps", "1",
+                           "--out", tmp_path / "o")
+    assert code == 2 and "steps" in err
