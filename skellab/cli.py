@@ -136,6 +136,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(args.out, config=DemoConfig(resolution=args.resolution, seed=args.seed, snapshots=not args.no_snapshots))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="skellab", description="Skeletal latent diffusion for 3D medical shapes.")
     parser.add_argument("--version", action="version", version=f"skellab {__import__('skellab').__version__}")
@@ -206,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--seed", type=int, default=0)
     it.add_argument("--device", default="cpu")
     it.set_defaults(func=_cmd_interpolate)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the shipped weights, written as an offline gallery")
+    d.add_argument("--out", default="skellab-demo", help="output folder (index.html, meshes, renders)")
+    d.add_argument("--resolution", type=int, default=96, help="marching-cubes grid")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-snapshots", action="store_true", help="skip the interactive k3d HTML files")
+    d.set_defaults(func=_cmd_demo)
     return parser
 
 

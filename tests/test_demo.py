@@ -1,0 +1,24 @@
+"""`skellab demo` runs offline on the shipped weights and writes a self-contained gallery."""
+
+import json
+import re
+
+import torch
+
+from conftest import run_cli
+
+
+def test_demo_writes_gallery(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli("demo", "--out", out, "--resolution", "40", "--no-snapshots")
+    assert code == 0, err
+    html = (out / "index.html").read_text()
+    facts = json.loads((out / "demo.json").read_text())
+    assert (out / "real_organ.ply").exists() and (out / "real_organ_skeleton.npz").exists()
+    assert (out / "reconstruction.ply").exists()
+    assert facts["interpolation"]["steps"] == 5
+    # self-contained: images are inline data URIs, nothing is fetched from the network
+    assert "data:image/png;base64," in html
+    assert not re.search(r"(src|href)=['\"]https?://", html)
+    assert "[4/4]" in stdout
