@@ -112,7 +112,7 @@ def test_bad_checkpoints_raise(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(np.random.default_rng(0).bytes(1000))
-    with pytest.raises(SkellabError, match="not a readable"):
+    with pytest.raises(SkellabError, match="corrupt or unreadable"):
         load_checkpoint(garbage)
     other = tmp_path / "other.pt"
     torch.save({"format": "something/else", "state_dict": {}}, other)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import MedSDFDataset, SDFBatchConfig
 from ..data.medsdf import MedSDF
+from ..checkpoint import read_checkpoint
 from ..errors import SkellabError
 from ..runtime import atomic_path, make_generator, resolve_device
 from .model import AutoencoderConfig, Latent, SkeletalAutoencoder
@@ -309,15 +310,7 @@ def load_autoencoder(path: str | os.PathLike | None = None, *, device: str | tor
     :class:`SkellabError`.
     """
     p = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not p.is_file():
-        raise SkellabError(f"autoencoder checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (pickle, zip, EOF, OS errors: all mean "unreadable")
-        raise SkellabError(f"{p}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise SkellabError(f"{p}: not a {CHECKPOINT_FORMAT} checkpoint (format {fmt!r})")
+    ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="autoencoder")
     try:
         cfg = AutoencoderConfig.from_dict(ckpt["config"])
     except (KeyError, TypeError) as exc:

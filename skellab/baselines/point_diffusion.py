@@ -27,6 +27,7 @@ from ..diffusion.denoiser import _modulate, class_or_null, timestep_embedding
 from ..diffusion.sampling import sample_latents
 from ..diffusion.schedulers import make_scheduler
 from ..diffusion.train import fit_denoiser
+from ..checkpoint import read_checkpoint
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 
@@ -203,14 +204,7 @@ def save_point_diffusion(path: str | os.PathLike, model: PointDiffusion) -> Path
 def load_point_diffusion(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> PointDiffusion:
     """Rebuild a :class:`PointDiffusion` from its checkpoint; bad files → :class:`SkellabError`."""
     p = Path(path)
-    if not p.is_file():
-        raise SkellabError(f"point diffusion checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise SkellabError(f"{p}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SkellabError(f"{p}: not a {CHECKPOINT_FORMAT} checkpoint")
+    ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="point diffusion")
     try:
         known = {f.name for f in fields(PointDenoiserConfig)}
         cfg = PointDenoiserConfig(**{k: v for k, v in ckpt["config"].items() if k in known})

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import read_checkpoint
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 from .denoiser import DenoiserConfig, TokenDenoiser
@@ -252,15 +253,7 @@ def load_diffusion(path: str | os.PathLike, *, device: str | torch.device = "cpu
     config → :class:`SkellabError`.
     """
     p = Path(path)
-    if not p.is_file():
-        raise SkellabError(f"diffusion checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (pickle, zip, EOF, OS errors: all mean "unreadable")
-        raise SkellabError(f"{p}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise SkellabError(f"{p}: not a {CHECKPOINT_FORMAT} checkpoint (format {fmt!r})")
+    ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="diffusion")
     try:
         cfg = DenoiserConfig.from_dict(ckpt["config"])
         normalizer = LatentNormalizer.from_dict(ckpt["normalizer"])

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import read_checkpoint
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 from .ops import farthest_point_sampling, gather, knn, pairwise_sq_dist
@@ -366,15 +367,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, device: str | torc
         unreadable file, a wrong format tag, an unknown config, or weights that don't fit.
     """
     path = Path(path) if path is not None else SHIPPED_CHECKPOINT
-    if not path.is_file():
-        raise SkellabError(f"learned-skeleton checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise SkellabError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise SkellabError(f"{path}: not a learned-skeleton checkpoint (format {found!r}, want {CHECKPOINT_FORMAT!r})")
+    payload = read_checkpoint(path, format=CHECKPOINT_FORMAT, kind="learned-skeleton")
     raw = payload.get("config")
     known = {f.name for f in fields(LearnedSkeletonConfig)}
     if not isinstance(raw, dict) or set(raw) - known:

@@ -1,0 +1,45 @@
+"""Checkpoint files shared by every model: atomic writes, safe reads, one-line errors.
+
+A checkpoint is a plain dict saved with ``torch.save`` that ``torch.load(weights_only=True)``
+can read back (tensors, numbers, strings, lists, dicts), always with a ``"format"`` tag
+such as ``"skellab.autoencoder/1"`` and the ``"config"`` the model was built from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SkellabError
+from .runtime import atomic_path
+
+
+def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Save ``payload`` (which must carry a ``"format"`` tag) to ``path`` atomically (temp file + rename)."""
+    if "format" not in payload:
+        raise SkellabError("a checkpoint payload needs a 'format' tag")
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike, *, format: str, kind: str) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`write_checkpoint` and check its format tag.
+
+    ``kind`` names the model in error messages ("autoencoder", "diffusion", …). A missing
+    file, unreadable bytes, or another format → :class:`SkellabError` (one line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SkellabError(f"{kind} checkpoint not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle, zip, EOF, OS errors: all mean "unreadable")
+        raise SkellabError(f"{p}: corrupt or unreadable checkpoint ({exc.__class__.__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise SkellabError(f"{p}: not a {format} checkpoint (format {found!r})")
+    return payload
