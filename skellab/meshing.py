@@ -81,7 +81,8 @@ def _check(model: SkeletalAutoencoder, latent: Latent, resolution: int) -> None:
 
 
 @torch.no_grad()
-def _decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int) -> np.ndarray:
+def decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Decoded truncated SDF (negative inside) at ``points`` (n, 3), normalised frame → (n,) float32, in chunks."""
     dev = next(model.parameters()).device
     lat = latent.to(dev)
     out = np.empty(len(points), dtype=np.float32)
@@ -97,7 +98,7 @@ def decode_grid_dense(model: SkeletalAutoencoder, latent: Latent, resolution: in
     _check(model, latent, resolution)
     t0 = time.perf_counter()
     R = int(resolution)
-    vals = _decode_points(model, latent, grid_points(R, box), chunk).reshape(R, R, R)
+    vals = decode_points(model, latent, grid_points(R, box), chunk).reshape(R, R, R)
     return SDFGrid(vals, float(box), R**3, time.perf_counter() - t0)
 
 
@@ -158,7 +159,7 @@ def decode_grid_guided(
             prior = sphere_union_sdf(torch.as_tensor(pts, dtype=torch.float32)[None],
                                      latent.centers.float().cpu(), latent.radii.float().cpu())[0].numpy()
         todo = prior <= band
-    sub[todo] = _decode_points(model, latent, pts[todo], chunk)
+    sub[todo] = decode_points(model, latent, pts[todo], chunk)
     n_queries += int(todo.sum())
     values[np.ix_(L, L, L)] = sub.reshape(len(L), len(L), len(L))
 
@@ -184,7 +185,7 @@ def decode_grid_guided(
         ii, jj, kk = np.nonzero(new)
         if len(ii):
             p = np.stack([axis[L2[ii]], axis[L2[jj]], axis[L2[kk]]], -1)
-            values[L2[ii], L2[jj], L2[kk]] = _decode_points(model, latent, p, chunk)
+            values[L2[ii], L2[jj], L2[kk]] = decode_points(model, latent, p, chunk)
             n_queries += len(ii)
         fill = ~inside & ~known
         fi, fj, fk = np.nonzero(fill)

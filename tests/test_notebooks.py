@@ -12,6 +12,11 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMALL = {
     "01_medsdf_data": {"slice_resolution": 48, "show_real": True},
     "02_skeletonization": {"num_points": 1024, "k": 256, "train_steps": 5},
+    "03_skeletal_autoencoder": {"resolution": 48, "metric_points": 512, "train_steps": 3, "eval_resolution": 32},
+    "04_organ_interpolation": {"per_class": 1, "steps": 5, "preview_resolution": 24, "full_resolution": 32,
+                               "strip_resolution": 32},
+    "06_sdf_decoding": {"slice_resolution": 48, "resolutions": "24,32", "mc_resolutions": "16,24,32",
+                        "metric_points": 512, "edit_resolution": 32},
 }
 
 

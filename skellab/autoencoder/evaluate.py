@@ -69,6 +69,7 @@ def evaluate_autoencoder(
     """
     from ..meshing import decode_grid_guided, extract_mesh  # lazy: meshing imports this package
 
+    with_prior = with_prior and model.config.sphere_prior  # surface-point tokens have no sphere union
     store = MedSDF.open(dataset_root)
     ids = list(ids) if ids is not None else store.ids(split=split)
     if not ids:
