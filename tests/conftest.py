@@ -28,3 +28,18 @@ def run_cli(*args):
         except SystemExit as exc:  # argparse usage errors and --help
             code = exc.code if isinstance(exc.code, int) else 1
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`skellab demo` run once (small resolution, no k3d snapshots): (folder, exit code, stdout, stderr)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, stdout, stderr = run_cli("demo", "--out", out, "--resolution", "40", "--no-snapshots")
+    finally:
+        torch.set_num_threads(threads)
+    return out, code, stdout, stderr

@@ -118,3 +118,21 @@ def test_offline_k3d_snapshot_html(browser, artifacts, tmp_path):
     assert not net.failed, f"failed requests: {net.failed}"
     assert not net.http_errors, f"HTTP errors: {net.http_errors}"
     assert not net.external, f"the offline snapshot fetched from the network: {net.external}"
+
+
+def test_demo_gallery_renders_offline(browser, artifacts, demo_run):
+    """The demo's index.html shows every image from file:// with no failed or off-machine request."""
+    out, code, _, err = demo_run
+    assert code == 0, err
+    net = NetworkLog().attach(browser)
+    page = browser.new_page()
+    net.attach_console(page)
+    page.goto((out / "index.html").as_uri(), wait_until="load", timeout=60_000)
+    page.wait_for_load_state("networkidle", timeout=30_000)
+    sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+    page.screenshot(path=str(artifacts / "demo-gallery.png"), full_page=True)
+    print(f"screenshot: {artifacts / 'demo-gallery.png'} ({len(sizes)} images)")
+    assert len(sizes) >= 5 and all(done and width > 0 for done, width in sizes), sizes
+    assert not net.failed, f"failed requests: {net.failed}"
+    assert not net.http_errors, f"HTTP errors: {net.http_errors}"
+    assert not net.external, f"the gallery fetched from the network: {net.external}"

@@ -3,15 +3,9 @@
 import json
 import re
 
-import torch
 
-from conftest import run_cli
-
-
-def test_demo_writes_gallery(tmp_path):
-    torch.set_num_threads(1)
-    out = tmp_path / "demo"
-    code, stdout, err = run_cli("demo", "--out", out, "--resolution", "40", "--no-snapshots")
+def test_demo_writes_gallery(demo_run):
+    out, code, stdout, err = demo_run
     assert code == 0, err
     html = (out / "index.html").read_text()
     facts = json.loads((out / "demo.json").read_text())
