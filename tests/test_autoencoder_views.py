@@ -11,7 +11,9 @@ pytest.importorskip("k3d")
 pytest.importorskip("ipywidgets")
 
 from skellab.views.autoencoder_views import (
+    edit_sphere,
     interpolation_widget,
+    skeleton_explorer,
     sdf_function,
     token_view,
 )
@@ -107,3 +109,25 @@ def test_token_view_and_sdf_function(model):
     assert np.allclose(decoded, prior, atol=1e-5)
     with pytest.raises(SkellabError):
         sdf_function(model, lat, source="mesh")
+
+
+def test_skeleton_explorer_edits_a_sphere_and_redecodes(model):
+    latent = _latents()["line"]
+    box = skeleton_explorer(model, latent, preview_resolution=16, full_resolution=24)
+    before = np.array(box.mesh.vertices)
+    box.sphere.value = 3
+    box.scale.value = 2.0  # what dragging the radius slider does
+    assert torch.isclose(box.edited.radii[0, 3], 2 * latent.radii[0, 3])
+    assert torch.equal(box.edited.radii[0, :3], latent.radii[0, :3])  # only the picked sphere changed
+    preview = np.array(box.mesh.vertices)
+    assert preview.shape != before.shape or not np.allclose(preview, before)  # the mesh object was updated in place
+    box.refine.click()  # full resolution, like the initial mesh
+    after = np.array(box.mesh.vertices)
+    # the line lies along x: doubling one sphere's radius (0.2 → 0.4) makes the tube bulge in y
+    assert np.abs(after[:, 1]).max() > np.abs(before[:, 1]).max() + 0.1
+    box.show_spheres.value = False
+    assert box.spheres.visible is False
+    with pytest.raises(SkellabError):
+        edit_sphere(latent, 99)
+    with pytest.raises(SkellabError):
+        edit_sphere(latent, 0, scale=0.0)

@@ -15,7 +15,7 @@ import torch
 from ..autoencoder.model import Latent, SkeletalAutoencoder, sphere_union_sdf
 from ..errors import SkellabError
 
-__all__ = ["interpolation_widget", "sdf_function", "token_view"]
+__all__ = ["edit_sphere", "interpolation_widget", "sdf_function", "skeleton_explorer", "token_view"]
 
 SDF_SOURCES = ("decoder", "prior")
 
@@ -238,4 +238,93 @@ def interpolation_widget(
     box.set_t, box.set_pair, box.refine_now = set_t, set_pair, lambda: show(True)
     box.blends = blends
     show(True)
+    return box
+
+
+def edit_sphere(latent: Latent, index: int, *, scale: float = 1.0,
+                offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Latent:
+    """A copy of a batch-1 latent with sphere ``index`` scaled (radius × ``scale``) and moved by ``offset``.
+
+    Only the skeletal columns change (centre 0–2, radius 3); the token's features stay, so
+    decoding shows how the shape follows its skeleton.
+    """
+    _single(latent)
+    K = latent.tokens.shape[1]
+    if not 0 <= int(index) < K:
+        raise SkellabError(f"sphere index must be in [0, {K}), got {index}")
+    if not scale > 0:
+        raise SkellabError(f"radius scale must be positive, got {scale}")
+    tokens = latent.tokens.clone()
+    tokens[0, int(index), :3] += torch.as_tensor(offset, dtype=tokens.dtype, device=tokens.device)
+    tokens[0, int(index), 3] *= float(scale)
+    return Latent(tokens, latent.class_index)
+
+
+def skeleton_explorer(model: SkeletalAutoencoder, latent: Latent, *, preview_resolution: int = 40,
+                      full_resolution: int = 96, height: int = 420) -> Any:
+    """Toggle mesh / spheres / stick figure, pick a sphere, scale its radius and re-decode.
+
+    Dragging decodes at ``preview_resolution``; the "refine" button at ``full_resolution``.
+    Returns an ``ipywidgets.VBox`` with ``.sphere`` (IntSlider, which sphere), ``.scale``
+    (FloatSlider, radius factor), ``.show_mesh`` / ``.show_spheres`` / ``.show_graph``
+    (Checkboxes), ``.refine``, ``.status``, ``.plot``, ``.mesh`` and ``.edited`` (the current
+    edited latent). Objects are updated in place, never rebuilt.
+    """
+    from ..meshing import decode_mesh
+    from ..skeleton.graph import skeleton_edges
+    from .k3d_views import PALETTE, _k3d
+    from .widgets import _ipywidgets
+
+    _single(latent)
+    widgets, k3d = _ipywidgets(), _k3d()
+    centers = latent.centers[0].detach().float().cpu()
+    edges = skeleton_edges(centers).numpy().astype(np.uint32)
+    plot = k3d.plot(height=height, grid_visible=False, menu_visibility=False)
+    v0, f0 = decode_mesh(model, latent, full_resolution)
+    mesh = k3d.mesh(v0.astype(np.float32), f0.astype(np.uint32), color=PALETTE["mesh"], opacity=0.5,
+                    flat_shading=False, name="decoded")
+    c = centers.numpy().astype(np.float32)
+    spheres = k3d.points(c, point_sizes=2 * latent.radii[0].detach().cpu().numpy().astype(np.float32),
+                         color=PALETTE["spheres"], shader="mesh", opacity=0.4, name="spheres")
+    picked = k3d.points(c[:1], point_size=0.05, color=0xD62728, shader="mesh", name="picked")
+    graph = k3d.lines(c, edges, indices_type="segment", color=PALETTE["graph"], width=0.008, shader="mesh",
+                      name="graph")
+    for obj in (mesh, spheres, graph, picked):
+        plot += obj
+    sphere = widgets.IntSlider(value=0, min=0, max=latent.tokens.shape[1] - 1, description="sphere")
+    scale = widgets.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.05, description="radius ×")
+    show_mesh, show_spheres, show_graph = (widgets.Checkbox(value=True, description=d)
+                                           for d in ("mesh", "spheres", "stick figure"))
+    refine = widgets.Button(description=f"refine ({int(full_resolution)}³)")
+    status = widgets.Label(value="")
+    box = widgets.VBox([widgets.HBox([show_mesh, show_spheres, show_graph]), widgets.HBox([sphere, scale, refine]),
+                        status, plot])
+
+    def update(full: bool = False) -> None:
+        i, s = int(sphere.value), float(scale.value)
+        box.edited = edit_sphere(latent, i, scale=s)
+        picked.positions = c[i : i + 1]
+        sizes = 2 * box.edited.radii[0].detach().cpu().numpy().astype(np.float32)
+        spheres.point_sizes = sizes
+        R = int(full_resolution if full else preview_resolution)
+        try:
+            v, f = decode_mesh(model, box.edited, R)
+        except SkellabError as exc:
+            status.value = f"sphere {i}, radius × {s:.2f}: nothing to mesh at {R}³ ({exc})"
+            return
+        with mesh.hold_sync():
+            mesh.vertices, mesh.indices = v.astype(np.float32), f.astype(np.uint32)
+        status.value = f"sphere {i} (r = {sizes[i] / 2:.3f}) × {s:.2f} · {'full' if full else 'preview'} {R}³"
+
+    sphere.observe(lambda _: update(), names="value")
+    scale.observe(lambda _: update(), names="value")
+    refine.on_click(lambda _: update(True))
+    show_mesh.observe(lambda ch: setattr(mesh, "visible", ch["new"]), names="value")
+    show_spheres.observe(lambda ch: setattr(spheres, "visible", ch["new"]), names="value")
+    show_graph.observe(lambda ch: setattr(graph, "visible", ch["new"]), names="value")
+    box.sphere, box.scale, box.refine, box.status, box.plot, box.mesh = sphere, scale, refine, status, plot, mesh
+    box.show_mesh, box.show_spheres, box.show_graph, box.spheres, box.graph = (show_mesh, show_spheres, show_graph,
+                                                                               spheres, graph)
+    box.edited = latent
+    status.value = f"{latent.tokens.shape[1]} spheres · pick one and scale its radius"
     return box
