@@ -15,6 +15,10 @@ SMALL = {
     "03_skeletal_autoencoder": {"resolution": 48, "metric_points": 512, "train_steps": 3, "eval_resolution": 32},
     "04_organ_interpolation": {"per_class": 1, "steps": 5, "preview_resolution": 24, "full_resolution": 32,
                                "strip_resolution": 32},
+    "05_diffusion_sampling": {"num_samples": 2, "steps": 8, "guidance_values": "0,2", "resolution": 40, "num_real": 3,
+                              "solver_steps": "2,4"},
+    "08_evaluation": {"classes": "kidney", "n": 1, "num_points": 512, "emd_points": 64, "resolution": 32, "steps": 4,
+                      "baseline_seconds": 3.0, "toy_shapes": 2},
     "06_sdf_decoding": {"slice_resolution": 48, "resolutions": "24,32", "mc_resolutions": "16,24,32",
                         "metric_points": 512, "edit_resolution": 32},
 }

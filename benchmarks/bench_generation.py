@@ -1,0 +1,91 @@
+"""Benchmark: end-to-end generation time of one organ on CPU, skellab vs the point-diffusion baseline.
+
+skellab: sample a skeletal latent (EDM Heun, ``--steps`` steps, guidance 2) + skeleton-guided SDF
+decoding + marching cubes at ``--resolution``³ + skeleton graph, per organ, at batch 1 and batch
+``--batch`` (the latents of a batch are sampled together; each is decoded on its own).
+Baseline: sampling ``--points``-point clouds with the same sampler, steps and guidance, at the same
+batch sizes. The baseline's network is the evaluation's (``PointDenoiserConfig.tiny``); its speed
+does not depend on its weights, so an untrained copy is timed unless ``--baseline`` names a checkpoint.
+
+Usage::
+
+    python benchmarks/bench_generation.py --threads 1 --out benchmarks/results/generation.json
+
+Prints and writes JSON: seconds per organ for each stage and batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--organ", default="kidney")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16, help="the larger batch size (the smaller is 1)")
+    ap.add_argument("--points", type=int, default=2048, help="points per baseline cloud")
+    ap.add_argument("--diffusion", default=None, help="diffusion checkpoint (default: shipped)")
+    ap.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped)")
+    ap.add_argument("--baseline", default=None, help="point-diffusion checkpoint (default: untrained tiny network)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+
+    from skellab.baselines import PointDenoiser, PointDenoiserConfig, PointDiffusion, load_point_diffusion
+    from skellab.diffusion import make_scheduler
+    from skellab.generation import generate_from_models, load_generation_models
+    from skellab.runtime import make_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diff, ae = load_generation_models(args.diffusion, args.autoencoder)
+    if args.baseline:
+        base = load_point_diffusion(args.baseline)
+    else:
+        cfg = PointDenoiserConfig.tiny(num_classes=len(diff.classes))
+        base = PointDiffusion(PointDenoiser(config=cfg).eval(), make_scheduler("edm"), list(diff.classes), args.points)
+    base_class = (base.classes or diff.classes).index(args.organ)
+
+    generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed)  # warm-up
+    result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
+                    "guidance": 2.0, "resolution": args.resolution, "points": args.points,
+                    "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "processor": platform.processor(), "skellab": {}, "point_diffusion": {}}
+    for batch in (1, args.batch):
+        t0 = time.perf_counter()
+        organs = generate_from_models(diff, ae, args.organ, batch, steps=args.steps, guidance=2.0, seed=args.seed,
+                                      resolution=args.resolution)
+        total = time.perf_counter() - t0
+        stages = {k: sum(o.seconds[k] for o in organs) / batch for k in organs[0].seconds}
+        result["skellab"][f"batch_{batch}"] = {
+            "seconds_per_organ": total / batch, "seconds_total": total, "stages_per_organ": stages,
+            "watertight": sum(o.watertight for o in organs), "query_fraction":
+                sum(o.info["query_fraction"] for o in organs) / batch}
+        t0 = time.perf_counter()
+        base.sample(batch, class_index=base_class, guidance=2.0, steps=args.steps, num_points=args.points,
+                    generator=make_generator(args.seed))
+        total = time.perf_counter() - t0
+        result["point_diffusion"][f"batch_{batch}"] = {"seconds_per_cloud": total / batch, "seconds_total": total}
+        print(f"batch {batch}: skellab {result['skellab'][f'batch_{batch}']['seconds_per_organ']:.2f} s/organ "
+              f"(sample {stages['sample']:.2f}, decode {stages['decode']:.2f}, mesh {stages['mesh']:.2f}, "
+              f"skeleton {stages['skeleton']:.2f}); point diffusion {total / batch:.2f} s/cloud", flush=True)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        from skellab.runtime import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The generation comparison table (METHOD §9): skellab vs a point-cloud diffusion baseline vs an ablation.
+
+The library behind ``skellab evaluate``::
+
+    results = evaluate_generation("/tmp/medsdf-mini", split="test", n=2)
+    print(format_table(results))
+
+What is compared, per organ class of the reference split (MedSDF's test fold by default):
+
+* **reference**: up to ``n`` test shapes of the class (first ids in sorted order), ``num_points``
+  area-uniform surface samples of each stored mesh (normalised frame);
+* **skellab**: as many organs of the class as there are references, generated with the
+  shipped diffusion model + autoencoder (:mod:`skellab.generation`), meshed at
+  ``resolution``³, then sampled like the references;
+* **point_diffusion**: the PVD-like baseline (:mod:`skellab.baselines.point_diffusion`),
+  trained on the *same training split's* surface points with the *same compute budget* as
+  the latent diffusion model (CPU seconds of the training process, ``budget``), sampled with
+  the same EDM sampler, steps and guidance; it produces point clouds only, so it has no
+  Betti numbers;
+* **surface_latent_ablation** (the paper's SPSDF: tokens at FPS surface points instead of
+  skeletal points): evaluated like skellab when an autoencoder with ``token_source="surface"``
+  and a diffusion model trained on its latents are given; otherwise the table says it is
+  not available — nothing is faked.
+
+Metrics (PointFlow conventions, :mod:`skellab.metrics.generation`), computed **per class**
+(generated vs reference of the same organ, |gen| = |ref|) and averaged over classes
+(macro mean; per-class values are kept): MMD-CD ×10³ (squared-summed Chamfer), COV-CD,
+1-NNA-CD (not folded; ideal 0.5), the EMD versions on the first ``emd_points`` of every
+cloud (exact EMD costs ~0.5 s per pair at 2048 points), MMD-EMD ×10², and the Betti error
+(each generated mesh vs the reference of closest Betti vector). With few shapes per class
+the numbers are noisy: 1-NNA on 2 + 2 shapes can only be 0, 0.25, 0.5, 0.75 or 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .baselines.point_diffusion import (
+    PointDenoiser,
+    PointDenoiserConfig,
+    PointDiffusion,
+    load_point_diffusion,
+    save_point_diffusion,
+)
+from .data.medsdf import MedSDF
+from .diffusion import fit_denoiser, make_scheduler
+from .errors import SkellabError
+from .generation import DEFAULT_DIFFUSION_WEIGHTS, decode_organ, generate_from_models, load_generation_models
+from .metrics import betti_error, generation_metrics, sample_points
+from .runtime import make_generator
+
+__all__ = ["ABLATION_WEIGHTS", "METRIC_KEYS", "train_baseline", "evaluate_generation", "format_table",
+           "shipped_results"]
+
+_WEIGHTS = Path(__file__).resolve().parent / "weights"
+ABLATION_WEIGHTS = (_WEIGHTS / "autoencoder_surface.pt", _WEIGHTS / "diffusion_surface.pt")
+METRIC_KEYS = ("mmd_cd_x1e3", "cov_cd", "1nna_cd", "mmd_emd_x1e2", "cov_emd", "1nna_emd", "betti_error")
+
+
+class _BudgetSpent(Exception):
+    """Raised from the training callback when the compute budget is used up."""
+
+
+# ---------------------------------------------------------------------- the baseline
+def _surface_clouds(store: MedSDF, ids: Sequence[str], num_points: int) -> torch.Tensor:
+    """(S, num_points, 3): the first ``num_points`` stored surface samples of each shape (area-uniform)."""
+    clouds = []
+    for sid in ids:
+        pts = store.samples(sid)["surface_points"]
+        if len(pts) < num_points:
+            raise SkellabError(f"shape {sid} has only {len(pts)} stored surface points, need {num_points}")
+        clouds.append(torch.from_numpy(np.asarray(pts[:num_points], dtype=np.float32)))
+    return torch.stack(clouds)
+
+
+def train_baseline(store: MedSDF | str | os.PathLike, classes: Sequence[str], *, cpu_seconds: float,
+                   split: str = "train", num_points: int = 2048, config: PointDenoiserConfig | None = None,
+                   batch_size: int = 16, lr: float = 1e-3, ema_decay: float = 0.999, seed: int = 0,
+                   max_steps: int = 10**7, progress: bool = False) -> PointDiffusion:
+    """Train the point-cloud baseline on a split's surface points until ``cpu_seconds`` of compute are spent.
+
+    The budget is measured in CPU seconds of this process (``time.process_time``), not wall
+    time, so that two models trained at different moments on a shared machine get the same
+    compute. Scheduler: EDM (as the latent model). Classes are indexed as in ``classes``;
+    shapes of other classes are skipped. Returns a :class:`PointDiffusion` (the EMA weights)
+    whose ``info["train"]`` records steps, CPU and wall seconds, threads.
+    """
+    if not cpu_seconds > 0:
+        raise SkellabError(f"the baseline's compute budget must be > 0 seconds, got {cpu_seconds}")
+    store = store if isinstance(store, MedSDF) else MedSDF.open(store)
+    ids = [i for i in store.ids(split=split) if store.record(i)["class"] in classes]
+    if not ids:
+        raise SkellabError(f"no {split} shapes of the classes {', '.join(classes)} in {store.root}")
+    clouds = _surface_clouds(store, ids, num_points)  # (S, N, 3)
+    ci = torch.tensor([list(classes).index(store.record(i)["class"]) for i in ids])
+    cfg = config or PointDenoiserConfig.tiny(num_classes=len(classes))
+    model = PointDenoiser(config=cfg)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    sched = make_scheduler("edm")
+    losses: list[float] = []
+    c0, w0 = time.process_time(), time.perf_counter()
+
+    def _callback(step: int, loss: float) -> None:  # EMA of the weights, and the budget check
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        losses.append(loss)
+        if time.process_time() - c0 >= cpu_seconds:
+            raise _BudgetSpent
+
+    try:
+        fit_denoiser(model, clouds, ci, sched, steps=max_steps, batch_size=batch_size, lr=lr,
+                     class_dropout=cfg.class_dropout, generator=make_generator(seed), warmup=100,
+                     ema_decay=None, progress=progress, desc="point diffusion", callback=_callback)
+    except _BudgetSpent:
+        pass
+    train = {"steps": len(losses), "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+             "cpu_seconds": time.process_time() - c0, "wall_seconds": time.perf_counter() - w0,
+             "cpu_budget_seconds": float(cpu_seconds), "torch_threads": torch.get_num_threads(),
+             "num_clouds": len(ids), "num_points": num_points, "split": split, "scheduler": "edm",
+             "final_loss": float(np.mean(losses[-100:])) if losses else None}
+    return PointDiffusion(ema, sched, list(classes), num_points, {"step": len(losses), "train": train})
+
+
+# ---------------------------------------------------------------------- metrics
+def _class_metrics(gen_pts: list[np.ndarray], ref_pts: list[np.ndarray], emd_points: int,
+                   gen_meshes: list | None, ref_meshes: list) -> dict[str, Any]:
+    g, r = np.stack(gen_pts), np.stack(ref_pts)
+    cd = generation_metrics(g, r, metrics=("cd",))
+    emd = generation_metrics(g[:, :emd_points], r[:, :emd_points], metrics=("emd",))
+    row = {k: cd[k] for k in ("mmd_cd_x1e3", "cov_cd", "1nna_cd")}
+    row.update({k: emd[k] for k in ("mmd_emd_x1e2", "cov_emd", "1nna_emd")})
+    row["betti_error"] = betti_error(gen_meshes, ref_meshes)["total"] if gen_meshes else None
+    row["num_generated"], row["num_reference"] = len(g), len(r)
+    return row
+
+
+def _macro(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in METRIC_KEYS:
+        vals = [row[k] for row in per_class.values() if row.get(k) is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+    out["num_classes"] = len(per_class)
+    out["num_generated"] = int(sum(row["num_generated"] for row in per_class.values()))
+    return out
+
+
+# ---------------------------------------------------------------------- the table
+def evaluate_generation(
+    dataset_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    n: int = 2,
+    num_points: int = 2048,
+    emd_points: int = 512,
+    resolution: int = 96,
+    steps: int = 20,
+    guidance: float = 2.0,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    diffusion_checkpoint: str | os.PathLike | None = None,
+    autoencoder_checkpoint: str | os.PathLike | None = None,
+    baseline_checkpoint: str | os.PathLike | None = None,
+    baseline_seconds: float | None = None,
+    ablation_checkpoints: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The comparison table as a JSON-serialisable dict (see the module docstring).
+
+    n                    : at most this many reference shapes per class (first ids, sorted)
+    num_points           : points per cloud for CD (PointFlow: 2048); emd_points: prefix used for EMD
+    resolution           : marching-cubes grid for skellab's meshes
+    classes              : restrict to these classes (default: every class of the split the model knows)
+    baseline_checkpoint  : a ``skellab.point_diffusion/1`` file: loaded if it exists, else trained and saved there
+    baseline_seconds     : the baseline's CPU-second budget (default: the diffusion model's recorded training
+                           CPU seconds — the same compute)
+    ablation_checkpoints : (surface-token autoencoder, diffusion on its latents); default: the shipped
+                           ``weights/autoencoder_surface.pt`` + ``weights/diffusion_surface.pt`` if both exist
+    returns              : {"methods": {name: {"macro": {...}, "per_class": {...}, ...}}, "conventions", "setup", …}
+    """
+    say = log or (lambda msg: None)
+    if n <= 0 or num_points <= 0 or not 0 < emd_points <= num_points:
+        raise SkellabError("need n >= 1, points >= 1 and 0 < emd_points <= points")
+    store = MedSDF.open(dataset_dir)
+    diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
+    known = list(diff.classes or [])
+    by_class: dict[str, list[str]] = {}
+    for sid in sorted(store.ids(split=split)):
+        by_class.setdefault(store.record(sid)["class"], []).append(sid)
+    wanted = list(classes) if classes is not None else sorted(by_class)
+    unknown = [c for c in wanted if c not in known]
+    if classes is not None and unknown:
+        raise SkellabError(f"unknown organ {unknown[0]!r}; known: {', '.join(known)}")
+    refs = {c: by_class[c][:n] for c in wanted if c in known and by_class.get(c)}
+    if not refs:
+        raise SkellabError(f"no {split} shapes of a class the diffusion model knows in {store.root}")
+
+    # 1. references: stored meshes and their surface samples
+    t0 = time.perf_counter()
+    ref_meshes = {c: [store.shape(s).to_trimesh() for s in ids] for c, ids in refs.items()}
+    ref_pts = {c: [sample_points(m, num_points, seed=seed + i) for i, m in enumerate(ms)]
+               for c, ms in ref_meshes.items()}
+    say(f"references: {sum(map(len, refs.values()))} shapes in {len(refs)} classes")
+
+    # 2. skellab: generate, mesh, sample
+    methods: dict[str, Any] = {}
+    methods["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
+                                                emd_points=emd_points, resolution=resolution, steps=steps,
+                                                guidance=guidance, seed=seed, say=say, name="skellab")
+    train_info = diff.info.get("train") or {}
+    methods["skellab"]["training"] = train_info
+
+    # 3. the point-cloud baseline, with the same compute budget
+    budget = baseline_seconds if baseline_seconds is not None else train_info.get("cpu_seconds")
+    bpath = Path(baseline_checkpoint) if baseline_checkpoint is not None else None
+    if bpath is not None and bpath.is_file():
+        base = load_point_diffusion(bpath)
+        say(f"baseline: loaded {bpath}")
+    else:
+        if budget is None:
+            raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
+        say(f"baseline: training for {budget:.0f} CPU seconds")
+        base = train_baseline(store, known, cpu_seconds=float(budget), num_points=num_points, seed=seed)
+        if bpath is not None:
+            save_point_diffusion(bpath, base)
+    methods["point_diffusion"] = _evaluate_point_model(base, refs, ref_pts, ref_meshes, num_points=num_points,
+                                                       emd_points=emd_points, steps=steps, guidance=guidance,
+                                                       seed=seed, say=say)
+    btrain = (base.info or {}).get("train") or {}
+    methods["point_diffusion"]["training"] = btrain
+    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
+    methods["point_diffusion"]["budget"] = {
+        "cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
+        "matched_within_10_percent": None if not (b_cpu and d_cpu) else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu),
+        "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
+                "autoencoder is a shared, separately trained component and is not counted"}
+
+    # 4. the surface-token ablation, only if its checkpoints exist
+    methods["surface_latent_ablation"] = _ablation(ablation_checkpoints, refs, ref_pts, ref_meshes,
+                                                   num_points=num_points, emd_points=emd_points,
+                                                   resolution=resolution, steps=steps, guidance=guidance,
+                                                   seed=seed, say=say)
+    return {
+        "dataset": str(store.root), "dataset_name": store.manifest.get("name"), "split": split,
+        "classes": list(refs), "skipped_classes": sorted(set(by_class) - set(refs)),
+        "reference_counts": {c: len(v) for c, v in refs.items()},
+        "conventions": {
+            "frame": "per-shape normalised: bbox centre at 0, max |coordinate| = 1 (references and samples)",
+            "points": f"{num_points} area-uniform surface samples per shape (CD); the first {emd_points} of them "
+                      "for EMD (exact assignment, unsquared cost / N)",
+            "cd": "PointFlow: mean_x min_y |x-y|^2 + mean_y min_x |x-y|^2 (squared, summed)",
+            "mmd": "mean over references of the min distance to a generated shape; CD x1e3, EMD x1e2",
+            "cov": "fraction of references that are the nearest reference of some generated shape",
+            "1nna": "leave-one-out 1-NN accuracy over gen U ref, not folded, ideal 0.5",
+            "betti_error": "sum over (b0, b1, b2) of mean |b(gen) - b(closest-Betti reference)|; meshes only",
+            "aggregation": "metrics per class (|gen| = |ref| per class), then the mean over classes",
+        },
+        "setup": {"n_per_class": n, "num_points": num_points, "emd_points": emd_points, "resolution": resolution,
+                  "steps": steps, "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
+                  "diffusion_checkpoint": str(diffusion_checkpoint or DEFAULT_DIFFUSION_WEIGHTS),
+                  "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                  "reference_seconds": time.perf_counter() - t0},
+        "methods": methods,
+    }
+
+
+def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, emd_points, resolution, steps,
+                           guidance, seed, say, name) -> dict[str, Any]:
+    per_class, failures, t0 = {}, 0, time.perf_counter()
+    watertight = total = 0
+    for ci, (c, ids) in enumerate(refs.items()):
+        organs = generate_from_models(diff, ae, c, len(ids), steps=steps, guidance=guidance, seed=seed + 1000 * ci,
+                                      resolution=resolution, decode=False)
+        meshes, pts = [], []
+        for i in range(len(ids)):
+            try:
+                g = decode_organ(ae, organs[i], organ=c, index=i, resolution=resolution, seed=seed + i)
+            except SkellabError:  # the decoded SDF has no surface: counted, and left out of the metrics
+                failures += 1
+                continue
+            m = g.to_trimesh()
+            meshes.append(m)
+            pts.append(sample_points(m, num_points, seed=seed + i))
+            watertight += int(g.watertight)
+        total += len(ids)
+        if pts:
+            per_class[c] = _class_metrics(pts, ref_pts[c], emd_points, meshes, ref_meshes[c])
+        say(f"{name}: {c} done ({len(pts)}/{len(ids)} meshes)")
+    return {"macro": _macro(per_class), "per_class": per_class, "failed_meshes": failures,
+            "watertight_fraction": watertight / max(total - failures, 1), "seconds": time.perf_counter() - t0}
+
+
+def _evaluate_point_model(base: PointDiffusion, refs, ref_pts, ref_meshes, *, num_points, emd_points, steps,
+                          guidance, seed, say) -> dict[str, Any]:
+    per_class, t0 = {}, time.perf_counter()
+    known = list(base.classes or [])
+    for ci, (c, ids) in enumerate(refs.items()):
+        if c not in known:
+            continue
+        clouds = base.sample(len(ids), class_index=known.index(c), guidance=guidance, steps=steps,
+                             num_points=num_points, generator=make_generator(seed + 1000 * ci))
+        per_class[c] = _class_metrics(list(clouds.double().numpy()), ref_pts[c], emd_points, None, ref_meshes[c])
+        say(f"point_diffusion: {c} done")
+    return {"macro": _macro(per_class), "per_class": per_class, "seconds": time.perf_counter() - t0,
+            "note": "point clouds only: no meshes, so no Betti error"}
+
+
+def _ablation(paths, refs, ref_pts, ref_meshes, **kw) -> dict[str, Any]:
+    ae_path, diff_path = paths if paths is not None else ABLATION_WEIGHTS
+    if not (Path(ae_path).is_file() and Path(diff_path).is_file()):
+        return {"available": False,
+                "reason": f"no surface-token (SPSDF) ablation checkpoints: expected {ae_path} and {diff_path}; "
+                          "train an autoencoder with token_source='surface' and a diffusion model on its latents "
+                          "to fill this row"}
+    diff, ae = load_generation_models(diff_path, ae_path)
+    if ae.config.token_source != "surface":
+        raise SkellabError(f"{ae_path}: the ablation autoencoder must have token_source='surface'")
+    out = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, name="ablation", **kw)
+    out["available"] = True
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The macro-averaged table as aligned text (one row per method)."""
+    heads = ["method", "MMD-CD x1e3", "COV-CD", "1-NNA-CD", "MMD-EMD x1e2", "COV-EMD", "1-NNA-EMD", "Betti err"]
+    rows = []
+    for name, m in results["methods"].items():
+        if m.get("available") is False:
+            rows.append([name] + ["n/a"] * (len(heads) - 1))
+            continue
+        mac = m["macro"]
+        rows.append([name] + ["-" if mac[k] is None else f"{mac[k]:.3f}" for k in METRIC_KEYS])
+    widths = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in [heads] + rows]
+    s = results["setup"]
+    lines.append(f"{results.get('dataset_name') or results['dataset']} / {results['split']}: "
+                 f"{sum(results['reference_counts'].values())} references in {len(results['classes'])} classes; "
+                 f"{s['num_points']} points (EMD: {s['emd_points']}), normalised frame; per-class metrics, "
+                 "mean over classes")
+    return "\n".join(lines)
+
+
+def shipped_results(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The table measured when the shipped diffusion model was released (``weights/diffusion.json``,
+    ``metrics.evaluation``), in the format of :func:`evaluate_generation`."""
+    p = Path(path) if path is not None else _WEIGHTS / "diffusion.json"
+    try:
+        return json.loads(p.read_text())["metrics"]["evaluation"]
+    except FileNotFoundError as exc:
+        raise SkellabError(f"{p}: not found") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SkellabError(f"{p}: no metrics.evaluation table in it") from exc

@@ -1,0 +1,302 @@
+"""Generating new organs: sample skeletal latents, decode them to meshes and skeletons (METHOD §6–§7).
+
+The library behind ``skellab generate``::
+
+    organs = generate_organs("kidney", 4, steps=20, guidance=2.0, seed=0)   # list[GeneratedOrgan]
+    write_generated(organs, "out/")     # out/organ_00.ply, out/organ_00_skeleton.npz, ...
+
+Each organ goes through the whole pipeline:
+
+1. the diffusion model (``skellab/weights/diffusion.pt``) samples ``n`` token sets
+   (n, K, 4 + F) for the organ's class with classifier-free guidance, from one seeded
+   generator (so the result depends only on ``seed``, ``steps``, ``guidance``, ``scheduler``);
+2. each token set is a :class:`~skellab.autoencoder.Latent`: its first four numbers per
+   token are a skeletal sphere (centre xyz, radius), which gives the :class:`Skeleton`
+   (edges from :func:`skellab.skeleton.graph.skeleton_edges`, with points sampled on the
+   generated surface as the recovery prior);
+3. the autoencoder's decoder evaluates the SDF on an R³ grid, only near the skeleton
+   (:func:`skellab.meshing.decode_grid_guided`), and marching cubes gives the mesh.
+
+Everything is in the **normalised frame** (bbox centre at 0, max |coordinate| = 1, the
+frame of the training shapes); generated organs have no original units. SDF sign:
+negative inside.
+
+Schedulers. The shipped model is trained with EDM (Karras et al. 2022), and the sampler
+must match the training parameterisation:
+
+* ``"edm"``  — EDM's deterministic Heun sampler (2·steps − 1 network calls), the paper's choice;
+* ``"ddim"`` — deterministic DDIM (η = 0) is Euler's method on the same probability-flow
+  ODE (Karras et al. 2022, §3 and eq. (4); Song et al. 2021, eq. (14)), so on an EDM
+  checkpoint it is run as :class:`~skellab.diffusion.EDMScheduler` with ``solver="euler"``
+  on EDM's σ schedule: ``steps`` network calls, first-order;
+* ``"ddpm"`` — DDPM's ancestral sampler needs a network trained on the DDPM chain
+  (ᾱ_t, integer timesteps); for an EDM checkpoint this is refused with a clear error.
+  (A DDPM-trained checkpoint accepts ``ddpm`` and ``ddim``, and refuses ``edm``.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import trimesh
+
+from .autoencoder.model import Latent, SkeletalAutoencoder
+from .autoencoder.train import load_autoencoder
+from .diffusion import LatentDiffusion, load_diffusion, make_scheduler, sample_latents
+from .errors import SkellabError
+from .meshing import decode_grid_guided, export_mesh, extract_mesh
+from .runtime import make_generator
+from .skeleton.graph import skeleton_edges
+from .skeleton.types import Skeleton
+
+__all__ = ["DEFAULT_DIFFUSION_WEIGHTS", "SAMPLERS", "GeneratedOrgan", "generate_organs", "generate_from_models",
+           "decode_organ", "load_generation_models", "sampling_scheduler", "list_organs", "write_generated"]
+
+DEFAULT_DIFFUSION_WEIGHTS = Path(__file__).resolve().parent / "weights" / "diffusion.pt"
+SAMPLERS = ("edm", "ddpm", "ddim")
+
+
+@dataclass
+class GeneratedOrgan:
+    """One generated organ.
+
+    organ      : class name
+    index      : position in its batch (file ``organ_{index:02d}.ply``)
+    vertices   : (V, 3) float64 mesh vertices, normalised frame
+    faces      : (F, 3) int64 triangles, oriented outward
+    skeleton   : :class:`Skeleton` — the latent's K spheres (radii clamped at 0) and graph edges
+    latent     : :class:`Latent` (1, K, 4 + F), the sampled tokens
+    watertight : every edge of the mesh is shared by exactly two faces
+    components : connected components of the mesh
+    seconds    : wall time per stage: ``sample`` (this organ's share of the batched sampling),
+                 ``decode`` (guided SDF grid), ``mesh`` (marching cubes), ``skeleton`` (graph)
+    info       : sampler settings (``steps``, ``guidance``, ``scheduler``, ``seed``, ``resolution``,
+                 ``query_fraction`` of the grid decoded)
+    """
+
+    organ: str
+    index: int
+    vertices: np.ndarray
+    faces: np.ndarray
+    skeleton: Skeleton
+    latent: Latent
+    watertight: bool
+    components: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_trimesh(self) -> trimesh.Trimesh:
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+
+# ---------------------------------------------------------------------- models
+def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None,
+                           autoencoder_checkpoint: str | os.PathLike | None = None, *,
+                           device: str | torch.device = "cpu") -> tuple[LatentDiffusion, SkeletalAutoencoder]:
+    """The diffusion model and the autoencoder whose latents it was trained on (default: the shipped ones).
+
+    Missing or corrupt files, or a pair whose token shapes disagree → :class:`SkellabError`.
+    """
+    diff = load_diffusion(diffusion_checkpoint if diffusion_checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS,
+                          device=device)
+    ae = load_autoencoder(autoencoder_checkpoint, device=device)
+    if diff.denoiser.config.token_dim != ae.config.token_dim:
+        raise SkellabError(f"the diffusion model makes {diff.denoiser.config.token_dim}-number tokens but the "
+                           f"autoencoder reads {ae.config.token_dim}: they were not trained together")
+    if not diff.classes:
+        raise SkellabError("the diffusion checkpoint has no class names: it cannot generate a named organ")
+    return diff, ae
+
+
+def list_organs(checkpoint: str | os.PathLike | None = None) -> list[str]:
+    """Organ classes the diffusion model can generate (default: the shipped checkpoint)."""
+    diff = load_diffusion(checkpoint if checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS)
+    return list(diff.classes or [])
+
+
+def sampling_scheduler(diffusion: LatentDiffusion, name: str = "edm") -> Any:
+    """A sampler for ``diffusion`` by name, compatible with how its network was trained (module docstring).
+
+    EDM checkpoint: ``edm`` → its Heun sampler; ``ddim`` → EDM Euler (= DDIM, η = 0, on the
+    probability-flow ODE); ``ddpm`` → :class:`SkellabError`. DDPM checkpoint: ``ddpm`` → itself;
+    ``ddim`` → DDIM on the same ᾱ_t chain; ``edm`` → :class:`SkellabError`.
+    """
+    if name not in SAMPLERS:
+        raise SkellabError(f"unknown scheduler {name!r}: use {', '.join(SAMPLERS)}")
+    cfg = dict(diffusion.scheduler.config)
+    trained = cfg.pop("name")
+    if trained == "edm":
+        if name == "ddpm":
+            raise SkellabError("scheduler 'ddpm' needs a network trained on the DDPM chain, but this checkpoint was "
+                               "trained with EDM: use edm (Heun) or ddim (deterministic Euler, the same ODE)")
+        return make_scheduler("edm", **{**cfg, "solver": "heun" if name == "edm" else "euler"})
+    if name == "edm":
+        raise SkellabError(f"scheduler 'edm' needs an EDM-trained network, but this checkpoint was trained with "
+                           f"{trained}: use ddpm or ddim")
+    keep = {k: v for k, v in cfg.items() if k not in ("eta", "num_steps")}
+    return make_scheduler(name, **keep)
+
+
+# ---------------------------------------------------------------------- generation
+def _check_args(n: int, steps: int, guidance: float, scheduler: str, resolution: int) -> None:
+    for name, value in (("n", n), ("steps", steps), ("resolution", resolution)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SkellabError(f"{name} must be an integer, got {value!r}")
+    if n <= 0:
+        raise SkellabError(f"n must be >= 1, got {n}")
+    if steps <= 0:
+        raise SkellabError(f"steps must be >= 1, got {steps}")
+    if not (isinstance(guidance, (int, float)) and np.isfinite(guidance) and guidance >= 0):
+        raise SkellabError(f"guidance must be a number >= 0, got {guidance!r}")
+    if scheduler not in SAMPLERS:
+        raise SkellabError(f"unknown scheduler {scheduler!r}: use {', '.join(SAMPLERS)}")
+    if not 8 < resolution <= 512:
+        raise SkellabError(f"resolution must be in (8, 512], got {resolution}")
+
+
+def _components(mesh: trimesh.Trimesh) -> int:
+    return len(mesh.split(only_watertight=False)) if len(mesh.faces) else 0
+
+
+def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str, index: int, resolution: int = 128,
+                 largest_component: bool = True, seed: int = 0,
+                 graph_points: int = 2048) -> GeneratedOrgan:
+    """One latent (batch size 1) → :class:`GeneratedOrgan` (mesh, skeleton, flags, timings).
+
+    The grid's outermost layer is set to "outside", so a sample that reaches the box
+    [-1.1, 1.1]³ is capped there and the mesh stays closed (``info["clipped_at_box"]``
+    says it happened). A latent whose decoded SDF has no zero crossing raises
+    :class:`SkellabError`.
+    """
+    t0 = time.perf_counter()
+    grid = decode_grid_guided(autoencoder, latent, int(resolution))
+    t1 = time.perf_counter()
+    # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ)
+    values = grid.values.copy()
+    tau = float(autoencoder.config.truncation)
+    faces_of_box = [values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]]
+    clipped = any(bool((side < 0).any()) for side in faces_of_box)
+    for side in faces_of_box:
+        side[...] = np.maximum(side, tau)
+    v, f = extract_mesh(values, grid.box, largest_component=largest_component)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    t2 = time.perf_counter()
+    centers = latent.centers[0].detach().float().cpu()
+    radii = latent.radii[0].detach().float().cpu().clamp_min(0.0)
+    surface, _ = trimesh.sample.sample_surface(mesh, graph_points, seed=seed)  # recovery prior of the graph
+    edges = skeleton_edges(centers, np.asarray(surface))
+    skel = Skeleton(centers, radii, edges, method="diffusion", meta={"organ": organ})
+    t3 = time.perf_counter()
+    return GeneratedOrgan(organ, index, v, f, skel, latent.detach().to("cpu"), bool(mesh.is_watertight),
+                          _components(mesh), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
+                          {"resolution": int(resolution), "query_fraction": grid.query_fraction,
+                           "clipped_at_box": clipped})
+
+
+def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
+                         steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
+                         resolution: int = 128, largest_component: bool = True, decode: bool = True,
+                         max_attempts: int = 3) -> list[GeneratedOrgan] | Latent:
+    """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
+
+    A sample whose decoded SDF has no surface is drawn again (up to ``max_attempts`` times,
+    from the same generator, so results stay a function of the seed; ``info["attempts"]``).
+    decode=False returns the sampled :class:`Latent` (n, K, 4 + F) only.
+    """
+    _check_args(n, steps, guidance, scheduler, resolution)
+    if organ not in (diffusion.classes or []):
+        raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.classes or [])}")
+    ci = diffusion.class_id(organ)
+    sampler = sampling_scheduler(diffusion, scheduler)
+    generator = make_generator(seed)
+
+    def _sample(num: int) -> tuple[Latent, float]:
+        t0 = time.perf_counter()
+        tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
+                                class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
+                                normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+        return Latent(tokens, torch.full((num,), ci, dtype=torch.long)), (time.perf_counter() - t0) / num
+
+    latents, t_sample = _sample(n)
+    if not decode:
+        return latents
+    out: list[GeneratedOrgan | None] = [None] * n
+    todo = list(range(n))
+    for attempt in range(1, max_attempts + 1):
+        failed = []
+        for j, i in enumerate(todo):
+            try:
+                g = decode_organ(autoencoder, latents[j], organ=organ, index=i, resolution=resolution,
+                                 largest_component=largest_component, seed=seed + i)
+            except SkellabError:  # the decoded SDF has no surface: draw this organ again
+                failed.append(i)
+                continue
+            g.seconds = {"sample": t_sample, **g.seconds}
+            g.info.update(steps=int(steps), guidance=float(guidance), scheduler=scheduler, seed=int(seed),
+                          attempts=attempt)
+            out[i] = g
+        todo = failed
+        if not todo:
+            return [g for g in out if g is not None]
+        if attempt < max_attempts:  # fresh samples from the same generator: still a function of the seed
+            latents, t_sample = _sample(len(todo))
+    raise SkellabError(f"{len(todo)} sampled {organ} latent(s) decoded to no surface in {max_attempts} attempts "
+                       "(is the autoencoder the one the diffusion model was trained with?)")
+
+
+def generate_organs(
+    organ: str,
+    n: int,
+    *,
+    steps: int = 20,
+    guidance: float = 2.0,
+    seed: int = 0,
+    scheduler: str = "edm",
+    resolution: int = 128,
+    diffusion_checkpoint: str | os.PathLike | None = None,
+    autoencoder_checkpoint: str | os.PathLike | None = None,
+    largest_component: bool = True,
+    device: str | torch.device = "cpu",
+) -> list[GeneratedOrgan]:
+    """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
+
+    organ      : a class name of the diffusion model (:func:`list_organs`)
+    n          : organs to generate (>= 1), sampled as one batch
+    steps      : sampler steps (EDM Heun: 2·steps − 1 network calls; paper: 20)
+    guidance   : classifier-free guidance weight w >= 0 (0: unconditional, 1: conditional, paper: 2.0)
+    seed       : the result is a deterministic function of the seed (on a given machine and torch build)
+    scheduler  : ``"edm"`` | ``"ddim"`` | ``"ddpm"`` — see the module docstring for what each does
+    resolution : marching-cubes grid R (R³ over [-1.1, 1.1]³, decoded only near the skeleton)
+    largest_component : keep only the largest connected piece of each mesh
+    returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
+    Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
+    Not differentiable.
+    """
+    _check_args(n, steps, guidance, scheduler, resolution)
+    diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
+    return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
+                                resolution=resolution, largest_component=largest_component)
+
+
+def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``organ_XX.ply`` (mesh) and ``organ_XX_skeleton.npz`` (:meth:`Skeleton.save`) per organ, atomically.
+
+    Coordinates are in the normalised frame. Returns the written paths (mesh, skeleton, mesh, …).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SkellabError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for g in organs:
+        mesh_path = export_mesh(out / f"organ_{g.index:02d}.ply", g.vertices, g.faces)
+        skel_path = out / f"organ_{g.index:02d}_skeleton.npz"
+        g.skeleton.save(skel_path)
+        paths += [mesh_path, skel_path]
+    return paths

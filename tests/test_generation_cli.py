@@ -1,0 +1,119 @@
+"""`skellab generate` / `skellab evaluate` and the library behind them (skellab.generation, skellab.evaluation).
+
+Uses the shipped weights (skellab/weights/diffusion.pt + autoencoder.pt) at tiny sizes:
+a 24³–32³ grid and a few sampler steps, so every test takes seconds on CPU.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+from conftest import run_cli
+
+from skellab.errors import SkellabError
+from skellab.generation import generate_organs, list_organs, load_generation_models, sampling_scheduler
+from skellab.skeleton.types import Skeleton
+
+FAST = ("--resolution", "32", "--steps", "3")
+
+
+def _one_line_error(code: int, out: str, err: str) -> None:
+    assert code == 2, (code, out, err)
+    assert err.startswith("skellab") and "error:" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_list_organs_prints_one_name_per_line():
+    code, out, err = run_cli("generate", "--list-organs")
+    assert code == 0, err
+    names = out.split()
+    assert names == list_organs() and len(names) >= 4
+    assert {"colon", "kidney", "liver", "vessel_tree"} <= set(names)
+
+
+def test_generate_writes_watertight_meshes_and_skeletons(tmp_path):
+    out = tmp_path / "gen"
+    code, stdout, err = run_cli("generate", "--organ", "kidney", "--n", "2", "--out", out, "--seed", "1", *FAST)
+    assert code == 0, err
+    plys, npzs = sorted(out.glob("organ_*.ply")), sorted(out.glob("organ_*_skeleton.npz"))
+    assert [p.name for p in plys] == ["organ_00.ply", "organ_01.ply"]
+    assert [p.name for p in npzs] == ["organ_00_skeleton.npz", "organ_01_skeleton.npz"]
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    for ply, npz in zip(plys, npzs):
+        mesh = trimesh.load(ply, process=False)
+        assert len(mesh.faces) > 0 and mesh.is_watertight
+        assert np.abs(mesh.vertices).max() <= 1.1 + 1e-6  # normalised frame, inside the decoding box
+        skel = Skeleton.load(npz)
+        assert skel.centers.shape[1] == 3 and skel.num_spheres > 0 and (skel.radii >= 0).all()
+        assert len(skel.edges) >= skel.num_spheres // 2  # a connected-ish stick figure, not isolated points
+    assert "watertight" in stdout
+
+
+def test_generation_is_deterministic_and_ddim_runs():
+    a = generate_organs("liver", 1, steps=3, resolution=24, seed=3)[0]
+    b = generate_organs("liver", 1, steps=3, resolution=24, seed=3)[0]
+    assert np.array_equal(a.latent.tokens, b.latent.tokens) and np.array_equal(a.faces, b.faces)
+    c = generate_organs("liver", 1, steps=3, resolution=24, seed=3, scheduler="ddim")[0]
+    assert c.watertight and not np.array_equal(a.latent.tokens, c.latent.tokens)
+    assert set(a.seconds) == {"sample", "decode", "mesh", "skeleton"}
+
+
+def test_sampler_choice_follows_the_training_scheduler():
+    diff, _ = load_generation_models()
+    assert diff.scheduler.config["name"] == "edm"
+    euler = sampling_scheduler(diff, "ddim")
+    euler.set_timesteps(5)
+    assert euler.config["solver"] == "euler" and len(euler.timesteps) == 5  # one network call per step
+    with pytest.raises(SkellabError, match="trained with EDM"):
+        sampling_scheduler(diff, "ddpm")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--organ", "spleenx"), "unknown organ 'spleenx'; known: accumbens"),
+    (("--organ", "kidney", "--n", "0"), "n must be >= 1"),
+    (("--organ", "kidney", "--n", "-2"), "n must be >= 1"),
+    (("--organ", "kidney", "--steps", "0"), "steps must be >= 1"),
+    (("--organ", "kidney", "--guidance", "-0.5"), "guidance must be a number >= 0"),
+    (("--organ", "kidney", "--scheduler", "euler"), "unknown scheduler 'euler'"),
+    (("--organ", "kidney", "--scheduler", "ddpm"), "trained with EDM"),
+    (("--organ", "kidney", "--checkpoint", "/nonexistent/diffusion.pt"), "diffusion checkpoint not found"),
+    (("--organ", "kidney", "--n", "two"), "invalid int value"),
+])
+def test_bad_generate_input_is_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "gen"
+    code, stdout, err = run_cli("generate", "--out", out, *FAST, *args)
+    _one_line_error(code, stdout, err)
+    assert message in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "diffusion.pt"
+    bad.write_bytes(b"not a checkpoint")
+    _one_line_error(*run_cli("generate", "--list-organs", "--checkpoint", bad))
+    _one_line_error(*run_cli("generate", "--n", "1"))  # neither --organ/--out nor --list-organs
+
+
+def test_evaluate_writes_the_table(tiny_dataset, tmp_path):
+    out = tmp_path / "results.json"
+    code, stdout, err = run_cli("evaluate", "--data", tiny_dataset, "--out", out, "--classes", "kidney", "--n", "1",
+                                "--points", "256", "--emd-points", "64", "--resolution", "24", "--steps", "2",
+                                "--baseline-seconds", "1", "--quiet")
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["split"] == "test" and res["classes"] == ["kidney"]
+    for name in ("skellab", "point_diffusion"):
+        macro = res["methods"][name]["macro"]
+        assert 0 <= macro["cov_cd"] <= 1 and 0 <= macro["1nna_cd"] <= 1 and macro["mmd_cd_x1e3"] > 0
+        assert macro["mmd_emd_x1e2"] > 0
+    assert res["methods"]["skellab"]["macro"]["betti_error"] is not None
+    assert res["methods"]["point_diffusion"]["macro"]["betti_error"] is None  # point clouds have no topology
+    assert res["methods"]["point_diffusion"]["training"]["cpu_budget_seconds"] == 1
+    assert res["methods"]["surface_latent_ablation"]["available"] is False
+    assert "1nna" in res["conventions"] and res["setup"]["emd_points"] == 64
+    assert "MMD-CD x1e3" in stdout
+
+
+def test_evaluate_bad_split_is_one_line_exit_2(tiny_dataset, tmp_path):
+    _one_line_error(*run_cli("evaluate", "--data", tiny_dataset, "--out", tmp_path / "r.json", "--split", "nope"))
