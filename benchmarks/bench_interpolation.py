@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10)
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--resolution", type=int, default=96)
-    ap.add_argument("--preview-resolution", type=int, default=40)
+    ap.add_argument("--preview-resolution", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="interpolation.json")

@@ -94,7 +94,7 @@ def interpolation_widget(
     latents: Mapping[str, Latent],
     *,
     steps: int = 11,
-    preview_resolution: int = 40,
+    preview_resolution: int = 24,
     full_resolution: int = 96,
     initial: tuple[str, str] | None = None,
     cache_size: int = 64,
@@ -260,7 +260,7 @@ def edit_sphere(latent: Latent, index: int, *, scale: float = 1.0,
     return Latent(tokens, latent.class_index)
 
 
-def skeleton_explorer(model: SkeletalAutoencoder, latent: Latent, *, preview_resolution: int = 40,
+def skeleton_explorer(model: SkeletalAutoencoder, latent: Latent, *, preview_resolution: int = 24,
                       full_resolution: int = 96, height: int = 420) -> Any:
     """Toggle mesh / spheres / stick figure, pick a sphere, scale its radius and re-decode.
 
