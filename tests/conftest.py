@@ -43,3 +43,14 @@ def demo_run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out, code, stdout, stderr
+
+
+@pytest.fixture
+def one_thread():
+    """Small models run several times faster single-threaded on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

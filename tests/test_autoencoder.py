@@ -22,15 +22,6 @@ TINY = AutoencoderConfig(num_tokens=16, num_surface=128, encoder_width=32, encod
                          num_frequencies=3, decoder_width=32, decoder_heads=2, decoder_blocks=1)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models step 10-40x faster single-threaded on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sphere_cloud(n: int, radius: float = 0.5, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, n, 3, generator=g)

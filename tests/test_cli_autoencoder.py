@@ -18,12 +18,7 @@ def meshes(tmp_path_factory):
     return d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reconstruct_writes_a_watertight_mesh_in_input_units(meshes, tmp_path):

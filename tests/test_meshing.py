@@ -15,15 +15,6 @@ CFG = AutoencoderConfig(num_tokens=12, num_surface=64, encoder_width=16, encoder
                         num_frequencies=2, decoder_width=16, decoder_heads=2, decoder_blocks=1)
 
 
-@pytest.fixture
-def one_thread():
-    """Small decoders run several times faster single-threaded on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bent_tube():
     """An untrained model decodes the union of its skeletal spheres exactly (zero-initialised head)."""
     torch.manual_seed(0)
