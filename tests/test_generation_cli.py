@@ -110,7 +110,9 @@ def test_evaluate_writes_the_table(tiny_dataset, tmp_path):
     assert res["methods"]["skellab"]["macro"]["betti_error"] is not None
     assert res["methods"]["point_diffusion"]["macro"]["betti_error"] is None  # point clouds have no topology
     assert res["methods"]["point_diffusion"]["training"]["cpu_budget_seconds"] == 1
-    assert res["methods"]["surface_latent_ablation"]["available"] is False
+    ablation = res["methods"]["surface_latent_ablation"]  # the shipped SPSDF ablation weights
+    assert ablation["available"] is True
+    assert 0 <= ablation["macro"]["cov_cd"] <= 1 and 0 <= ablation["macro"]["1nna_cd"] <= 1
     assert "1nna" in res["conventions"] and res["setup"]["emd_points"] == 64
     assert "MMD-CD x1e3" in stdout
 
