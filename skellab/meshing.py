@@ -71,13 +71,21 @@ class SDFGrid:
         return self.num_queries / float(self.values.size)
 
 
+MAX_RESOLUTION = 512
+
+
+def check_resolution(resolution: int) -> None:
+    """A marching-cubes grid side must be an integer in (8, MAX_RESOLUTION]: one-line SkellabError otherwise."""
+    if not isinstance(resolution, (int, np.integer)) or not 8 < int(resolution) <= MAX_RESOLUTION:
+        raise SkellabError(f"grid resolution must be an integer in (8, {MAX_RESOLUTION}], got {resolution!r}")
+
+
 def _check(model: SkeletalAutoencoder, latent: Latent, resolution: int) -> None:
     if not isinstance(model, SkeletalAutoencoder):
         raise SkellabError(f"expected a SkeletalAutoencoder, got {type(model).__name__}")
     if not isinstance(latent, Latent) or latent.batch_size != 1:
         raise SkellabError("decode one shape at a time: pass a Latent with batch size 1 (e.g. latents[i])")
-    if not isinstance(resolution, (int, np.integer)) or not 8 < int(resolution) <= 512:
-        raise SkellabError(f"grid resolution must be an integer in (8, 512], got {resolution!r}")
+    check_resolution(resolution)
 
 
 @torch.no_grad()

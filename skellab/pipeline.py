@@ -20,15 +20,7 @@ from .data.sampling import sample_surface
 from .data.shape import Normalization, Shape
 from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
-from .meshing import decode_mesh, export_mesh
-
-MAX_RESOLUTION = 512
-
-
-def _check_resolution(resolution: int) -> None:
-    if not isinstance(resolution, int) or resolution <= 8 or resolution > MAX_RESOLUTION:
-        raise SkellabError(f"resolution must be an integer in (8, {MAX_RESOLUTION}], got {resolution!r}")
-
+from .meshing import check_resolution, decode_mesh, export_mesh
 
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:
     """Sample oriented surface points of ``shape``, skeletonize (medial) and encode: a batch-1 :class:`Latent`."""
@@ -58,7 +50,7 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
                      device: str = "cpu") -> Reconstruction:
     """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units."""
-    _check_resolution(resolution)
+    check_resolution(resolution)  # before loading anything
     model = load_autoencoder(checkpoint, device=device)
     shape = load_shape_file(path, organ=organ or "unknown")
     latent = encode_shape(model, shape, seed=seed, organ=organ)
@@ -78,7 +70,7 @@ def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int 
     """
     if not isinstance(steps, int) or steps < 2:
         raise SkellabError(f"steps must be an integer >= 2, got {steps!r}")
-    _check_resolution(resolution)
+    check_resolution(resolution)  # before loading anything
     model = load_autoencoder(checkpoint, device=device)
     shape_a = load_shape_file(a, organ="unknown")
     shape_b = load_shape_file(b, organ="unknown")
