@@ -297,13 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped weights)")
     ev.add_argument("--quiet", action="store_true", help="no progress messages")
     ev.set_defaults(func=_cmd_evaluate)
+
+    from .train.cli import add_train_arguments, run_train
+
+    tr = sub.add_parser("train", help="train a stage (skeleton, autoencoder, diffusion) or all; resumable, torchrun-ready")
+    add_train_arguments(tr, _positive_int)
+    tr.set_defaults(func=run_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    return run_command(args.func, args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; bad input → one line ``skellab: error: …`` and exit status 2, never a traceback."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)

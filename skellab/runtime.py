@@ -41,6 +41,19 @@ def numpy_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. directories on some platforms
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -58,7 +71,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the bytes are on disk before the name points at them
         os.replace(tmp_path, final)
+        _fsync(final.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -181,8 +181,8 @@ def test_train_tiny(tiny_dataset, tmp_path):
                                     out=tmp_path / "run", progress=False)
     assert hist["step"] == [1, 2, 3, 4] and len(hist["val_sdf"]) == 2
     assert all(math.isfinite(x) for x in hist["loss"])
-    assert (tmp_path / "run" / "skeletons.npz").is_file() and (tmp_path / "run" / "history.json").is_file()
-    back = load_autoencoder(tmp_path / "run" / "autoencoder.pt", expect=model.config)
+    assert (tmp_path / "run" / "skeletons.npz").is_file() and (tmp_path / "run" / "log.csv").is_file()
+    back = load_autoencoder(tmp_path / "run" / "model.pt", expect=model.config)
     assert back.classes == model.classes and model.config.num_classes == len(model.classes)
 
 

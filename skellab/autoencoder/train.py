@@ -5,7 +5,9 @@ medial (shrinking-ball) method from a fixed subset of its stored surface points 
 cached; each step draws ``batch_size`` training shapes, a fresh random subset of
 their surface points and SDF queries (90% from the near-surface band), encodes,
 decodes and minimises the truncated-SDF MSE (+ the optional skeleton constraint).
-Adam, linear warm-up then linear decay to ``lr_final_fraction``, gradient clipping.
+Adam, linear warm-up then linear decay to ``lr_final_fraction``, gradient clipping. The loop
+is the shared training engine (:mod:`skellab.train`); the task is
+:class:`skellab.train.AutoencoderTask`.
 
 Checkpoint format ``skellab.autoencoder/1`` (a plain dict, loadable with
 ``torch.load(weights_only=True)``)::
@@ -13,13 +15,15 @@ Checkpoint format ``skellab.autoencoder/1`` (a plain dict, loadable with
     {"format": "skellab.autoencoder/1", "config": asdict(AutoencoderConfig),
      "state_dict": ..., "classes": [...], "train": asdict(TrainConfig) | None,
      "step": int, "metrics": {...}}
+
+A run checkpoint (``checkpoint.pt`` of a training run) is the same dict plus a
+``"train_state"`` entry for resuming (optimizer, scheduler, RNG, step).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,16 +32,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.dataset import MedSDFDataset, SDFBatchConfig
 from ..data.medsdf import MedSDF
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, write_checkpoint
 from ..errors import SkellabError
-from ..runtime import atomic_path, make_generator, resolve_device
+from ..runtime import atomic_path, resolve_device
 from .model import AutoencoderConfig, Latent, SkeletalAutoencoder
 
 __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_WEIGHTS", "TrainConfig", "tiny_config", "default_config",
-    "skeletons_for", "train_autoencoder", "save_autoencoder", "load_autoencoder", "encode_shapes", "encode_points",
+    "skeletons_for", "train_autoencoder", "autoencoder_payload", "save_autoencoder", "load_autoencoder", "encode_shapes", "encode_points",
 ]
 
 CHECKPOINT_FORMAT = "skellab.autoencoder/1"
@@ -97,7 +100,7 @@ _PRESETS = {"tiny": tiny_config, "default": default_config}
 
 # ---------------------------------------------------------------------- skeletons
 def _skeletonize_batch(points: torch.Tensor, normals: torch.Tensor, *, k: int,
-                       method: str) -> tuple[torch.Tensor, torch.Tensor]:
+                       method: str, config: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, 3) oriented points → centers (B, k, 3), radii (B, k), via the skeleton dispatcher."""
     try:
         from ..skeleton import skeletonize
@@ -110,23 +113,28 @@ def _skeletonize_batch(points: torch.Tensor, normals: torch.Tensor, *, k: int,
 
         c, r, _ = medial_spheres(points, normals, k=k)
         return c.detach(), r.detach()
-    out = skeletonize(points, normals, method=method, k=k, generator=None, device=points.device, edges=False)
+    out = skeletonize(points, normals, method=method, k=k, config=config, generator=None, device=points.device,
+                      edges=False)
     return torch.stack([s.centers for s in out]).detach(), torch.stack([s.radii for s in out]).detach()
 
 
 def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int, method: str = "medial",
-                  cache: str | os.PathLike | None = None, batch: int = 8,
-                  progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                  cache: str | os.PathLike | None = None, batch: int = 8, progress: bool = False,
+                  skeleton_config: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Skeletal spheres of each shape: ``{id: (centers (k, 3), radii (k,))}``, normalised frame.
 
     Computed from the first ``num_surface`` stored surface points (a random area-uniform
     subset) and their normals, deterministically (farthest-point sampling of the medial
     balls starts from the first kept ball), so a shape's skeleton never depends on
     which other shapes share its batch. With ``cache`` (an ``.npz`` path), results are read from
-    and added to it, so each shape is skeletonized once.
+    and added to it, so each shape is skeletonized once. ``skeleton_config`` is passed to
+    :func:`skellab.skeleton.skeletonize` (for ``"learned"``: a checkpoint path, part of the cache key).
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tag = f"{method}-k{k}-n{num_surface}"
+    if skeleton_config is not None:
+        ident = Path(skeleton_config).read_bytes() if isinstance(skeleton_config, (str, os.PathLike)) else repr(skeleton_config).encode()
+        tag += "-" + hashlib.sha256(ident).hexdigest()[:12]
     if cache is not None and Path(cache).is_file():
         with np.load(cache, allow_pickle=False) as z:
             for sid in ids:
@@ -140,7 +148,7 @@ def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int
             raise SkellabError(f"a shape in {store.root} has fewer than {num_surface} stored surface points")
         pts = torch.from_numpy(np.stack([a["surface_points"][:num_surface] for a in arrays]))
         nrm = torch.from_numpy(np.stack([a["surface_normals"][:num_surface] for a in arrays]))
-        c, r = _skeletonize_batch(pts, nrm, k=k, method=method)
+        c, r = _skeletonize_batch(pts, nrm, k=k, method=method, config=skeleton_config)
         for i, sid in enumerate(chunk):
             out[sid] = (c[i].cpu().numpy().astype(np.float32), r[i].cpu().numpy().astype(np.float32))
     if cache is not None and todo:
@@ -156,36 +164,6 @@ def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int
     return out
 
 
-# ---------------------------------------------------------------------- batches
-def _batch(ds: MedSDFDataset, indices: Sequence[int], skel: dict, device: torch.device) -> dict[str, Any]:
-    items = [ds[i] for i in indices]
-    b: dict[str, Any] = {key: torch.stack([it[key] for it in items]).to(device)
-                         for key in ("surface", "normals", "queries", "sdf", "class_index")}
-    b["centers"] = torch.from_numpy(np.stack([skel[it["shape_id"]][0] for it in items])).to(device)
-    b["radii"] = torch.from_numpy(np.stack([skel[it["shape_id"]][1] for it in items])).to(device)
-    return b
-
-
-def _step_loss(model: SkeletalAutoencoder, b: dict[str, Any]) -> dict[str, torch.Tensor]:
-    lat = model.encode(b["surface"], b["normals"], b["centers"], b["radii"], b["class_index"])
-    return model.loss(lat, b["queries"], b["sdf"])
-
-
-@torch.no_grad()
-def _validate(model, ds: MedSDFDataset | None, skel, device, batch_size) -> float | None:
-    if ds is None:
-        return None
-    model.eval()
-    ds.set_epoch(0)
-    losses, weights = [], []
-    for s in range(0, len(ds), batch_size):
-        idx = list(range(s, min(s + batch_size, len(ds))))
-        losses.append(float(_step_loss(model, _batch(ds, idx, skel, device))["sdf"]))
-        weights.append(len(idx))
-    model.train()
-    return float(np.average(losses, weights=weights))
-
-
 def train_autoencoder(
     dataset_root: str | os.PathLike,
     *,
@@ -196,107 +174,63 @@ def train_autoencoder(
     device: str | torch.device = "auto",
     seed: int = 0,
     out: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> tuple[SkeletalAutoencoder, dict[str, list]]:
-    """Train a :class:`SkeletalAutoencoder` on a MedSDF folder.
+    """Train a :class:`SkeletalAutoencoder` on a MedSDF folder with the shared engine (:mod:`skellab.train`).
 
     dataset_root : MedSDF folder (train split = folds 1–4 minus val; val for the val loss)
     config       : model config (default: the ``preset``'s); ``num_classes`` is set from the data
     train_config : optimisation settings (default: the ``preset``'s); ``steps`` overrides its steps
     preset       : ``"tiny"`` (seconds on a CPU) or ``"default"`` (the shipped model)
-    out          : run folder for ``skeletons.npz`` (cache), ``autoencoder.pt`` checkpoints
-                   (atomic, config embedded) and ``history.json``
+    out          : run folder: ``skeletons.npz`` (cache), ``checkpoint.pt`` (resumable, atomic),
+                   ``model.pt`` (the exported model), ``log.csv``, ``summary.json``
+    resume       : continue ``out/checkpoint.pt``
     returns      : the trained model (eval mode, on ``device``) and the history
                    ``{"step", "loss", "sdf", "skeleton", "lr", "val_step", "val_sdf", "seconds"}``
                    (losses in units of τ², MSE of SDF/τ).
     """
+    from ..train.engine import EngineConfig, fit
+    from ..train.tasks import AutoencoderTask
+
     if preset not in _PRESETS:
         raise SkellabError(f"unknown preset {preset!r}: use tiny or default")
     p_model, p_train = _PRESETS[preset]()
     train_cfg = train_config or p_train
     if steps is not None:
         train_cfg = TrainConfig(**{**asdict(train_cfg), "steps": int(steps)})
-    dev = resolve_device(device)
-    store = MedSDF.open(dataset_root)
-    classes = store.classes
-    cfg = (config or p_model).replace(num_classes=len(classes))
-    batch_cfg = SDFBatchConfig(num_surface=cfg.num_surface, num_queries=train_cfg.num_queries,
-                               near_fraction=train_cfg.near_fraction)
-    ds = MedSDFDataset(dataset_root, split="train", config=batch_cfg, seed=seed)
-    try:
-        val = MedSDFDataset(dataset_root, split="val", config=batch_cfg, seed=seed + 1)
-    except SkellabError:
-        val = None
-    run = Path(out) if out is not None else None
-    skel = skeletons_for(store, ds.ids + (val.ids if val else []), k=cfg.num_tokens, num_surface=cfg.num_surface,
-                         method=train_cfg.skeleton_method, cache=None if run is None else run / "skeletons.npz",
-                         progress=progress)
-
-    torch.manual_seed(seed)  # weight init; explicit, at call time
-    model = SkeletalAutoencoder(config=cfg, classes=classes).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    total, warm, floor = train_cfg.steps, max(train_cfg.warmup, 0), train_cfg.lr_final_fraction
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to ``floor``
-        if step < warm:
-            return (step + 1) / warm
-        return 1.0 - (1.0 - floor) * (step - warm) / max(total - warm, 1)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    gen = make_generator(seed)
-    hist: dict[str, list] = {k: [] for k in ("step", "loss", "sdf", "skeleton", "lr", "val_step", "val_sdf", "seconds")}
-    order: list[int] = []
-    epoch, t0 = 0, time.perf_counter()
-    bar = tqdm(range(total), desc="autoencoder", disable=not progress)
-    model.train()
-    for step in bar:
-        if len(order) < train_cfg.batch_size:  # reshuffle each epoch; new point subsets too
-            ds.set_epoch(epoch)
-            epoch += 1
-            order += torch.randperm(len(ds), generator=gen).tolist()
-        idx, order = order[: train_cfg.batch_size], order[train_cfg.batch_size :]
-        losses = _step_loss(model, _batch(ds, idx, skel, dev))
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        opt.step()
-        sched.step()
-        hist["step"].append(step + 1)
-        hist["loss"].append(float(losses["total"].detach()))
-        hist["sdf"].append(float(losses["sdf"]))
-        hist["skeleton"].append(float(losses["skeleton"]))
-        hist["lr"].append(float(opt.param_groups[0]["lr"]))
-        hist["seconds"].append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{hist['loss'][-1]:.4f}")
-        last = step + 1 == total
-        if train_cfg.val_every and ((step + 1) % train_cfg.val_every == 0 or last) and val is not None:
-            hist["val_step"].append(step + 1)
-            hist["val_sdf"].append(_validate(model, val, skel, dev, train_cfg.batch_size))
-        if run is not None and (last or (train_cfg.checkpoint_every and (step + 1) % train_cfg.checkpoint_every == 0)):
-            save_autoencoder(run / "autoencoder.pt", model, train_config=train_cfg, step=step + 1,
-                             metrics={"train_sdf": float(np.mean(hist["sdf"][-50:])),
-                                      "val_sdf": hist["val_sdf"][-1] if hist["val_sdf"] else None})
-            with atomic_path(run / "history.json") as tmp:
-                tmp.write_text(json.dumps(hist))
-    model.eval()
-    return model, hist
+    task = AutoencoderTask(dataset_root, config or p_model, train_cfg, seed=seed)
+    engine = EngineConfig(steps=train_cfg.steps, batch_size=train_cfg.batch_size, lr=train_cfg.lr,
+                          warmup=train_cfg.warmup, schedule="linear", lr_final_fraction=train_cfg.lr_final_fraction,
+                          grad_clip=train_cfg.grad_clip or None, val_every=train_cfg.val_every,
+                          checkpoint_every=train_cfg.checkpoint_every, seed=seed)
+    res = fit(task, engine, out=out, device=device, resume=resume, progress=progress)
+    rows = res.history
+    hist: dict[str, list] = {k: [r[k] for r in rows] for k in ("step", "loss", "sdf", "skeleton", "lr", "seconds")}
+    hist["val_step"], hist["val_sdf"] = res.column("val_sdf")
+    return res.model, hist
 
 
 # ---------------------------------------------------------------------- checkpoints
-def save_autoencoder(path: str | os.PathLike, model: SkeletalAutoencoder, *, train_config: TrainConfig | None = None,
-                     step: int = 0, metrics: dict[str, Any] | None = None) -> Path:
-    """Write a ``skellab.autoencoder/1`` checkpoint atomically (config embedded); return its path."""
-    payload = {
+def autoencoder_payload(model: SkeletalAutoencoder, *, train_config: TrainConfig | dict | None = None,
+                        step: int = 0, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``skellab.autoencoder/1`` checkpoint dict of ``model`` (config and classes embedded)."""
+    train = asdict(train_config) if isinstance(train_config, TrainConfig) else train_config
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "classes": list(model.classes),
-        "train": None if train_config is None else asdict(train_config),
+        "train": None if train is None else dict(train),
         "step": int(step),
         "metrics": dict(metrics or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+
+
+def save_autoencoder(path: str | os.PathLike, model: SkeletalAutoencoder, *, train_config: TrainConfig | dict | None = None,
+                     step: int = 0, metrics: dict[str, Any] | None = None) -> Path:
+    """Write a ``skellab.autoencoder/1`` checkpoint atomically (config embedded); return its path."""
+    write_checkpoint(path, autoencoder_payload(model, train_config=train_config, step=step, metrics=metrics))
     return Path(path)
 
 
@@ -339,11 +273,14 @@ def encode_shapes(
     skeleton_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    skeleton_method: str = "medial",
+    skeleton_config: Any = None,
 ) -> tuple[Latent, list[str]]:
     """Encode stored shapes: (Latent (len(ids), K, 4 + F), ids). Deterministic.
 
     Uses the first ``num_surface`` stored surface points of each shape (the same subset
     its skeleton is computed from) and the shape's class index in ``model.classes``.
+    ``skeleton_method`` / ``skeleton_config`` must be the ones the model was trained with.
     """
     store = dataset_root if isinstance(dataset_root, MedSDF) else MedSDF.open(dataset_root)
     ids = list(ids) if ids is not None else store.ids(split=split)
@@ -351,7 +288,8 @@ def encode_shapes(
         raise SkellabError("no shapes to encode")
     cfg = model.config
     dev = next(model.parameters()).device if device is None else resolve_device(device)
-    skel = skeletons_for(store, ids, k=cfg.num_tokens, num_surface=cfg.num_surface, cache=skeleton_cache)
+    skel = skeletons_for(store, ids, k=cfg.num_tokens, num_surface=cfg.num_surface, cache=skeleton_cache,
+                         method=skeleton_method, skeleton_config=skeleton_config)
     classes = model.classes or store.classes
     parts = []
     for s in tqdm(range(0, len(ids), batch_size), desc="encode", disable=not progress):

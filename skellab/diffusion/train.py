@@ -16,25 +16,22 @@ Checkpoint format ``skellab.diffusion/1`` (a plain dict, ``torch.load(weights_on
 
 from __future__ import annotations
 
-import copy
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, write_checkpoint
 from ..errors import SkellabError
-from ..runtime import atomic_path, resolve_device
+from ..runtime import resolve_device
 from .denoiser import DenoiserConfig, TokenDenoiser
 from .sampling import LatentNormalizer, sample_latents
 from .schedulers import _randn, make_scheduler
 
-__all__ = ["CHECKPOINT_FORMAT", "LatentDiffusion", "train_diffusion", "fit_denoiser", "save_diffusion",
+__all__ = ["CHECKPOINT_FORMAT", "LatentDiffusion", "train_diffusion", "fit_denoiser", "diffusion_payload", "save_diffusion",
            "load_diffusion", "make_synthetic_latents"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
@@ -81,16 +78,6 @@ class LatentDiffusion:
                               normalizer=self.normalizer, return_trajectory=return_trajectory)
 
 
-def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    gdev = generator.device if generator is not None else device
-    return torch.randint(0, high, (n,), generator=generator, device=gdev).to(device)
-
-
-def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    gdev = generator.device if generator is not None else device
-    return torch.rand((n,), generator=generator, device=gdev).to(device)
-
-
 def fit_denoiser(
     model: nn.Module,
     data: torch.Tensor,
@@ -109,56 +96,29 @@ def fit_denoiser(
     desc: str = "diffusion",
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The training loop shared by latents and the point-cloud baseline; data (S, K, D) already on the model's device.
+    """Denoising training of ``model`` on samples (S, K, D), shared by latents and the point-cloud baseline.
 
-    Returns (the EMA copy if ``ema_decay`` else the model, in eval mode; history with per-step ``loss``).
+    Runs the shared engine (:func:`skellab.train.fit` with a :class:`skellab.train.DenoisingTask`):
+    each step a batch, a noise level and noise per sample, class → null with probability
+    ``class_dropout`` (classifier-free guidance), the scheduler's weighted regression target;
+    AdamW, linear warm-up then a constant LR, gradient clipping, optional EMA. ``generator`` seeds
+    it (default seed 0). ``callback(step, loss)`` runs after every step and may raise to stop.
+    Returns (the EMA copy if ``ema_decay`` else the model, in eval mode; history with per-step
+    ``loss`` and ``lr`` and the ``seconds`` spent).
     """
-    dev = data.device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
-    history: dict[str, Any] = {"loss": [], "lr": []}
-    t0 = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for step in bar:
-        # 1. a batch of clean samples and their classes
-        idx = _randint(data.shape[0], batch_size, generator, dev)
-        x0 = data[idx]
-        c = class_index[idx] if class_index is not None else None
-        if c is not None and class_dropout > 0:  # classifier-free guidance: class → null with prob. p
-            c = torch.where(_rand(batch_size, generator, dev) < class_dropout, torch.full_like(c, -1), c)
-        # 2. a noise level per sample, and the noised batch
-        t = scheduler.sample_training_timesteps(batch_size, generator, device=dev)
-        noise = _randn(x0.shape, generator, device=dev, dtype=x0.dtype)
-        x_t = scheduler.add_noise(x0, noise, t)
-        # 3. the network's prediction and the scheduler's regression target
-        x_in, cond = scheduler.scale_model_input(x_t, t)
-        out = model(x_in, cond, c)
-        target = scheduler.training_target(x0, noise, t)
-        w = scheduler.training_weight(t).to(dev, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        loss = (w * (out - target) ** 2).mean()
-        # 4. optimiser step (linear warm-up), clipping, EMA
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        if ema is not None:
-            decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up of the EMA decay
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - decay)
-        history["loss"].append(float(loss.detach()))
-        history["lr"].append(opt.param_groups[0]["lr"])
-        if callback is not None:
-            callback(step, float(loss.detach()))
-        if progress and step % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-    history["seconds"] = time.perf_counter() - t0
-    model.eval()
-    return (ema if ema is not None else model), history
+    from ..train.engine import EngineConfig, fit
+    from ..train.tasks import DenoisingTask
+
+    seed = 0 if generator is None else int(torch.randint(2**62, (1,), generator=generator,
+                                                         device=generator.device))
+    task = DenoisingTask(data, class_index, scheduler, model, class_dropout=class_dropout, seed=seed, name=desc)
+    cfg = EngineConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, schedule="constant",
+                       grad_clip=grad_clip, ema_decay=ema_decay, seed=seed)
+    hook = None if callback is None else (lambda step, row: callback(step, row["loss"]))
+    result = fit(task, cfg, device=data.device, progress=progress, callback=hook)
+    history = {"loss": [r["loss"] for r in result.history], "lr": [r["lr"] for r in result.history],
+               "seconds": result.seconds}
+    return result.model, history
 
 
 def train_diffusion(
@@ -225,11 +185,11 @@ def train_diffusion(
 
 
 # ---------------------------------------------------------------------- checkpoints
-def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
-                   metrics: dict[str, Any] | None = None) -> Path:
-    """Write a ``skellab.diffusion/1`` checkpoint atomically (config, normalizer, scheduler embedded)."""
+def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
+                      metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``skellab.diffusion/1`` checkpoint dict (config, normalizer, scheduler, classes embedded)."""
     info = diffusion.info or {}
-    payload = {
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": diffusion.denoiser.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in diffusion.denoiser.state_dict().items()},
@@ -241,8 +201,12 @@ def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step:
         "metrics": dict(metrics if metrics is not None else info.get("metrics", {})),
         "train": info.get("train"),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+
+
+def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
+                   metrics: dict[str, Any] | None = None) -> Path:
+    """Write a ``skellab.diffusion/1`` checkpoint atomically (config, normalizer, scheduler embedded)."""
+    write_checkpoint(path, diffusion_payload(diffusion, step=step, metrics=metrics))
     return Path(path)
 
 

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -226,23 +225,6 @@ def renormalize(points: torch.Tensor) -> torch.Tensor:
     return centred / centred.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
-def _batch_from_tensor(clouds: torch.Tensor, cfg: LearnedSkeletonConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random clouds, random point subsets of size ``num_points``, optional random rotation.
-
-    clouds (S, N0, 3 or 6) → (B, num_points, 3 or 6); normals (channels 3:6) rotate with the points.
-    """
-    s, n0 = clouds.shape[:2]
-    pick = torch.randint(s, (cfg.batch_size,), generator=generator, device=generator.device).cpu()
-    sub = torch.stack([torch.randperm(n0, generator=generator, device=generator.device)[: cfg.num_points].cpu()
-                       for _ in range(cfg.batch_size)])  # fmt: skip
-    batch = torch.gather(clouds[pick], 1, sub.unsqueeze(-1).expand(-1, -1, clouds.shape[-1]))
-    if cfg.augment_rotation:
-        rot = random_rotations(cfg.batch_size, generator=generator).cpu().transpose(1, 2)
-        pts = renormalize(batch[..., :3] @ rot)
-        batch = torch.cat([pts, batch[..., 3:] @ rot], dim=-1) if batch.shape[-1] == 6 else pts
-    return batch
-
-
 def training_clouds(shapes: Sequence[Any], *, num_points: int, seed: int) -> torch.Tensor:
     """Oriented surface samples (S, num_points, 6) float32 from Shapes or trimeshes: xyz, outward normal.
 
@@ -280,7 +262,8 @@ def train_learned(
     returns : the trained model (eval mode, on ``device``) and a history of per-step losses
         ``{"total", "sample", "p2s", "radius", "inside"}`` (lists of floats) plus ``"seconds"``.
     """
-    from tqdm.auto import tqdm  # imported here: only training shows progress
+    from ..train.engine import EngineConfig, fit
+    from ..train.tasks import CloudSkeletonTask
 
     cfg = config or (model.config if model is not None else LearnedSkeletonConfig())
     if model is not None:
@@ -289,44 +272,23 @@ def train_learned(
         if diff:
             raise SkellabError(f"train_learned: model and config disagree on architecture fields {diff}")
         model.config = cfg  # the checkpoint records the latest training recipe
-    dev = resolve_device(device)
+    clouds = None
     if not callable(data):
         clouds = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data).float().cpu()
-        if clouds.ndim != 3 or clouds.shape[-1] not in (3, 6) or clouds.shape[1] < cfg.num_points:
-            raise SkellabError(
-                f"training clouds must have shape (S, N0>={cfg.num_points}, 3 or 6), got {tuple(clouds.shape)}"
-            )
-    if model is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            model = PointSkeletonNet(config=cfg)
-    model = model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))
-    )
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    task = CloudSkeletonTask(clouds, cfg, seed=seed, batch_fn=data if callable(data) else None, model=model)
+    engine = EngineConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="cosine",
+                          lr_final_fraction=0.05, grad_clip=cfg.grad_clip or None, seed=seed)
     history: dict[str, list[float]] = {"total": [], "sample": [], "p2s": [], "radius": [], "inside": []}
-    t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="learned skeleton")
-    for step in bar:
-        batch = data(step, generator) if callable(data) else _batch_from_tensor(clouds, cfg, generator)
-        batch = batch.to(dev, torch.float32)
-        points, normals = batch[..., :3], (batch[..., 3:6] if batch.shape[-1] == 6 else None)
-        centers, radii, _ = model(points)
-        losses = skeleton_losses(points, centers, radii, cfg, normals)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        for name, value in losses.items():
-            history[name].append(float(value.detach()))
-        if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{history['total'][-1]:.4f}")
+    def hook(step: int, row: dict[str, float]) -> None:
+        for name in history:
+            history[name].append(float(row["loss" if name == "total" else name]))
         if on_step is not None:
-            on_step(step, model, history)
-    history["seconds"] = [time.perf_counter() - t0]
-    return model.eval(), history
+            on_step(step, task.live_model, history)
+
+    result = fit(task, engine, device=device, progress=progress, callback=hook)
+    history["seconds"] = [result.seconds]
+    return result.model.eval(), history
 
 
 def save_checkpoint(

@@ -1,0 +1,80 @@
+"""Arguments of ``skellab train`` and ``python -m skellab.train`` (the ``torchrun`` entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+from typing import Any, Sequence
+
+
+
+def _override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as schedule=cosine
+    return key.strip(), value
+
+
+def add_train_arguments(p: argparse.ArgumentParser, positive_int) -> None:
+    p.add_argument("stage", choices=["skeleton", "autoencoder", "diffusion", "all"],
+                   help="what to train ('all': [skeleton →] autoencoder → diffusion)")
+    p.add_argument("--data", required=True, help="MedSDF dataset folder")
+    p.add_argument("--out", required=True, help="run folder (one sub-folder per stage)")
+    p.add_argument("--preset", default="tiny", help="tiny (a CPU minute) or default (the shipped recipe)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="replace the preset's number of steps")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autoencoder", default=None, help="diffusion: frozen autoencoder (default RUN/autoencoder/model.pt)")
+    p.add_argument("--skeleton-method", default="medial", choices=["medial", "learned", "contraction", "thinning"],
+                   help="autoencoder: skeletons for the tokens ('learned' uses RUN/skeleton/model.pt)")
+    p.add_argument("--skeleton-checkpoint", default=None, help="learned skeleton weights (default RUN/skeleton/model.pt)")
+    p.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model or engine config field, e.g. --set batch_size=64 (repeatable)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .stages import train_stage
+
+    overrides = dict(args.overrides)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    stages = [args.stage] if args.stage != "all" else (
+        (["skeleton"] if args.skeleton_method == "learned" else []) + ["autoencoder", "diffusion"])
+    rank = int(os.environ.get("RANK", "0"))
+    for stage in stages:
+        kw: dict[str, Any] = dict(overrides)
+        if stage == "autoencoder":
+            kw.update(skeleton_method=args.skeleton_method, skeleton_checkpoint=args.skeleton_checkpoint)
+        if stage == "diffusion":
+            kw["autoencoder"] = args.autoencoder
+        res = train_stage(stage, args.data, args.out, preset=args.preset, device=args.device, max_steps=args.max_steps,
+                          resume=args.resume, seed=args.seed, progress=not args.quiet, **kw)
+        if rank == 0:
+            last = res.history[-1] if res.history else {}
+            val = {k: v for k, v in last.items() if k.startswith("val_")}
+            print(f"{stage}: {res.step} steps (resumed from {res.resumed_from}) in {res.seconds:.1f} s; "
+                  f"loss {last.get('loss', float('nan')):.4g}"
+                  + (f"; {json.dumps({k: round(v, 6) for k, v in val.items()})}" if val else "")
+                  + f" → {res.model_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m skellab.train STAGE --data DIR --out RUN ...`` (what ``torchrun`` launches)."""
+    from ..cli import _Parser, _positive_int, run_command
+
+    p = _Parser(prog="python -m skellab.train", description="train a skellab stage (torchrun-compatible)")
+    add_train_arguments(p, _positive_int)
+    args = p.parse_args(argv)
+    return run_command(run_train, args)

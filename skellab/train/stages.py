@@ -1,0 +1,348 @@
+"""Stage presets and the whole pipeline: learned skeleton → autoencoder → latents → diffusion.
+
+A *run folder* holds one sub-folder per stage::
+
+    RUN/skeleton/      checkpoint.pt  model.pt  log.csv  summary.json          (optional stage)
+    RUN/autoencoder/   checkpoint.pt  model.pt  log.csv  summary.json  skeletons.npz
+    RUN/diffusion/     checkpoint.pt  model.pt  log.csv  summary.json  latents.pt
+
+``checkpoint.pt`` resumes training; ``model.pt`` is the exported model in the same format as
+the shipped weights (``load_autoencoder(RUN/autoencoder/model.pt)``,
+``load_diffusion(RUN/diffusion/model.pt)``, ``skeletonize(..., method="learned",
+config=RUN/skeleton/model.pt)``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import SkellabError
+from ..runtime import atomic_path, resolve_device
+from .engine import EngineConfig, FitResult, fit
+from .tasks import AutoencoderTask, DenoisingTask, SkeletonTask, dataset_fingerprint, file_sha256
+
+__all__ = ["STAGES", "PRESETS", "stage_config", "train_stage", "precompute_latents", "run_pipeline", "PipelineResult"]
+
+STAGES = ("skeleton", "autoencoder", "diffusion")
+PRESETS = ("tiny", "default")
+
+
+def _engine_presets() -> dict[str, dict[str, EngineConfig]]:
+    return {
+        "skeleton": {
+            "tiny": EngineConfig(steps=30, batch_size=2, lr=2e-3, schedule="cosine", lr_final_fraction=0.05,
+                                 val_every=15, checkpoint_every=10),
+            "default": EngineConfig(steps=600, batch_size=2, lr=1e-3, schedule="cosine", lr_final_fraction=0.05,
+                                    val_every=100, checkpoint_every=50),
+        },
+        "autoencoder": {
+            "tiny": EngineConfig(steps=50, batch_size=2, lr=2e-3, warmup=5, val_every=25, checkpoint_every=10),
+            "default": EngineConfig(steps=1200, batch_size=4, lr=5e-4, warmup=50, val_every=100,
+                                    checkpoint_every=100),
+        },
+        "diffusion": {
+            "tiny": EngineConfig(steps=60, batch_size=8, lr=2e-3, warmup=5, schedule="cosine",
+                                 lr_final_fraction=0.1, ema_decay=0.99, val_every=30, checkpoint_every=20),
+            "default": EngineConfig(steps=4000, batch_size=32, lr=1e-3, warmup=100, schedule="cosine",
+                                    lr_final_fraction=0.1, ema_decay=0.999, val_every=250, checkpoint_every=250),
+        },
+    }
+
+
+def _model_preset(stage: str, preset: str) -> Any:
+    if stage == "skeleton":
+        from ..skeleton.learned import LearnedSkeletonConfig
+
+        if preset == "tiny":  # k matches the tiny autoencoder's 64 tokens
+            return LearnedSkeletonConfig(k=64, num_points=256, width=16, knn=8, batch_size=2, steps=30)
+        return LearnedSkeletonConfig(k=256, num_points=2048, width=32, knn=12, lr=1e-3, steps=600, batch_size=2)
+    if stage == "autoencoder":
+        from ..autoencoder.train import default_config, tiny_config
+
+        return (tiny_config if preset == "tiny" else default_config)()
+    from ..diffusion.denoiser import DenoiserConfig
+
+    return DenoiserConfig.tiny()  # token_dim / num_classes are set from the autoencoder
+
+
+def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> tuple[Any, EngineConfig]:
+    """(model config, :class:`EngineConfig`) of a stage preset; ``overrides`` may name fields of either.
+
+    Unknown stage, preset or field → :class:`SkellabError`.
+    """
+    if stage not in STAGES:
+        raise SkellabError(f"unknown stage {stage!r}: use {', '.join(STAGES)}")
+    if preset not in PRESETS:
+        raise SkellabError(f"unknown preset {preset!r}: use {' or '.join(PRESETS)}")
+    engine = _engine_presets()[stage][preset]
+    model = _model_preset(stage, preset)
+    efields = {f.name for f in fields(EngineConfig)}
+    eo = {k: v for k, v in overrides.items() if k in efields}
+    mo = {k: v for k, v in overrides.items() if k not in efields}
+    engine = engine.replace(**eo)
+    if stage == "autoencoder":
+        from ..autoencoder.train import TrainConfig
+
+        m, t = model
+        mk, tk = {f.name for f in fields(m)}, {f.name for f in fields(TrainConfig)}
+        bad = sorted(set(mo) - mk - tk)
+        if bad:
+            raise SkellabError(f"unknown {stage} config field(s): {', '.join(bad)}")
+        m = m.replace(**{k: v for k, v in mo.items() if k in mk})
+        t = TrainConfig(**{**asdict(t), **{k: v for k, v in mo.items() if k in tk},
+                           "steps": engine.steps, "batch_size": engine.batch_size, "lr": engine.lr,
+                           "warmup": engine.warmup, "lr_final_fraction": engine.lr_final_fraction,
+                           "grad_clip": engine.grad_clip or 0.0, "val_every": engine.val_every,
+                           "checkpoint_every": engine.checkpoint_every})
+        return (m, t), engine
+    mk = {f.name for f in fields(model)}
+    bad = sorted(set(mo) - mk)
+    if bad:
+        raise SkellabError(f"unknown {stage} config field(s): {', '.join(bad)}")
+    from dataclasses import replace
+
+    model = replace(model, **mo)
+    if stage == "skeleton":  # the learned config carries its own copy of the optimisation fields
+        model = replace(model, steps=engine.steps, batch_size=engine.batch_size, lr=engine.lr,
+                        grad_clip=engine.grad_clip or 0.0)
+    return model, engine
+
+
+# ---------------------------------------------------------------------- latents
+def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+                       device: str | torch.device = "auto", progress: bool = True,
+                       skeleton_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Encode the train and val splits with a frozen autoencoder; cached in ``out`` (``latents.pt``).
+
+    The cache is reused only when it was made by the same autoencoder file (sha256) from the same
+    dataset (manifest fingerprint). Returns ``{"train": Latent, "val": Latent | None, "ids", "val_ids",
+    "classes", "autoencoder_sha256", "data"}``.
+    """
+    from ..autoencoder import Latent, encode_shapes, load_autoencoder
+
+    out = Path(out)
+    ae_sha = file_sha256(autoencoder_path)
+    fp = dataset_fingerprint(data)
+    cache = out / "latents.pt"
+    if cache.is_file():
+        try:
+            c = torch.load(cache, map_location="cpu", weights_only=True)
+            if c.get("autoencoder_sha256") == ae_sha and c.get("data") == fp:
+                def lat(key):
+                    return None if c[key] is None else Latent(c[key]["tokens"], c[key]["class_index"])
+                return {**c, "train": lat("train"), "val": lat("val")}
+        except Exception:  # noqa: BLE001  (a stale or damaged cache is recomputed)
+            pass
+    ae = load_autoencoder(autoencoder_path, device=device)
+    train_info = (ae.checkpoint_info or {}).get("train") or {}
+    method = train_info.get("skeleton_method", "medial")
+    skel_cfg = train_info.get("skeleton_checkpoint")
+    from ..data.medsdf import MedSDF
+
+    store = MedSDF.open(data)
+    kw = dict(skeleton_cache=skeleton_cache, progress=progress, skeleton_method=method, skeleton_config=skel_cfg)
+    train, ids = encode_shapes(ae, store, split="train", **kw)
+    val_ids = store.ids(split="val")
+    val = encode_shapes(ae, store, val_ids, **kw)[0] if val_ids else None
+    result = {"train": train, "val": val, "ids": ids, "val_ids": val_ids, "classes": list(ae.classes),
+              "autoencoder_sha256": ae_sha, "data": fp}
+
+    def pack(x):
+        return None if x is None else {"tokens": x.tokens.detach().cpu(),
+                                       "class_index": None if x.class_index is None else x.class_index.cpu()}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        torch.save({**result, "train": pack(train), "val": pack(val)}, tmp)
+    return result
+
+
+class _LatentTask(DenoisingTask):
+    """:class:`DenoisingTask` whose latents are encoded (or read from the cache) in :meth:`prepare`."""
+
+    def __init__(self, autoencoder_path: Path, data: Path, config: Any, scheduler: Any, *, seed: int,
+                 skeleton_cache: Path | None) -> None:
+        from ..autoencoder.train import CHECKPOINT_FORMAT as AE_FORMAT  # noqa: F401  (import check)
+        from ..checkpoint import read_checkpoint
+        from ..diffusion.train import CHECKPOINT_FORMAT
+
+        ae = read_checkpoint(autoencoder_path, format=AE_FORMAT, kind="autoencoder")
+        try:
+            ae_cfg = ae["config"]
+            token_dim = 4 + int(ae_cfg["feature_dim"])
+            num_tokens = int(ae_cfg["num_tokens"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SkellabError(f"{autoencoder_path}: checkpoint config is missing or malformed") from exc
+        self.classes = list(ae.get("classes") or [])
+        from dataclasses import replace
+
+        cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes))
+        self.model_config, self.num_tokens = cfg, num_tokens
+        self.autoencoder_path, self.data_root, self.skeleton_cache = autoencoder_path, data, skeleton_cache
+        self.ae_sha = file_sha256(autoencoder_path)
+        super().__init__(torch.empty(0), None, scheduler, self._new_model, class_dropout=cfg.class_dropout, seed=seed,
+                         config={"model": cfg.to_dict(), "autoencoder_sha256": self.ae_sha[:16]},
+                         fingerprint=f"{dataset_fingerprint(data)}-{self.ae_sha[:16]}",
+                         payload_fn=self._payload, checkpoint_format=CHECKPOINT_FORMAT)
+        self.normalizer = None
+
+    def _new_model(self):
+        from ..diffusion.denoiser import TokenDenoiser
+
+        return TokenDenoiser(config=self.model_config)
+
+    def num_items(self) -> int:
+        return int(self.data.shape[0])
+
+    def prepare(self, out, device, dist, progress) -> None:
+        from ..diffusion.sampling import LatentNormalizer
+
+        if self.normalizer is not None:
+            return
+        lat = precompute_latents(self.autoencoder_path, self.data_root, out if out is not None else Path("."),
+                                 device=device, progress=progress, skeleton_cache=self.skeleton_cache) \
+            if out is not None else _encode_in_memory(self.autoencoder_path, self.data_root, device)
+        train, val = lat["train"], lat["val"]
+        self.normalizer = LatentNormalizer.fit(train.tokens)
+        self.data = self.normalizer.normalize(train.tokens.float()).to(device)
+        self.class_index = train.class_index.to(device) if train.class_index is not None else None
+        if val is not None:
+            self.val_data = self.normalizer.normalize(val.tokens.float()).to(device)
+            self.val_class_index = val.class_index
+        self.latent_count = int(train.tokens.shape[0])
+
+    def _payload(self, model, *, step, metrics):
+        from ..diffusion.train import LatentDiffusion, diffusion_payload
+
+        info = {"step": step, "metrics": metrics,
+                "train": {"autoencoder_sha256": self.ae_sha, "num_latents": self.latent_count}}
+        return diffusion_payload(LatentDiffusion(model, self.scheduler, self.normalizer, self.classes or None,
+                                                 self.num_tokens, info), step=step, metrics=metrics)
+
+
+def _encode_in_memory(autoencoder_path, data, device) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return precompute_latents(autoencoder_path, data, tmp, device=device, progress=False)
+
+
+# ---------------------------------------------------------------------- one stage
+def train_stage(
+    stage: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: str = "tiny",
+    device: str | torch.device = "auto",
+    max_steps: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    autoencoder: str | os.PathLike | None = None,
+    skeleton_method: str = "medial",
+    skeleton_checkpoint: str | os.PathLike | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train one stage into ``out/<stage>/`` (what ``skellab train <stage>`` runs).
+
+    data                : MedSDF folder
+    out                 : run folder (shared by the stages)
+    preset              : ``"tiny"`` (a CPU minute) or ``"default"`` (the shipped models' recipe)
+    max_steps           : replaces the preset's number of steps (and so the LR schedule's length)
+    resume              : continue ``out/<stage>/checkpoint.pt``
+    autoencoder         : diffusion only: the frozen autoencoder (default ``out/autoencoder/model.pt``)
+    skeleton_method     : autoencoder only: ``"medial"`` (default) or ``"learned"``
+    skeleton_checkpoint : learned skeleton weights (default ``out/skeleton/model.pt``)
+    overrides           : fields of the stage's model config or of :class:`EngineConfig`
+    """
+    if stage not in STAGES:
+        raise SkellabError(f"unknown stage {stage!r}: use {', '.join(STAGES)}")
+    if preset not in PRESETS:
+        raise SkellabError(f"unknown preset {preset!r}: use {' or '.join(PRESETS)}")
+    data = Path(data)
+    if not data.exists():
+        raise SkellabError(f"dataset not found: {data}")
+    dataset_fingerprint(data)  # a clear error when it is not a MedSDF folder
+    if max_steps is not None:
+        if int(max_steps) < 1:
+            raise SkellabError(f"max_steps must be >= 1, got {max_steps}")
+        overrides["steps"] = int(max_steps)
+    overrides["seed"] = int(seed)
+    run = Path(out)
+    stage_dir = run / stage
+    model_cfg, engine = stage_config(stage, preset, **overrides)
+    resolve_device(device)
+    if stage == "skeleton":
+        task = SkeletonTask(data, model_cfg, seed=seed)
+    elif stage == "autoencoder":
+        m, t = model_cfg
+        if skeleton_method not in ("medial", "learned", "contraction", "thinning"):
+            raise SkellabError(f"unknown skeleton method {skeleton_method!r}")
+        t = type(t)(**{**asdict(t), "skeleton_method": skeleton_method})
+        ck = None
+        if skeleton_method == "learned":
+            ck = Path(skeleton_checkpoint) if skeleton_checkpoint is not None else run / "skeleton" / "model.pt"
+        task = AutoencoderTask(data, m, t, seed=seed, skeleton_checkpoint=ck)
+    else:
+        from ..diffusion.schedulers import make_scheduler
+
+        ae_path = Path(autoencoder) if autoencoder is not None else run / "autoencoder" / "model.pt"
+        if not ae_path.is_file():
+            raise SkellabError(f"autoencoder checkpoint not found: {ae_path} (train it first with "
+                               f"`skellab train autoencoder --out {run}` or pass --autoencoder)")
+        skel_cache = (run / "autoencoder" / "skeletons.npz") if autoencoder is None else stage_dir / "skeletons.npz"
+        task = _LatentTask(ae_path, data, model_cfg, make_scheduler("edm"), seed=seed, skeleton_cache=skel_cache)
+    return fit(task, engine, out=stage_dir, device=device, resume=resume, progress=progress, callback=callback)
+
+
+# ---------------------------------------------------------------------- the pipeline
+@dataclass
+class PipelineResult:
+    """Per-stage :class:`FitResult` s of :func:`run_pipeline` and the run folder."""
+
+    run: Path
+    stages: dict[str, FitResult]
+
+    @property
+    def autoencoder_path(self) -> Path:
+        return self.run / "autoencoder" / "model.pt"
+
+    @property
+    def diffusion_path(self) -> Path:
+        return self.run / "diffusion" / "model.pt"
+
+
+def run_pipeline(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: str = "tiny",
+    device: str | torch.device = "auto",
+    learned_skeleton: bool = False,
+    max_steps: dict[str, int] | int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> PipelineResult:
+    """Train every stage in order: [learned skeleton →] autoencoder → latents → diffusion.
+
+    max_steps : one number for every stage, or ``{"autoencoder": 100, ...}``; None: the preset's
+    resume    : continue each stage from its checkpoint (finished stages are just re-exported)
+    """
+    run = Path(out)
+    order = (["skeleton"] if learned_skeleton else []) + ["autoencoder", "diffusion"]
+    steps = max_steps if isinstance(max_steps, dict) else {s: max_steps for s in order}
+    results: dict[str, FitResult] = {}
+    for stage in order:
+        kw: dict[str, Any] = {}
+        if stage == "autoencoder" and learned_skeleton:
+            kw["skeleton_method"] = "learned"
+        results[stage] = train_stage(stage, data, run, preset=preset, device=device, max_steps=steps.get(stage),
+                                     resume=resume, seed=seed, progress=progress, **kw)
+    return PipelineResult(run, results)

@@ -1,0 +1,369 @@
+"""The three stages as :class:`~skellab.train.engine.TrainingTask` s, plus an in-memory denoising task.
+
+* :class:`SkeletonTask` — the learned (Point2Skeleton-style) skeleton on a MedSDF train split;
+* :class:`AutoencoderTask` — the skeletal latent autoencoder (skeletons precomputed and cached);
+* :class:`DenoisingTask` — a token denoiser on a tensor of samples (latents, or the point-cloud
+  baseline's clouds); :func:`latent_diffusion_task` builds it for precomputed latents.
+
+Per-sample randomness is drawn from generators seeded by ``(seed, epoch, index)`` (dataset
+items) or ``(seed, step, position)`` (noise), so the same sample gets the same numbers in any
+process and after any resume (see :mod:`skellab.train.engine`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SkellabError
+from .engine import DistContext, TrainingTask, derive_seed
+
+__all__ = ["CloudSkeletonTask", "SkeletonTask", "AutoencoderTask", "DenoisingTask", "dataset_fingerprint", "file_sha256"]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_fingerprint(root: str | os.PathLike) -> str:
+    """sha256 (16 hex) of a MedSDF folder's manifest: it lists every file with its own sha256."""
+    manifest = Path(root) / "manifest.json"
+    if not manifest.is_file():
+        raise SkellabError(f"dataset not found: {root} (no manifest.json; build one with `skellab data build`)")
+    return file_sha256(manifest)[:16]
+
+
+def _gen(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+# ---------------------------------------------------------------------- learned skeleton
+class CloudSkeletonTask(TrainingTask):
+    """Self-supervised Point2Skeleton-style training on oriented clouds (S, N0, 3 or 6) in memory.
+
+    Each item is a random ``num_points`` subset of one cloud (and a random rotation when the
+    config asks for it), drawn from ``(seed, epoch, index)``. ``batch_fn(step, generator)``, if
+    given, replaces the item sampling (it must return (B, num_points, 3 or 6)).
+    """
+
+    name = "skeleton"
+
+    def __init__(self, clouds: torch.Tensor | None, config: Any, *, seed: int = 0,
+                 val_clouds: torch.Tensor | None = None,
+                 batch_fn: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+                 model: nn.Module | None = None) -> None:
+        from ..skeleton.learned import CHECKPOINT_FORMAT
+
+        self.checkpoint_format = CHECKPOINT_FORMAT
+        self.config, self.seed = config, int(seed)
+        self.clouds, self.val_clouds, self.batch_fn, self._model = clouds, val_clouds, batch_fn, model
+        if clouds is not None:
+            self._check(clouds)
+
+    def _check(self, clouds: torch.Tensor) -> None:
+        if clouds.ndim != 3 or clouds.shape[-1] not in (3, 6) or clouds.shape[1] < self.config.num_points:
+            raise SkellabError(f"training clouds must have shape (S, N0>={self.config.num_points}, 3 or 6), "
+                               f"got {tuple(clouds.shape)}")
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.config)}
+
+    def data_fingerprint(self) -> str:
+        if self.clouds is None:
+            return "batch-function"
+        return hashlib.sha256(self.clouds.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    def num_items(self) -> int:
+        return 1 if self.clouds is None else int(self.clouds.shape[0])
+
+    def build_model(self) -> nn.Module:
+        from ..skeleton.learned import PointSkeletonNet
+
+        return self._model if self._model is not None else PointSkeletonNet(config=self.config)
+
+    def _item(self, cloud: torch.Tensor, g: torch.Generator, rotate: bool) -> torch.Tensor:
+        from ..skeleton.learned import random_rotations, renormalize
+
+        sub = cloud[torch.randperm(cloud.shape[0], generator=g)[: self.config.num_points]]
+        if not rotate:
+            return sub
+        rot = random_rotations(1, generator=g)[0].T
+        pts = renormalize((sub[:, :3] @ rot)[None])[0]
+        return torch.cat([pts, sub[:, 3:] @ rot], dim=-1) if sub.shape[1] == 6 else pts
+
+    def make_batch(self, items, positions, step, device):
+        if self.batch_fn is not None:
+            return self.batch_fn(step, _gen(self.seed, "skeleton-batch", step)).to(device, torch.float32)
+        rows = [self._item(self.clouds[i], _gen(self.seed, "skeleton", e, i), self.config.augment_rotation)
+                for i, e in items]
+        return torch.stack(rows).to(device, torch.float32)
+
+    def compute_loss(self, model, batch):
+        from ..skeleton.learned import skeleton_losses
+
+        points = batch[..., :3]
+        normals = batch[..., 3:6] if batch.shape[-1] == 6 else None
+        centers, radii, _ = model(points)
+        return skeleton_losses(points, centers, radii, self.config, normals)
+
+    @torch.no_grad()
+    def validate(self, model, device):
+        if self.val_clouds is None or len(self.val_clouds) == 0:
+            return {}
+        model.eval()
+        batch = torch.stack([self._item(c, _gen(self.seed, "skeleton-val", j), False)
+                             for j, c in enumerate(self.val_clouds)]).to(device)
+        out = {k: float(v) for k, v in self.compute_loss(model, batch).items()}
+        return {"loss": out.pop("total"), **out}
+
+    def payload(self, model, *, step, metrics):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        return {"format": self.checkpoint_format, "config": asdict(self.config), "state_dict": state,
+                "step": int(step), "metrics": dict(metrics)}
+
+
+class SkeletonTask(CloudSkeletonTask):
+    """:class:`CloudSkeletonTask` on the stored surface samples (points + normals) of a MedSDF train split."""
+
+    def __init__(self, root: str | os.PathLike, config: Any, *, seed: int = 0, max_cloud_points: int = 8192) -> None:
+        from ..data.medsdf import MedSDF
+
+        super().__init__(None, config, seed=seed)
+        self.root = Path(root)
+        self.store = MedSDF.open(root)
+        self.ids = self.store.ids(split="train")
+        self.val_ids = self.store.ids(split="val")
+        if not self.ids:
+            raise SkellabError(f"{root}: split 'train' has no shapes")
+        self.max_cloud_points = int(max_cloud_points)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.config), "max_cloud_points": self.max_cloud_points}
+
+    def data_fingerprint(self) -> str:
+        return dataset_fingerprint(self.root)
+
+    def num_items(self) -> int:
+        return len(self.ids)
+
+    def _clouds(self, ids: Sequence[str]) -> torch.Tensor:
+        arrays = [self.store.samples(i) for i in ids]
+        n0 = min(self.max_cloud_points, *(len(a["surface_points"]) for a in arrays))
+        if n0 < self.config.num_points:
+            raise SkellabError(f"shapes in {self.root} have {n0} surface points, fewer than num_points={self.config.num_points}")
+        return torch.from_numpy(np.stack([np.concatenate([a["surface_points"][:n0], a["surface_normals"][:n0]], axis=1)
+                                          for a in arrays])).float()
+
+    def prepare(self, out, device, dist: DistContext, progress: bool) -> None:
+        if self.clouds is None:
+            self.clouds = self._clouds(self.ids)
+            self.val_clouds = self._clouds(self.val_ids) if self.val_ids else None
+
+
+# ---------------------------------------------------------------------- autoencoder
+class AutoencoderTask(TrainingTask):
+    """The skeletal latent autoencoder on a MedSDF folder (recipe in :mod:`skellab.autoencoder.train`)."""
+
+    name = "autoencoder"
+
+    def __init__(self, root: str | os.PathLike, model_config: Any, train_config: Any, *, seed: int = 0,
+                 skeleton_checkpoint: str | os.PathLike | None = None) -> None:
+        from ..autoencoder.train import CHECKPOINT_FORMAT
+        from ..data.dataset import MedSDFDataset, SDFBatchConfig
+        from ..data.medsdf import MedSDF
+
+        self.checkpoint_format = CHECKPOINT_FORMAT
+        self.root, self.seed, self.train_config = Path(root), int(seed), train_config
+        self.store = MedSDF.open(root)
+        self.classes = self.store.classes
+        self.model_config = model_config.replace(num_classes=len(self.classes))
+        self.skeleton_checkpoint = None if skeleton_checkpoint is None else Path(skeleton_checkpoint)
+        if train_config.skeleton_method == "learned" and self.skeleton_checkpoint is not None \
+                and not self.skeleton_checkpoint.is_file():
+            raise SkellabError(f"learned-skeleton checkpoint not found: {self.skeleton_checkpoint} "
+                               f"(train it first: skellab train skeleton)")
+        bc = SDFBatchConfig(num_surface=self.model_config.num_surface, num_queries=train_config.num_queries,
+                            near_fraction=train_config.near_fraction)
+        self.ds = MedSDFDataset(root, split="train", config=bc, seed=seed)
+        try:
+            self.val = MedSDFDataset(root, split="val", config=bc, seed=seed + 1)
+        except SkellabError:
+            self.val = None
+        self.skel: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        tc = {k: v for k, v in asdict(self.train_config).items()
+              if k in ("num_queries", "near_fraction", "skeleton_method")}
+        ck = None if self.skeleton_checkpoint is None else file_sha256(self.skeleton_checkpoint)[:16]
+        return {"model": self.model_config.to_dict(), "data": tc, "skeleton_checkpoint_sha256": ck}
+
+    def data_fingerprint(self) -> str:
+        return dataset_fingerprint(self.root)
+
+    def num_items(self) -> int:
+        return len(self.ds)
+
+    def prepare(self, out, device, dist: DistContext, progress: bool) -> None:
+        from ..autoencoder.train import skeletons_for
+
+        ids = self.ds.ids + (self.val.ids if self.val is not None else [])
+        self.skel = skeletons_for(self.store, ids, k=self.model_config.num_tokens,
+                                  num_surface=self.model_config.num_surface,
+                                  method=self.train_config.skeleton_method,
+                                  cache=None if out is None else out / "skeletons.npz", progress=progress,
+                                  skeleton_config=None if self.skeleton_checkpoint is None else str(self.skeleton_checkpoint))
+
+    def build_model(self) -> nn.Module:
+        from ..autoencoder.model import SkeletalAutoencoder
+
+        return SkeletalAutoencoder(config=self.model_config, classes=self.classes)
+
+    def _batch(self, ds, items: Sequence[tuple[int, int]], device) -> dict[str, Any]:
+        rows = []
+        for i, e in items:
+            ds.set_epoch(e)
+            rows.append(ds[i])
+        b: dict[str, Any] = {k: torch.stack([r[k] for r in rows]).to(device)
+                             for k in ("surface", "normals", "queries", "sdf", "class_index")}
+        b["centers"] = torch.from_numpy(np.stack([self.skel[r["shape_id"]][0] for r in rows])).to(device)
+        b["radii"] = torch.from_numpy(np.stack([self.skel[r["shape_id"]][1] for r in rows])).to(device)
+        return b
+
+    def make_batch(self, items, positions, step, device):
+        return self._batch(self.ds, items, device)
+
+    def compute_loss(self, model, batch):
+        lat = model.encode(batch["surface"], batch["normals"], batch["centers"], batch["radii"], batch["class_index"])
+        return model.loss(lat, batch["queries"], batch["sdf"])
+
+    @torch.no_grad()
+    def validate(self, model, device):
+        if self.val is None:
+            return {}
+        model.eval()
+        bs = max(1, self.train_config.batch_size)
+        losses, weights = [], []
+        for s in range(0, len(self.val), bs):
+            items = [(i, 0) for i in range(s, min(s + bs, len(self.val)))]
+            losses.append(float(self.compute_loss(model, self._batch(self.val, items, device))["sdf"]))
+            weights.append(len(items))
+        return {"sdf": float(np.average(losses, weights=weights))}
+
+    def payload(self, model, *, step, metrics):
+        from ..autoencoder.train import autoencoder_payload
+
+        train = {**asdict(self.train_config),
+                 "skeleton_checkpoint": None if self.skeleton_checkpoint is None else str(self.skeleton_checkpoint)}
+        return autoencoder_payload(model, train_config=train, step=step, metrics=metrics)
+
+
+# ---------------------------------------------------------------------- denoising
+class DenoisingTask(TrainingTask):
+    """Diffusion training of a token denoiser on a tensor of samples (S, K, D), already on any device.
+
+    scheduler     : its parameterisation is what the network learns (EDM, DDPM, …)
+    build         : ``() -> nn.Module`` (called after the engine seeds the RNG), or a ready module
+    class_dropout : P(class → null) per sample, for classifier-free guidance
+    payload_fn    : ``(model, step, metrics) -> checkpoint dict``
+    """
+
+    name = "diffusion"
+
+    def __init__(self, data: torch.Tensor, class_index: torch.Tensor | None, scheduler: Any,
+                 build: Callable[[], nn.Module] | nn.Module, *, class_dropout: float = 0.0, seed: int = 0,
+                 val_data: torch.Tensor | None = None, val_class_index: torch.Tensor | None = None,
+                 config: dict[str, Any] | None = None, fingerprint: str | None = None,
+                 payload_fn: Callable[..., dict[str, Any]] | None = None, checkpoint_format: str = "",
+                 name: str = "diffusion") -> None:
+        self.data, self.class_index, self.scheduler = data, class_index, scheduler
+        self._build, self.class_dropout, self.seed = build, float(class_dropout), int(seed)
+        self.val_data, self.val_class_index = val_data, val_class_index
+        self._config = dict(config or {})
+        self._fingerprint = fingerprint
+        self._payload_fn = payload_fn
+        self.checkpoint_format = checkpoint_format
+        self.name = name
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**self._config, "scheduler": dict(getattr(self.scheduler, "config", {})),
+                "class_dropout": self.class_dropout}
+
+    def data_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.data.detach().cpu().contiguous().numpy().tobytes())
+            if self.class_index is not None:
+                h.update(self.class_index.detach().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def num_items(self) -> int:
+        return int(self.data.shape[0])
+
+    def build_model(self) -> nn.Module:
+        return self._build if isinstance(self._build, nn.Module) else self._build()
+
+    def _noise(self, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        t = self.scheduler.sample_training_timesteps(1, g, device=torch.device("cpu"))
+        noise = torch.randn(tuple(x0.shape), generator=g)
+        drop = bool(torch.rand((), generator=g) < self.class_dropout)
+        return t, noise, drop
+
+    def _make(self, data, classes, items, keys, device):
+        idx = torch.tensor([i for i, _ in items], device=data.device)
+        x0 = data[idx].to(device)
+        draws = [self._noise(x0[j], _gen(*keys[j])) for j in range(len(items))]
+        t = torch.cat([d[0] for d in draws]).to(device)
+        noise = torch.stack([d[1] for d in draws]).to(device, x0.dtype)
+        c = None
+        if classes is not None:
+            c = classes[idx].to(device)
+            if self.class_dropout > 0:
+                drop = torch.tensor([d[2] for d in draws], device=device)
+                c = torch.where(drop, torch.full_like(c, -1), c)
+        return {"x0": x0, "t": t, "noise": noise, "class_index": c}
+
+    def make_batch(self, items, positions, step, device):
+        keys = [(self.seed, "noise", step, p) for p in positions]
+        return self._make(self.data, self.class_index, items, keys, device)
+
+    def compute_loss(self, model, batch):
+        sch = self.scheduler
+        x0, t, noise = batch["x0"], batch["t"], batch["noise"]
+        x_t = sch.add_noise(x0, noise, t)
+        x_in, cond = sch.scale_model_input(x_t, t)
+        out = model(x_in, cond, batch["class_index"])
+        target = sch.training_target(x0, noise, t)
+        w = sch.training_weight(t).to(x0.device, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+        return {"total": (w * (out.float() - target) ** 2).mean()}
+
+    @torch.no_grad()
+    def validate(self, model, device):
+        if self.val_data is None or self.val_data.shape[0] == 0:
+            return {}
+        model.eval()
+        total, n = 0.0, 0
+        for s in range(0, self.val_data.shape[0], 64):  # fixed noise per validation sample
+            items = [(i, 0) for i in range(s, min(s + 64, self.val_data.shape[0]))]
+            keys = [(self.seed, "val-noise", i) for i, _ in items]
+            b = self._make(self.val_data, self.val_class_index, items, keys, device)
+            b["class_index"] = None if self.val_class_index is None else self.val_class_index[
+                torch.tensor([i for i, _ in items])].to(device)
+            total += float(self.compute_loss(model, b)["total"]) * len(items)
+            n += len(items)
+        return {"loss": total / n}
+
+    def payload(self, model, *, step, metrics):
+        if self._payload_fn is None:
+            raise SkellabError(f"{self.name}: no checkpoint format configured for this task")
+        return self._payload_fn(model, step=step, metrics=metrics)
