@@ -1,0 +1,261 @@
+"""The training engine: sampler, LR schedule, exact resume, kill -9 during a checkpoint write,
+2-process gloo DDP, run-folder layout, and the ``skellab train`` CLI's bad-input errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from skellab.errors import SkellabError
+from skellab.train import EngineConfig, StepSampler, read_log, stage_config, train_stage
+
+TINY_STEPS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _losses(run: Path, stage: str) -> list[float]:
+    return [r["loss"] for r in read_log(run / stage / "log.csv")]
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ---------------------------------------------------------------------- pure parts
+def test_step_sampler_shards_reassemble_the_global_batch():
+    single = StepSampler(7, 4, seed=3)
+    ranks = [StepSampler(7, 4, seed=3, rank=r, world=2) for r in range(2)]
+    for step in range(6):  # batches straddle epochs (7 items, 4 per step)
+        items = single.global_batch(step)
+        shards = [s.local_batch(step) for s in ranks]
+        merged = [None] * 4
+        for local, positions in shards:
+            assert len(local) == 2
+            for item, p in zip(local, positions):
+                merged[p] = item
+        assert merged == items
+    stream = [i for s in range(7) for i, _ in single.global_batch(s)]  # 28 draws = 4 epochs of 7
+    assert all(sorted(stream[e * 7:(e + 1) * 7]) == list(range(7)) for e in range(4))
+    assert StepSampler(7, 4, seed=3).global_batch(5) == items  # a pure function of (seed, step)
+    with pytest.raises(SkellabError, match="divisible"):
+        StepSampler(7, 3, seed=0, world=2)
+
+
+def test_lr_schedules():
+    cfg = EngineConfig(steps=110, batch_size=1, lr=1.0, warmup=10, lr_final_fraction=0.1)
+    assert cfg.lr_factor(0) == pytest.approx(0.1) and cfg.lr_factor(9) == pytest.approx(1.0)
+    assert cfg.lr_factor(10) == pytest.approx(1.0) and cfg.lr_factor(110) == pytest.approx(0.1)
+    cos = cfg.replace(schedule="cosine")
+    assert cos.lr_factor(60) == pytest.approx(0.55) and cos.lr_factor(110) == pytest.approx(0.1)
+    assert cfg.replace(schedule="constant").lr_factor(100) == 1.0
+    for bad in ({"schedule": "step"}, {"amp": "fp8"}, {"steps": 0}, {"lr": 0.0}, {"ema_decay": 1.0}):
+        with pytest.raises(SkellabError):
+            EngineConfig(**{"steps": 1, "batch_size": 1, "lr": 1e-3, **bad})
+
+
+def test_stage_presets_and_overrides():
+    (model, train), engine = stage_config("autoencoder", "tiny", batch_size=4, num_queries=256, encoder_width=16)
+    assert engine.batch_size == 4 and train.batch_size == 4 and train.num_queries == 256 and model.encoder_width == 16
+    cfg, engine = stage_config("skeleton", "default", steps=7)
+    assert cfg.k == 256 and cfg.steps == 7 == engine.steps
+    with pytest.raises(SkellabError, match="unknown preset 'huge'"):
+        stage_config("diffusion", "huge")
+    with pytest.raises(SkellabError, match="unknown diffusion config field"):
+        stage_config("diffusion", "tiny", wdith=3)
+
+
+# ---------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    """An uninterrupted tiny run of the autoencoder and diffusion stages (the reference)."""
+    run = tmp_path_factory.mktemp("train") / "ref"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: much faster single-threaded on a busy 2-core machine
+    try:
+        for stage in ("autoencoder", "diffusion"):
+            train_stage(stage, tiny_dataset, run, device="cpu", max_steps=TINY_STEPS, progress=False,
+                        checkpoint_every=4)
+    finally:
+        torch.set_num_threads(before)
+    return run
+
+
+def test_run_folder_layout_and_checkpoints(tiny_run):
+    from skellab.autoencoder import load_autoencoder
+    from skellab.diffusion import load_diffusion
+
+    for stage in ("autoencoder", "diffusion"):
+        d = tiny_run / stage
+        assert {"checkpoint.pt", "model.pt", "log.csv", "summary.json"} <= {p.name for p in d.iterdir()}
+        assert not list(d.glob("*.tmp*")) and not list(d.glob(".*.tmp*"))
+        rows = read_log(d / "log.csv")
+        assert [r["step"] for r in rows] == list(range(1, TINY_STEPS + 1))
+        assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in rows)
+        assert any(k.startswith("val_") and math.isfinite(v) for k, v in rows[-1].items())
+        ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)  # weights_only-safe
+        state = ckpt["train_state"]
+        assert state["step"] == TINY_STEPS and {"optimizer", "scheduler", "rng", "engine", "task"} <= set(state)
+        assert "train_state" not in torch.load(d / "model.pt", weights_only=True)
+    ae = load_autoencoder(tiny_run / "autoencoder" / "model.pt")
+    diff = load_diffusion(tiny_run / "diffusion" / "model.pt")
+    assert diff.denoiser.config.token_dim == ae.config.token_dim and diff.classes == ae.classes
+    lat = diff.sample(1, class_index=0, steps=2, generator=torch.Generator().manual_seed(0))
+    assert lat.shape == (1, ae.config.num_tokens, ae.config.token_dim) and torch.isfinite(lat).all()
+    assert (tiny_run / "diffusion" / "latents.pt").is_file()
+
+
+def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tmp_path, one_thread):
+    class Crash(Exception):
+        pass
+
+    def crash(step, row):
+        if step + 1 == 7:
+            raise Crash
+
+    for stage in ("autoencoder", "diffusion"):
+        kw = dict(device="cpu", max_steps=TINY_STEPS, progress=False, checkpoint_every=4)
+        if stage == "diffusion":
+            kw["autoencoder"] = tiny_run / "autoencoder" / "model.pt"
+        with pytest.raises(Crash):
+            train_stage(stage, tiny_dataset, tmp_path, callback=crash, **kw)
+        assert [r["step"] for r in read_log(tmp_path / stage / "log.csv")][-1] == 7
+        res = train_stage(stage, tiny_dataset, tmp_path, resume=True, **kw)
+        assert res.resumed_from == 4
+        assert _losses(tmp_path, stage) == _losses(tiny_run, stage)  # bit-identical on CPU
+        a, b = _state(tiny_run / stage / "model.pt"), _state(tmp_path / stage / "model.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+KILLER = textwrap.dedent("""
+    import sys, time, torch
+    from pathlib import Path
+    signal_file, target = Path(sys.argv[1]), int(sys.argv[2])
+    save, calls = torch.save, {"n": 0}
+
+    def half_written_save(obj, f, *args, **kwargs):
+        save(obj, f, *args, **kwargs)
+        if ".checkpoint.pt." in str(f):
+            calls["n"] += 1
+            if calls["n"] == target:  # the temp file holds half its bytes, the rename has not happened
+                data = Path(f).read_bytes()
+                Path(f).write_bytes(data[: len(data) // 2])
+                signal_file.write_text(str(f))
+                time.sleep(600)
+
+    torch.save = half_written_save
+    from skellab.train.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def test_kill_9_during_a_checkpoint_write_then_resume(tiny_dataset, tiny_run, tmp_path):
+    run, sig = tmp_path / "killed", tmp_path / "writing"
+    args = ["autoencoder", "--data", str(tiny_dataset), "--out", str(run), "--device", "cpu",
+            "--max-steps", str(TINY_STEPS), "--set", "checkpoint_every=4", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(sig), "2", *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not sig.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert sig.exists(), proc.communicate()[1].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the second checkpoint write (step 8)
+    proc.wait()
+    stage = run / "autoencoder"
+    assert list(stage.glob(".checkpoint.pt.*.tmp*")), "the half-written temp file should be left behind"
+    ckpt = torch.load(stage / "checkpoint.pt", map_location="cpu", weights_only=True)  # intact: step 4
+    assert ckpt["train_state"]["step"] == 4
+    done = subprocess.run([sys.executable, "-m", "skellab.train", *args, "--resume"], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from 4" in done.stdout
+    assert not list(stage.glob(".checkpoint.pt.*.tmp*"))  # stale temp files are cleaned up
+    assert _losses(run, "autoencoder") == _losses(tiny_run, "autoencoder")
+
+
+def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, tiny_run, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "skellab.train", "autoencoder", "--data", str(tiny_dataset),
+           "--out", str(run), "--device", "cpu", "--max-steps", str(TINY_STEPS), "--set", "checkpoint_every=4",
+           "--quiet"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (run / "autoencoder" / "summary.json").read_text()
+    assert '"world_size": 2' in summary
+    ref, ddp = _losses(tiny_run, "autoencoder"), _losses(run, "autoencoder")
+    assert len(ddp) == len(ref)
+    # Same global batches and per-sample randomness; only the order of float reductions differs.
+    assert max(abs(a - b) / abs(a) for a, b in zip(ref, ddp)) < 1e-4
+    a, b = _state(tiny_run / "autoencoder" / "model.pt"), _state(run / "autoencoder" / "model.pt")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+# ---------------------------------------------------------------------- bad input
+def test_cli_bad_input(tiny_dataset, tiny_run, tmp_path):
+    base = ["train", "autoencoder", "--data", tiny_dataset, "--device", "cpu", "--quiet"]
+
+    code, _, err = run_cli(*base[:3], tmp_path / "nope", "--out", tmp_path / "r0")
+    assert code == 2 and "dataset not found" in err and "Traceback" not in err
+    code, _, err = run_cli(*base, "--out", tmp_path / "r1", "--preset", "huge")
+    assert code == 2 and err.strip() == "skellab: error: unknown preset 'huge': use tiny or default"
+    code, _, err = run_cli(*base, "--out", tmp_path / "r1", "--set", "wdith=3")
+    assert code == 2 and "unknown autoencoder config field(s): wdith" in err
+    code, _, err = run_cli("train", "diffusion", "--data", tiny_dataset, "--out", tmp_path / "r2", "--quiet")
+    assert code == 2 and "autoencoder checkpoint not found" in err
+    code, _, err = run_cli(*base, "--out", tmp_path / "r1", "--max-steps", "0")
+    assert code == 2 and "must be positive" in err
+
+    run = tmp_path / "r3"
+    shutil.copytree(tiny_run / "autoencoder", run / "autoencoder")
+    code, _, err = run_cli(*base, "--out", run, "--max-steps", TINY_STEPS)
+    assert code == 2 and "already holds a checkpoint" in err and "--resume" in err
+    code, _, err = run_cli(*base, "--out", run, "--max-steps", 2 * TINY_STEPS, "--resume")
+    assert code == 2 and "checkpoint/config mismatch" in err and "engine.steps" in err
+    code, _, err = run_cli(*base, "--out", run, "--max-steps", TINY_STEPS, "--resume", "--set", "lr=0.1")
+    assert code == 2 and "engine.lr" in err
+    ckpt = run / "autoencoder" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 3])
+    code, _, err = run_cli(*base, "--out", run, "--max-steps", TINY_STEPS, "--resume")
+    assert code == 2 and "corrupt or unreadable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert ckpt.read_bytes() == good[: len(good) // 3]  # nothing overwritten by the failed attempt
+    shutil.copy(run / "autoencoder" / "model.pt", ckpt)  # an exported model is not a run checkpoint
+    code, _, err = run_cli(*base, "--out", run, "--max-steps", TINY_STEPS, "--resume")
+    assert code == 2 and "no resumable training state" in err
+    code, _, err = run_cli("train", "decoder", "--data", tiny_dataset, "--out", run)
+    assert code == 2 and "invalid choice" in err
+
+
+def test_resume_finished_run_just_reexports(tiny_dataset, tiny_run, tmp_path):
+    run = tmp_path / "again"
+    shutil.copytree(tiny_run / "autoencoder", run / "autoencoder")
+    (run / "autoencoder" / "model.pt").unlink()
+    code, out, err = run_cli("train", "autoencoder", "--data", tiny_dataset, "--out", run, "--device", "cpu",
+                             "--max-steps", TINY_STEPS, "--set", "checkpoint_every=4", "--resume", "--quiet")
+    assert code == 0, err
+    assert f"{TINY_STEPS} steps (resumed from {TINY_STEPS})" in out
+    a, b = _state(tiny_run / "autoencoder" / "model.pt"), _state(run / "autoencoder" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
