@@ -217,6 +217,8 @@ class AutoencoderTask(TrainingTask):
     def prepare(self, out, device, dist: DistContext, progress: bool) -> None:
         from ..autoencoder.train import skeletons_for
 
+        if self.skel is not None:
+            return
         ids = self.ds.ids + (self.val.ids if self.val is not None else [])
         self.skel = skeletons_for(self.store, ids, k=self.model_config.num_tokens,
                                   num_surface=self.model_config.num_surface,
@@ -275,7 +277,8 @@ class DenoisingTask(TrainingTask):
     scheduler     : its parameterisation is what the network learns (EDM, DDPM, …)
     build         : ``() -> nn.Module`` (called after the engine seeds the RNG), or a ready module
     class_dropout : P(class → null) per sample, for classifier-free guidance
-    payload_fn    : ``(model, step, metrics) -> checkpoint dict``
+    payload_fn    : ``(model, step, metrics) -> checkpoint dict`` (default: the weights, format
+                    ``skellab.denoiser_weights/1``)
     """
 
     name = "diffusion"
@@ -284,7 +287,8 @@ class DenoisingTask(TrainingTask):
                  build: Callable[[], nn.Module] | nn.Module, *, class_dropout: float = 0.0, seed: int = 0,
                  val_data: torch.Tensor | None = None, val_class_index: torch.Tensor | None = None,
                  config: dict[str, Any] | None = None, fingerprint: str | None = None,
-                 payload_fn: Callable[..., dict[str, Any]] | None = None, checkpoint_format: str = "",
+                 payload_fn: Callable[..., dict[str, Any]] | None = None,
+                 checkpoint_format: str = "skellab.denoiser_weights/1",
                  name: str = "diffusion") -> None:
         self.data, self.class_index, self.scheduler = data, class_index, scheduler
         self._build, self.class_dropout, self.seed = build, float(class_dropout), int(seed)
@@ -364,6 +368,8 @@ class DenoisingTask(TrainingTask):
         return {"loss": total / n}
 
     def payload(self, model, *, step, metrics):
-        if self._payload_fn is None:
-            raise SkellabError(f"{self.name}: no checkpoint format configured for this task")
-        return self._payload_fn(model, step=step, metrics=metrics)
+        if self._payload_fn is not None:
+            return self._payload_fn(model, step=step, metrics=metrics)
+        cfg = getattr(model, "config", None)  # a bare denoiser: weights, its config if it has one
+        return {"format": self.checkpoint_format, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None, "step": int(step), "metrics": dict(metrics)}
