@@ -125,6 +125,12 @@ def test_run_folder_layout_and_checkpoints(tiny_run):
     lat = diff.sample(1, class_index=0, steps=2, generator=torch.Generator().manual_seed(0))
     assert lat.shape == (1, ae.config.num_tokens, ae.config.token_dim) and torch.isfinite(lat).all()
     assert (tiny_run / "diffusion" / "latents.pt").is_file()
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the optional train extra)
+    except ImportError:
+        return
+    events = list((tiny_run / "autoencoder" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
 
 
 def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tmp_path, one_thread):
