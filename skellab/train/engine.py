@@ -397,6 +397,14 @@ def _config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
     return out
 
 
+def _seed_step(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed`` without its per-call cost on CPU-only runs (it queues lazy CUDA/XPU
+    seeding with a formatted stack trace each time): the CPU generator, plus CUDA when training there."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 # ---------------------------------------------------------------------- the loop
 @dataclass
 class FitResult:
@@ -551,7 +559,7 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
                initial=start, total=cfg.steps)
     model.train()
     for step in bar:
-        torch.manual_seed(derive_seed(cfg.seed, "step", step))  # dropout etc.: a function of the step alone
+        _seed_step(derive_seed(cfg.seed, "step", step), dev)  # dropout etc.: a function of the step alone
         items, positions = sampler.local_batch(step)
         batch = task.make_batch(items, positions, step, dev)
         with autocast():
