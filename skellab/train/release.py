@@ -1,0 +1,74 @@
+"""Turn a trained run into shipped weights: ``skellab/weights/<name>.pt`` + its ``<name>.json`` index.
+
+The index records what a model card needs: format, sha256, size, config, classes, the training
+recipe and compute (from the run's ``summary.json`` and ``log.csv``), and metrics (measured
+afterwards and merged in with :func:`add_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SkellabError
+from ..runtime import atomic_path
+from .engine import read_log
+from .tasks import file_sha256
+
+__all__ = ["WEIGHTS_DIR", "release_weights", "add_metrics"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
+                    dataset_name: str | None = None, command: str | None = None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy ``run/<stage>/model.pt`` to ``weights_dir/<name>.pt`` and write ``<name>.json``; return the index."""
+    src = Path(run) / stage / "model.pt"
+    summary_path = Path(run) / stage / "summary.json"
+    if not src.is_file() or not summary_path.is_file():
+        raise SkellabError(f"{Path(run) / stage}: no finished run (model.pt and summary.json are written at the end)")
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    summary = json.loads(summary_path.read_text())
+    rows = read_log(Path(run) / stage / "log.csv")
+    dst = Path(weights_dir) / f"{name}.pt"
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    val = {k: [(r["step"], r[k]) for r in rows if r.get(k) == r.get(k)] for k in (rows[-1] if rows else {})
+           if k.startswith("val_")}
+    index = {
+        "name": name, "file": dst.name, "format": payload.get("format"), "sha256": file_sha256(dst),
+        "bytes": dst.stat().st_size,
+        "parameters": sum(int(v.numel()) for v in payload["state_dict"].values()),
+        "config": payload.get("config"), "classes": payload.get("classes"),
+        "training": {
+            "stage": stage, "dataset": dataset_name, "data_fingerprint": summary.get("data"),
+            "engine": summary.get("engine"), "task": summary.get("task"), "steps": summary.get("steps"),
+            "device": summary.get("device"), "world_size": summary.get("world_size"), "bf16": summary.get("bf16"),
+            "wall_seconds": summary.get("seconds_total"), "torch": summary.get("torch"),
+            "torch_threads": torch.get_num_threads(), "final_train_loss_mean_last50": summary["metrics"].get("train_loss"),
+            "validation": val, "command": command, **(extra or {}),
+        },
+        "metrics": {k: v for k, v in summary.get("metrics", {}).items()},
+    }
+    for key in ("scheduler", "num_tokens"):
+        if key in payload:
+            index[key] = payload[key]
+    with atomic_path(dst.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
+    return index
+
+
+def add_metrics(name: str, metrics: dict[str, Any], *, weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, Any]:
+    """Merge ``metrics`` into ``weights_dir/<name>.json``'s ``metrics`` (atomically); return the index."""
+    path = Path(weights_dir) / f"{name}.json"
+    index = json.loads(path.read_text())
+    index.setdefault("metrics", {}).update(metrics)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
+    return index
