@@ -23,17 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
+from ..data.medsdf import sha256_file as file_sha256
 from .engine import DistContext, TrainingTask, derive_seed
 
 __all__ = ["CloudSkeletonTask", "SkeletonTask", "AutoencoderTask", "DenoisingTask", "dataset_fingerprint", "file_sha256"]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_fingerprint(root: str | os.PathLike) -> str:
