@@ -22,8 +22,15 @@ def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     if "format" not in payload:
         raise SkellabError("a checkpoint payload needs a 'format' tag")
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_bytes(payload, tmp)
     return Path(path)
+
+
+def save_bytes(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through an open file: the same object gives the same bytes (saving to a
+    path would record the (random) temporary file name inside the archive)."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def read_checkpoint(path: str | os.PathLike, *, format: str, kind: str) -> dict[str, Any]:

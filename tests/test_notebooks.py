@@ -21,6 +21,8 @@ SMALL = {
                       "baseline_seconds": 3.0, "toy_shapes": 2},
     "06_sdf_decoding": {"slice_resolution": 48, "resolutions": "24,32", "mc_resolutions": "16,24,32",
                         "metric_points": 512, "edit_resolution": 32},
+    "07_full_training": {"preset": "tiny", "device": "cpu", "max_steps": 20, "eval_resolution": 32, "eval_points": 256,
+                         "num_samples": 1, "sampler_steps": 4, "baseline_seconds": 2.0, "run_dir": "run"},
 }
 
 

@@ -156,22 +156,23 @@ def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tm
 
 
 KILLER = textwrap.dedent("""
-    import sys, time, torch
+    import sys, time
     from pathlib import Path
+    import skellab.train.engine as engine
     signal_file, target = Path(sys.argv[1]), int(sys.argv[2])
-    save, calls = torch.save, {"n": 0}
+    save, calls = engine.save_bytes, {"n": 0}
 
-    def half_written_save(obj, f, *args, **kwargs):
-        save(obj, f, *args, **kwargs)
-        if ".checkpoint.pt." in str(f):
+    def half_written_save(obj, path):
+        save(obj, path)
+        if ".checkpoint.pt." in str(path):
             calls["n"] += 1
             if calls["n"] == target:  # the temp file holds half its bytes, the rename has not happened
-                data = Path(f).read_bytes()
-                Path(f).write_bytes(data[: len(data) // 2])
-                signal_file.write_text(str(f))
+                data = Path(path).read_bytes()
+                Path(path).write_bytes(data[: len(data) // 2])
+                signal_file.write_text(str(path))
                 time.sleep(600)
 
-    torch.save = half_written_save
+    engine.save_bytes = half_written_save
     from skellab.train.cli import main
     sys.exit(main(sys.argv[3:]))
 """)

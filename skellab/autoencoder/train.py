@@ -40,7 +40,7 @@ from .model import AutoencoderConfig, Latent, SkeletalAutoencoder
 
 __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_WEIGHTS", "TrainConfig", "tiny_config", "default_config",
-    "skeletons_for", "train_autoencoder", "autoencoder_payload", "save_autoencoder", "load_autoencoder", "encode_shapes", "encode_points",
+    "skeletons_for", "trained_skeleton", "train_autoencoder", "autoencoder_payload", "save_autoencoder", "load_autoencoder", "encode_shapes", "encode_points",
 ]
 
 CHECKPOINT_FORMAT = "skellab.autoencoder/1"
@@ -273,14 +273,15 @@ def encode_shapes(
     skeleton_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-    skeleton_method: str = "medial",
+    skeleton_method: str | None = None,
     skeleton_config: Any = None,
 ) -> tuple[Latent, list[str]]:
     """Encode stored shapes: (Latent (len(ids), K, 4 + F), ids). Deterministic.
 
     Uses the first ``num_surface`` stored surface points of each shape (the same subset
     its skeleton is computed from) and the shape's class index in ``model.classes``.
-    ``skeleton_method`` / ``skeleton_config`` must be the ones the model was trained with.
+    ``skeleton_method`` / ``skeleton_config`` must be the ones the model was trained with; by
+    default they are read from the checkpoint's training record (medial when it has none).
     """
     store = dataset_root if isinstance(dataset_root, MedSDF) else MedSDF.open(dataset_root)
     ids = list(ids) if ids is not None else store.ids(split=split)
@@ -288,8 +289,11 @@ def encode_shapes(
         raise SkellabError("no shapes to encode")
     cfg = model.config
     dev = next(model.parameters()).device if device is None else resolve_device(device)
+    method, skel_cfg = trained_skeleton(model)
+    if skeleton_method is not None:
+        method, skel_cfg = skeleton_method, skeleton_config
     skel = skeletons_for(store, ids, k=cfg.num_tokens, num_surface=cfg.num_surface, cache=skeleton_cache,
-                         method=skeleton_method, skeleton_config=skeleton_config)
+                         method=method, skeleton_config=skel_cfg)
     classes = model.classes or store.classes
     parts = []
     for s in tqdm(range(0, len(ids), batch_size), desc="encode", disable=not progress):
@@ -309,6 +313,12 @@ def encode_shapes(
     return Latent.cat(parts), ids
 
 
+def trained_skeleton(model: SkeletalAutoencoder) -> tuple[str, Any]:
+    """(skeleton method, its config — a checkpoint path for "learned") the model was trained with."""
+    train = (getattr(model, "checkpoint_info", None) or {}).get("train") or {}
+    return train.get("skeleton_method") or "medial", train.get("skeleton_checkpoint")
+
+
 @torch.no_grad()
 def encode_points(
     model: SkeletalAutoencoder,
@@ -316,7 +326,7 @@ def encode_points(
     normals: torch.Tensor,
     *,
     class_index: torch.Tensor | int | None = None,
-    method: str = "medial",
+    method: str | None = None,
 ) -> Latent:
     """Skeletonize and encode raw oriented surface samples (normalised frame).
 
@@ -337,6 +347,9 @@ def encode_points(
     pts, nrm = pts[:, : cfg.num_surface].to(dev), nrm[:, : cfg.num_surface].to(dev)
     c = r = None
     if cfg.token_source == "skeleton":
-        c, r = _skeletonize_batch(pts, nrm, k=cfg.num_tokens, method=method)
+        m, skel_cfg = trained_skeleton(model)
+        if method is not None and method != m:
+            m, skel_cfg = method, None
+        c, r = _skeletonize_batch(pts, nrm, k=cfg.num_tokens, method=m, config=skel_cfg)
     ci = None if class_index is None else torch.as_tensor(class_index, device=dev).long().reshape(-1).expand(pts.shape[0])
     return model.encode(pts, nrm, c, r, ci)

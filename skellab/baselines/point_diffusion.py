@@ -27,7 +27,7 @@ from ..diffusion.denoiser import _modulate, class_or_null, timestep_embedding
 from ..diffusion.sampling import sample_latents
 from ..diffusion.schedulers import make_scheduler
 from ..diffusion.train import fit_denoiser
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 
@@ -197,7 +197,7 @@ def save_point_diffusion(path: str | os.PathLike, model: PointDiffusion) -> Path
                "scheduler": dict(model.scheduler.config), "classes": model.classes,
                "num_points": int(model.num_points), "info": model.info}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_bytes(payload, tmp)
     return Path(path)
 
 

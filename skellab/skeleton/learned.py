@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 from .ops import farthest_point_sampling, gather, knn, pairwise_sq_dist
@@ -304,7 +304,7 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "state_dict": state}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_bytes(payload, tmp)
     entry = {
         "name": path.stem,
         "file": path.name,

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 
@@ -546,13 +546,18 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
             "optimizer": _cpu(opt.state_dict()), "scheduler": sched.state_dict(),
             "ema": None if ema is None else _cpu(ema.state_dict()), "rng": _rng_state(),
             "engine": asdict(cfg), "task": task.config_dict(), "data": task.data_fingerprint(),
-            "world_size": dctx.world,
+            "world_size": dctx.world, "cpu_seconds": metrics.get("cpu_seconds", 0.0),
         }
         with atomic_path(ckpt_path) as tmp:
-            torch.save(payload, tmp)
+            save_bytes(payload, tmp)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     seconds_before = float(logs.rows[-1]["seconds"]) if logs.rows else 0.0
+    cpu_before = float(saved["train_state"].get("cpu_seconds", 0.0)) if saved is not None else 0.0
+
+    def timing() -> dict[str, float]:  # cumulative over resumed segments (CPU: this process, rank 0)
+        return {"wall_seconds": seconds_before + time.perf_counter() - t0,
+                "cpu_seconds": cpu_before + time.process_time() - c0}
     last_val: dict[str, float] = {k: v for k, v in (logs.rows[-1] if logs.rows else {}).items()
                                   if k.startswith("val_") and v == v}
     bar = tqdm(range(start, cfg.steps), desc=task.name, disable=not (progress and dctx.is_main),
@@ -599,7 +604,7 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
         if run is not None and (last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
             if dctx.is_main:
                 tail = [r["loss"] for r in logs.rows[-50:]]
-                save(step + 1, {"train_loss": float(np.mean(tail)) if tail else None, **last_val})
+                save(step + 1, {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()})
             dctx.barrier()
     logs.close()
     final = ema if ema is not None else model
@@ -608,10 +613,13 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
     result = FitResult(final, logs.rows, cfg.steps, seconds, run, start)
     if run is not None and dctx.is_main:
         tail = [r["loss"] for r in logs.rows[-50:]]
-        metrics = {"train_loss": float(np.mean(tail)) if tail else None, **last_val}
-        export = task.payload(final, step=cfg.steps, metrics=metrics)
-        with atomic_path(run / "model.pt") as tmp:
-            torch.save(export, tmp)
+        metrics = {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()}
+        if start == cfg.steps and saved is not None:  # nothing ran: keep the recorded times
+            metrics.update({k: saved.get("metrics", {}).get(k, metrics[k]) for k in ("wall_seconds", "cpu_seconds")})
+        if not (start == cfg.steps and (run / "model.pt").is_file()):  # a finished run keeps its export byte for byte
+            export = task.payload(final, step=cfg.steps, metrics=metrics)
+            with atomic_path(run / "model.pt") as tmp:
+                save_bytes(export, tmp)
         summary = {"stage": task.name, "steps": cfg.steps, "resumed_from": start, "world_size": dctx.world,
                    "device": str(dev), "bf16": use_bf16, "seconds_this_process": seconds,
                    "seconds_total": float(logs.rows[-1]["seconds"]) if logs.rows else seconds,

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..checkpoint import save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 from .engine import EngineConfig, FitResult, fit
@@ -139,13 +140,10 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
         except Exception:  # noqa: BLE001  (a stale or damaged cache is recomputed)
             pass
     ae = load_autoencoder(autoencoder_path, device=device)
-    train_info = (ae.checkpoint_info or {}).get("train") or {}
-    method = train_info.get("skeleton_method", "medial")
-    skel_cfg = train_info.get("skeleton_checkpoint")
     from ..data.medsdf import MedSDF
 
     store = MedSDF.open(data)
-    kw = dict(skeleton_cache=skeleton_cache, progress=progress, skeleton_method=method, skeleton_config=skel_cfg)
+    kw = dict(skeleton_cache=skeleton_cache, progress=progress)  # the skeleton method comes from the checkpoint
     train, ids = encode_shapes(ae, store, split="train", **kw)
     val_ids = store.ids(split="val")
     val = encode_shapes(ae, store, val_ids, **kw)[0] if val_ids else None
@@ -157,7 +155,7 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
                                        "class_index": None if x.class_index is None else x.class_index.cpu()}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
-        torch.save({**result, "train": pack(train), "val": pack(val)}, tmp)
+        save_bytes({**result, "train": pack(train), "val": pack(val)}, tmp)
     return result
 
 
@@ -219,7 +217,8 @@ class _LatentTask(DenoisingTask):
         from ..diffusion.train import LatentDiffusion, diffusion_payload
 
         info = {"step": step, "metrics": metrics,
-                "train": {"autoencoder_sha256": self.ae_sha, "num_latents": self.latent_count}}
+                "train": {"autoencoder_sha256": self.ae_sha, "num_latents": self.latent_count,
+                          "cpu_seconds": metrics.get("cpu_seconds"), "wall_seconds": metrics.get("wall_seconds")}}
         return diffusion_payload(LatentDiffusion(model, self.scheduler, self.normalizer, self.classes or None,
                                                  self.num_tokens, info), step=step, metrics=metrics)
 

@@ -7,5 +7,7 @@ need them; a missing one raises :class:`~skellab.SkellabError` saying what to in
 
 from .k3d_views import mesh_view, points_view, skeleton_view, snapshot_html
 from .plots import sdf_slices_figure
+from .training import mesh_gallery, training_curves
 
-__all__ = ["mesh_view", "points_view", "skeleton_view", "snapshot_html", "sdf_slices_figure"]
+__all__ = ["mesh_view", "points_view", "skeleton_view", "snapshot_html", "sdf_slices_figure", "training_curves",
+           "mesh_gallery"]
