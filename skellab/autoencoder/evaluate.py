@@ -75,8 +75,7 @@ def evaluate_autoencoder(
     if not ids:
         raise SkellabError(f"{dataset_root}: split {split!r} has no shapes")
     latents, ids = encode_shapes(model, store, ids, skeleton_cache=skeleton_cache)
-    latents = latents.to("cpu")
-    model = model.to("cpu")
+    latents = latents.to("cpu")  # the decoders move each latent to the model's device; the prior needs CPU
     shapes: dict[str, dict[str, Any]] = {}
     by_class, prior_by_class = defaultdict(list), defaultdict(list)
     fractions = []
