@@ -43,7 +43,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -416,7 +416,6 @@ class FitResult:
     seconds: float
     out: Path | None = None
     resumed_from: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoint(self) -> Path | None:
@@ -629,7 +628,3 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
             tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
 
-
-def engine_fields() -> list[str]:
-    """Names of the :class:`EngineConfig` fields (for override parsing)."""
-    return [f.name for f in fields(EngineConfig)]

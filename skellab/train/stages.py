@@ -15,7 +15,7 @@ config=RUN/skeleton/model.pt)``).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,8 +105,6 @@ def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> tuple[An
     bad = sorted(set(mo) - mk)
     if bad:
         raise SkellabError(f"unknown {stage} config field(s): {', '.join(bad)}")
-    from dataclasses import replace
-
     model = replace(model, **mo)
     if stage == "skeleton":  # the learned config carries its own copy of the optimisation fields
         model = replace(model, steps=engine.steps, batch_size=engine.batch_size, lr=engine.lr,
@@ -115,10 +113,10 @@ def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> tuple[An
 
 
 # ---------------------------------------------------------------------- latents
-def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None, *,
                        device: str | torch.device = "auto", progress: bool = True,
                        skeleton_cache: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Encode the train and val splits with a frozen autoencoder; cached in ``out`` (``latents.pt``).
+    """Encode the train and val splits with a frozen autoencoder; cached in ``out`` (``latents.pt``; None: no cache).
 
     The cache is reused only when it was made by the same autoencoder file (sha256) from the same
     dataset (manifest fingerprint). Returns ``{"train": Latent, "val": Latent | None, "ids", "val_ids",
@@ -126,11 +124,10 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
     """
     from ..autoencoder import Latent, encode_shapes, load_autoencoder
 
-    out = Path(out)
     ae_sha = file_sha256(autoencoder_path)
     fp = dataset_fingerprint(data)
-    cache = out / "latents.pt"
-    if cache.is_file():
+    cache = None if out is None else Path(out) / "latents.pt"
+    if cache is not None and cache.is_file():
         try:
             c = torch.load(cache, map_location="cpu", weights_only=True)
             if c.get("autoencoder_sha256") == ae_sha and c.get("data") == fp:
@@ -150,10 +147,12 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
     result = {"train": train, "val": val, "ids": ids, "val_ids": val_ids, "classes": list(ae.classes),
               "autoencoder_sha256": ae_sha, "data": fp}
 
+    if cache is None:
+        return result
+
     def pack(x):
         return None if x is None else {"tokens": x.tokens.detach().cpu(),
                                        "class_index": None if x.class_index is None else x.class_index.cpu()}
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         save_bytes({**result, "train": pack(train), "val": pack(val)}, tmp)
     return result
@@ -164,7 +163,7 @@ class _LatentTask(DenoisingTask):
 
     def __init__(self, autoencoder_path: Path, data: Path, config: Any, scheduler: Any, *, seed: int,
                  skeleton_cache: Path | None) -> None:
-        from ..autoencoder.train import CHECKPOINT_FORMAT as AE_FORMAT  # noqa: F401  (import check)
+        from ..autoencoder.train import CHECKPOINT_FORMAT as AE_FORMAT
         from ..checkpoint import read_checkpoint
         from ..diffusion.train import CHECKPOINT_FORMAT
 
@@ -176,8 +175,6 @@ class _LatentTask(DenoisingTask):
         except (KeyError, TypeError, ValueError) as exc:
             raise SkellabError(f"{autoencoder_path}: checkpoint config is missing or malformed") from exc
         self.classes = list(ae.get("classes") or [])
-        from dataclasses import replace
-
         cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes))
         self.model_config, self.num_tokens = cfg, num_tokens
         self.autoencoder_path, self.data_root, self.skeleton_cache = autoencoder_path, data, skeleton_cache
@@ -193,17 +190,13 @@ class _LatentTask(DenoisingTask):
 
         return TokenDenoiser(config=self.model_config)
 
-    def num_items(self) -> int:
-        return int(self.data.shape[0])
-
     def prepare(self, out, device, dist, progress) -> None:
         from ..diffusion.sampling import LatentNormalizer
 
         if self.normalizer is not None:
             return
-        lat = precompute_latents(self.autoencoder_path, self.data_root, out if out is not None else Path("."),
-                                 device=device, progress=progress, skeleton_cache=self.skeleton_cache) \
-            if out is not None else _encode_in_memory(self.autoencoder_path, self.data_root, device)
+        lat = precompute_latents(self.autoencoder_path, self.data_root, out, device=device, progress=progress,
+                                 skeleton_cache=self.skeleton_cache)
         train, val = lat["train"], lat["val"]
         self.normalizer = LatentNormalizer.fit(train.tokens)
         self.data = self.normalizer.normalize(train.tokens.float()).to(device)
@@ -221,13 +214,6 @@ class _LatentTask(DenoisingTask):
                           "cpu_seconds": metrics.get("cpu_seconds"), "wall_seconds": metrics.get("wall_seconds")}}
         return diffusion_payload(LatentDiffusion(model, self.scheduler, self.normalizer, self.classes or None,
                                                  self.num_tokens, info), step=step, metrics=metrics)
-
-
-def _encode_in_memory(autoencoder_path, data, device) -> dict[str, Any]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return precompute_latents(autoencoder_path, data, tmp, device=device, progress=False)
 
 
 # ---------------------------------------------------------------------- one stage

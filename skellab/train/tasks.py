@@ -186,6 +186,8 @@ class AutoencoderTask(TrainingTask):
                 and not self.skeleton_checkpoint.is_file():
             raise SkellabError(f"learned-skeleton checkpoint not found: {self.skeleton_checkpoint} "
                                f"(train it first: skellab train skeleton)")
+        self._skeleton_sha = None if self.skeleton_checkpoint is None \
+            else file_sha256(self.skeleton_checkpoint)[:16]  # read once: config_dict() runs at every checkpoint
         bc = SDFBatchConfig(num_surface=self.model_config.num_surface, num_queries=train_config.num_queries,
                             near_fraction=train_config.near_fraction)
         self.ds = MedSDFDataset(root, split="train", config=bc, seed=seed)
@@ -198,8 +200,7 @@ class AutoencoderTask(TrainingTask):
     def config_dict(self) -> dict[str, Any]:
         tc = {k: v for k, v in asdict(self.train_config).items()
               if k in ("num_queries", "near_fraction", "skeleton_method")}
-        ck = None if self.skeleton_checkpoint is None else file_sha256(self.skeleton_checkpoint)[:16]
-        return {"model": self.model_config.to_dict(), "data": tc, "skeleton_checkpoint_sha256": ck}
+        return {"model": self.model_config.to_dict(), "data": tc, "skeleton_checkpoint_sha256": self._skeleton_sha}
 
     def data_fingerprint(self) -> str:
         return dataset_fingerprint(self.root)
