@@ -46,19 +46,24 @@ import numpy as np
 import torch
 import trimesh
 
-from .autoencoder.model import Latent, SkeletalAutoencoder
-from .autoencoder.train import load_autoencoder
+from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
 from .diffusion import LatentDiffusion, load_diffusion, make_scheduler, sample_latents
 from .errors import SkellabError
-from .meshing import decode_grid_guided, export_mesh, extract_mesh
+from .meshing import (
+    cap_at_box,
+    check_resolution,
+    count_components,
+    decode_grid_guided,
+    export_mesh,
+    extract_mesh,
+)
 from .runtime import make_generator
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 
-__all__ = ["DEFAULT_DIFFUSION_WEIGHTS", "SAMPLERS", "GeneratedOrgan", "generate_organs", "generate_from_models",
+__all__ = ["SAMPLERS", "GeneratedOrgan", "generate_organs", "generate_from_models",
            "decode_organ", "load_generation_models", "sampling_scheduler", "list_organs", "write_generated"]
 
-DEFAULT_DIFFUSION_WEIGHTS = Path(__file__).resolve().parent / "weights" / "diffusion.pt"
 SAMPLERS = ("edm", "ddpm", "ddim")
 
 
@@ -103,7 +108,7 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
 
     Missing or corrupt files, or a pair whose token shapes disagree → :class:`SkellabError`.
     """
-    diff = load_diffusion(diffusion_checkpoint if diffusion_checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS,
+    diff = load_diffusion(diffusion_checkpoint,
                           device=device)
     ae = load_autoencoder(autoencoder_checkpoint, device=device)
     if diff.denoiser.config.token_dim != ae.config.token_dim:
@@ -116,7 +121,7 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
 
 def list_organs(checkpoint: str | os.PathLike | None = None) -> list[str]:
     """Organ classes the diffusion model can generate (default: the shipped checkpoint)."""
-    diff = load_diffusion(checkpoint if checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS)
+    diff = load_diffusion(checkpoint)
     return list(diff.classes or [])
 
 
@@ -156,12 +161,7 @@ def _check_args(n: int, steps: int, guidance: float, scheduler: str, resolution:
         raise SkellabError(f"guidance must be a number >= 0, got {guidance!r}")
     if scheduler not in SAMPLERS:
         raise SkellabError(f"unknown scheduler {scheduler!r}: use {', '.join(SAMPLERS)}")
-    if not 8 < resolution <= 512:
-        raise SkellabError(f"resolution must be in (8, 512], got {resolution}")
-
-
-def _components(mesh: trimesh.Trimesh) -> int:
-    return len(mesh.split(only_watertight=False)) if len(mesh.faces) else 0
+    check_resolution(resolution)
 
 
 def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str, index: int, resolution: int = 128,
@@ -178,12 +178,7 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     grid = decode_grid_guided(autoencoder, latent, int(resolution))
     t1 = time.perf_counter()
     # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ)
-    values = grid.values.copy()
-    tau = float(autoencoder.config.truncation)
-    faces_of_box = [values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]]
-    clipped = any(bool((side < 0).any()) for side in faces_of_box)
-    for side in faces_of_box:
-        side[...] = np.maximum(side, tau)
+    values, clipped = cap_at_box(grid, float(autoencoder.config.truncation))
     v, f = extract_mesh(values, grid.box, largest_component=largest_component)
     mesh = trimesh.Trimesh(v, f, process=False)
     t2 = time.perf_counter()
@@ -194,7 +189,7 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     skel = Skeleton(centers, radii, edges, method="diffusion", meta={"organ": organ})
     t3 = time.perf_counter()
     return GeneratedOrgan(organ, index, v, f, skel, latent.detach().to("cpu"), bool(mesh.is_watertight),
-                          _components(mesh), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
+                          count_components(v, f), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
                           {"resolution": int(resolution), "query_fraction": grid.query_fraction,
                            "clipped_at_box": clipped})
 

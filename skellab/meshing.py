@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
+from skimage.measure import marching_cubes
 
 from .autoencoder.model import Latent, SkeletalAutoencoder, sphere_union_sdf
 from .data.sampling import grid_points
@@ -41,7 +42,8 @@ from .data.shape import Normalization
 from .errors import SkellabError
 from .runtime import atomic_path
 
-__all__ = ["SDFGrid", "decode_grid_dense", "decode_grid_guided", "extract_mesh", "decode_mesh", "export_mesh"]
+__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "decode_points", "decode_grid_dense", "decode_grid_guided",
+           "extract_mesh", "cap_at_box", "count_components", "sphere_union_mesh", "decode_mesh", "export_mesh"]
 
 MESH_FORMATS = (".ply", ".stl", ".obj")
 
@@ -222,8 +224,6 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
         raise SkellabError("grid contains NaN or infinite values")
     if not (vals.min() < level < vals.max()):
         raise SkellabError("the decoded SDF has no zero crossing in the grid: there is no surface to mesh")
-    from skimage.measure import marching_cubes
-
     R = vals.shape[0]
     h = 2.0 * box / (R - 1)
     verts, faces, _, _ = marching_cubes(vals, level=level, spacing=(h, h, h))
@@ -237,6 +237,35 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
     if mesh.volume < 0:  # SDF negative inside: make the faces point outward
         mesh.invert()
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def cap_at_box(grid: SDFGrid, outside: float) -> tuple[np.ndarray, bool]:
+    """The grid's values with its six outer faces set to at least ``outside`` (> 0): a surface that
+    reaches the box is closed there, so marching cubes gives a closed mesh. Returns (values, whether
+    any face was inside before)."""
+    values = grid.values.copy()
+    faces_of_box = [values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]]
+    clipped = any(bool((side < 0).any()) for side in faces_of_box)
+    for side in faces_of_box:
+        side[...] = np.maximum(side, outside)
+    return values, clipped
+
+
+def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
+    """Connected pieces of a triangle mesh (faces joined through shared edges); 0 for no faces."""
+    if len(faces) == 0:
+        return 0
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    return len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)), min_len=1))
+
+
+def sphere_union_mesh(centers: torch.Tensor, radii: torch.Tensor, resolution: int = 128,
+                      box: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh of the union of spheres (K, 3), (K,) by marching cubes on a dense grid (normalised frame):
+    the decoder's prior alone, the baseline every reconstruction is measured against."""
+    g = torch.as_tensor(grid_points(resolution, box), dtype=torch.float32)[None]
+    sdf = sphere_union_sdf(g, centers.reshape(1, -1, 3).float(), radii.reshape(1, -1).float())
+    return extract_mesh(sdf[0].numpy().reshape((resolution,) * 3), box=box)
 
 
 def decode_mesh(model: SkeletalAutoencoder, latent: Latent, resolution: int = 128, *, guided: bool = True,

@@ -14,10 +14,10 @@ from skellab.diffusion import (
     make_synthetic_latents,
     sample_latents,
     save_diffusion,
-    train_diffusion,
 )
 from skellab.errors import SkellabError
 from skellab.runtime import make_generator
+from skellab.train import train_diffusion
 
 
 def _random_model(num_classes=3, seed=0):
@@ -114,7 +114,7 @@ def test_normalizer_round_trip():
 def trained():
     """A tiny EDM model on two well-separated synthetic classes (~5 s on 2 cores)."""
     lat, cls, protos = make_synthetic_latents(32, num_classes=2, num_tokens=16, generator=make_generator(0))
-    diffusion, history = train_diffusion(lat, cls, scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20,
+    diffusion, history = train_diffusion(lat, cls, scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20, schedule="constant",
                                          ema_decay=None, classes=["liver", "spleen"], generator=make_generator(1),
                                          device="cpu", progress=False)
     return diffusion, history, protos

@@ -10,7 +10,6 @@ import trimesh
 
 from skellab.errors import SkellabError
 from skellab.skeleton.learned import (
-    SHIPPED_CHECKPOINT,
     LearnedSkeletonConfig,
     PointSkeletonNet,
     load_checkpoint,
@@ -18,12 +17,13 @@ from skellab.skeleton.learned import (
     skeleton_losses,
     skeletonize_learned,
     sphere_points,
-    tiny_config,
-    train_learned,
 )
 from skellab.skeleton.types import Skeleton
+from skellab.train import train_learned
+from skellab.weights import weights_path
 
-TINY = tiny_config(k=16, num_points=128, width=8, knn=6)
+SHIPPED_CHECKPOINT = weights_path("skeleton_learned")
+TINY = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6)
 
 
 def _capsule_points(n: int, seed: int, *, radius: float = 0.3, height: float = 1.2) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_sphere_points_lie_on_spheres():
 
 @pytest.mark.parametrize("mode", ["clearance", "point2skeleton"])
 def test_losses_are_finite_and_differentiable(mode):
-    cfg = tiny_config(k=16, num_points=128, width=8, knn=6, radius_mode=mode)
+    cfg = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6, radius_mode=mode)
     model = _model(cfg)
     pts = torch.tensor(_capsule_points(128, 0)[0])[None]
     centers, radii, _ = model(pts)
@@ -82,9 +82,10 @@ def test_inside_loss_penalises_centres_outside():
 
 def test_training_decreases_loss():
     pts, _ = _capsule_points(512, 1)
-    cfg = tiny_config(k=16, num_points=128, width=8, knn=6, steps=30, lr=3e-3)
+    cfg = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6)
     model, history = train_learned(
-        torch.tensor(pts)[None], config=cfg, generator=torch.Generator().manual_seed(0), device="cpu", progress=False
+        torch.tensor(pts)[None], config=cfg, steps=30, lr=3e-3, generator=torch.Generator().manual_seed(0),
+        device="cpu", progress=False
     )
     total = history["total"]
     assert len(total) == 30 and not model.training
@@ -161,3 +162,4 @@ def test_shipped_checkpoint_skeleton_inside_heldout_capsule():
     z = np.clip(c[:, 2], -half, half)
     to_axis = np.linalg.norm(c - np.stack([0 * z, 0 * z, z], axis=1), axis=1)
     assert to_axis.mean() < radius
+

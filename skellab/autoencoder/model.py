@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SkellabError
+from ..skeleton import METHODS as SKELETON_METHODS
 from ..skeleton.ops import farthest_point_sampling, gather, knn
 
 __all__ = ["AutoencoderConfig", "Latent", "SkeletalAutoencoder", "sphere_union_sdf", "fourier_features"]
@@ -67,6 +68,8 @@ class AutoencoderConfig:
     skeleton_weight: float = 0.1  # weight of the skeleton constraint (sdf(c_k) = −r_k); 0 turns it off
     num_classes: int = 0  # organ classes (0: unconditional)
     class_conditioning: bool = False  # add a learned class bias to the token features
+    skeleton_method: str = "medial"  # how the token spheres are made (see skellab.skeleton.METHODS)
+    skeleton_checkpoint: str | None = None  # "learned" only: its checkpoint (None: the shipped weights)
 
     def __post_init__(self) -> None:
         if self.token_source not in TOKEN_SOURCES:
@@ -89,6 +92,8 @@ class AutoencoderConfig:
             raise SkellabError("loss weights must be >= 0")
         if self.class_conditioning and self.num_classes < 1:
             raise SkellabError("class_conditioning needs num_classes >= 1")
+        if self.skeleton_method not in SKELETON_METHODS:
+            raise SkellabError(f"skeleton_method must be one of {', '.join(SKELETON_METHODS)}, got {self.skeleton_method!r}")
 
     @property
     def token_dim(self) -> int:
@@ -286,6 +291,8 @@ class SkeletalAutoencoder(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.classes = list(classes) if classes is not None else []
+        #: where the weights came from: ``step``, ``metrics``, ``train`` (set by the checkpoint loader)
+        self.info: dict[str, Any] = {}
         if cfg.class_conditioning and self.classes and len(self.classes) != cfg.num_classes:
             raise SkellabError(f"{len(self.classes)} class names given for num_classes={cfg.num_classes}")
         self.encoder = _Encoder(cfg)

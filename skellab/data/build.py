@@ -8,7 +8,6 @@ procedural organ families with ground-truth skeletons (:mod:`skellab.data.proced
 from __future__ import annotations
 
 import hashlib
-
 import multiprocessing as mp
 import os
 import re
@@ -21,7 +20,10 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from ..errors import SkellabError
-from . import medsdf
+from . import medsdf, procedural
+from .anatomy import load_packaged_anatomy
+from .io import load_shape_file
+from .procedural import make_shape
 from .sampling import SampleConfig, sample_sdf
 from .shape import Shape
 
@@ -67,15 +69,11 @@ def _stable_seed(text: str) -> int:
 
 
 def _specs(p: BuildPreset) -> list[tuple]:
-    from . import procedural
-
     families = procedural.FAMILIES if p.families is None else p.families
     specs: list[tuple] = [
         ("procedural", fam, seed, f"{fam}_{seed:04d}") for fam in families for seed in range(p.per_family)
     ]
     if p.anatomy:
-        from .anatomy import load_packaged_anatomy
-
         specs += [("shape", shape, shape.shape_id) for shape in load_packaged_anatomy()]
     return specs
 
@@ -84,8 +82,6 @@ def _build_one(spec: tuple, root: str, sample_config: SampleConfig) -> dict[str,
     """Worker: make/take one shape, sample it, write its files; return its record or an error line."""
     try:
         if spec[0] == "procedural":
-            from .procedural import make_shape
-
             shape = make_shape(spec[1], spec[2])
             shape = shape.replace(shape_id=spec[3])
         else:
@@ -201,8 +197,6 @@ def import_files(
     Every file is loaded and validated *before* anything is written, so one bad file
     leaves the dataset untouched. Returns the ids added.
     """
-    from .io import load_shape_file
-
     if not paths:
         raise SkellabError("no input files given")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", organ or ""):

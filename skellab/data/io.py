@@ -21,8 +21,11 @@ import os
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import trimesh
+from scipy import ndimage
+from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
 from ..runtime import atomic_path
@@ -135,8 +138,6 @@ def _check_stl_header(p: Path) -> None:
 
 
 def _load_gifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
     try:
         img = nib.load(str(p))
         v = img.agg_data("NIFTI_INTENT_POINTSET")
@@ -248,9 +249,6 @@ def label_volume_surface(
     the structure into pieces, only the piece enclosing the largest volume is kept.
     Returns (n, 3) float64 world vertices and (m, 3) int64 faces.
     """
-    from scipy import ndimage
-    from skimage.measure import marching_cubes
-
     mask = labels == int(label)
     if not mask.any():
         present = np.unique(labels)
@@ -300,8 +298,6 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, P
 
     Float volumes are accepted when every value is an integer (labels are often stored as float32).
     """
-    import nibabel as nib
-
     p = _check_readable(path)
     if file_suffix(p) not in VOLUME_SUFFIXES:
         raise SkellabError(f"{p}: unsupported label-volume extension {file_suffix(p)!r} (use .nii or .nii.gz)")

@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
 from ..runtime import numpy_rng
@@ -335,8 +338,6 @@ def analytic_sdf(family: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Marching cubes of the composite on a grid fitted to its box → (vertices, faces, grid info)."""
-    from skimage.measure import marching_cubes
-
     lo, hi = sdf.bounds()
     voxel = float((hi - lo).max()) / (config.resolution - 1 - 2 * config.margin_voxels)
     block = 16
@@ -356,9 +357,6 @@ def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndar
 
 
 def _largest_component(faces: np.ndarray, n_verts: int) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
     cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_verts, n_verts))

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
+from ..data.io import load_mesh
+from ..data.shape import Normalization, validate_mesh
 from ..errors import SkellabError
+from . import skeletonize
 from .types import Skeleton
 
 POINT_CLOUD_SUFFIXES = (".npy", ".ply")
@@ -21,10 +25,6 @@ def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: i
     ``.npy`` holds (N, 3) points or (N, 6) points + normals; a ``.ply`` without faces
     is read as a point cloud. Coordinates are returned as given (input units).
     """
-    import trimesh
-
-    from ..data.io import load_mesh
-    from ..data.shape import validate_mesh
 
     path = Path(path)
     if not path.exists():
@@ -63,9 +63,6 @@ def skeletonize_file(
     The input is normalised (bbox centre → 0, max |coordinate| → 1) for the method,
     and centres/radii are mapped back, so the skeleton overlays the user's mesh.
     """
-    from ..data.shape import Normalization
-    from . import skeletonize
-
     points, normals, mesh = load_point_input(path, num_points=num_points, seed=seed)
     if not np.isfinite(points).all():
         raise SkellabError(f"{path}: points contain NaN or infinite coordinates")
