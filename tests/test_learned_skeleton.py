@@ -135,8 +135,8 @@ def test_skeletonize_learned_single_batch_and_resampling():
     few = torch.tensor(pts[:50])[None].repeat(2, 1, 1)  # 50 points → repeats up to 128
     sks = skeletonize_learned(few, checkpoint=model, device="cpu", generator=torch.Generator().manual_seed(0))
     assert isinstance(sks, list) and len(sks) == 2 and sks[0].meta["input_points"] == 50
-    with pytest.raises(SkellabError, match="k=16"):
-        skeletonize_learned(pts, k=7, checkpoint=model)
+    with pytest.raises(SkellabError, match="between 1 and 16"):
+        skeletonize_learned(pts, k=17, checkpoint=model)
     with pytest.raises(SkellabError):
         skeletonize_learned(np.zeros((10, 2)), checkpoint=model)
 
@@ -163,3 +163,20 @@ def test_shipped_checkpoint_skeleton_inside_heldout_capsule():
     to_axis = np.linalg.norm(c - np.stack([0 * z, 0 * z, z], axis=1), axis=1)
     assert to_axis.mean() < radius
 
+
+def test_fewer_spheres_than_the_model_predicts_are_an_even_subset():
+    """Any K up to the trained one: the K' spheres are farthest-point samples of the predicted K."""
+    model = _model()
+    pts = _capsule_points(300, 2)[0]
+    full = skeletonize_learned(pts, checkpoint=model, device="cpu")
+    few = skeletonize_learned(pts, k=7, checkpoint=model, device="cpu")
+    assert few.centers.shape == (7, 3) and few.radii.shape == (7,) and few.meta["predicted"] == TINY.k
+    d = torch.cdist(few.centers, full.centers)  # every kept sphere is one of the predicted ones, radius and all
+    j = d.argmin(dim=1)
+    assert torch.allclose(d.min(dim=1).values, torch.zeros(7), atol=1e-6) and len(set(j.tolist())) == 7
+    assert torch.allclose(few.radii, full.radii[j])
+    again = skeletonize_learned(pts, k=7, checkpoint=model, device="cpu")
+    assert torch.equal(again.centers, few.centers)  # deterministic
+    # an even spread: the minimum spacing of the subset beats that of its first 7 predicted spheres
+    spacing = lambda c: torch.pdist(c).min()  # noqa: E731
+    assert spacing(few.centers) >= spacing(full.centers[:7])

@@ -293,15 +293,17 @@ def skeletonize_learned(
 
     points : (N, 3) or (B, N, 3) surface points in the normalised frame; resampled to the
         model's ``num_points`` (FPS down, random repeats up, seeded by ``generator``).
-    k : must be ``None`` or the model's K (the network predicts a fixed number of spheres).
+    k : number of spheres, at most the model's K (``None``: all K). The network predicts K spheres;
+        fewer are chosen from them by farthest-point sampling on the centres (deterministic).
     checkpoint : a path, a loaded model, or ``None`` for the shipped weights.
     returns : one :class:`Skeleton` (centres (K, 3), radii (K,), no edges) for (N, 3) input,
         else a list of B. Runs under ``torch.no_grad`` (use the model directly for gradients).
     """
     model = checkpoint if isinstance(checkpoint, PointSkeletonNet) else load_checkpoint(checkpoint, device="cpu")
     cfg = model.config
-    if k is not None and int(k) != cfg.k:
-        raise SkellabError(f"this learned-skeleton model predicts k={cfg.k} spheres; k={k} was requested")
+    if k is not None and not 1 <= int(k) <= cfg.k:
+        raise SkellabError(f"this learned-skeleton model predicts {cfg.k} spheres: ask for k between 1 and {cfg.k}, "
+                           f"not {k}")
     pts = torch.as_tensor(np.asarray(points) if isinstance(points, np.ndarray) else points).float()
     single = pts.ndim == 2
     if single:
@@ -315,7 +317,10 @@ def skeletonize_learned(
     with torch.no_grad():
         x = _resample(pts.cpu(), cfg.num_points, generator).to(dev)
         centers, radii, _ = model(x)
-    meta = {"k": cfg.k, "num_points": cfg.num_points, "input_points": int(pts.shape[1]),
-            "radius_mode": cfg.radius_mode}  # fmt: skip
+        if k is not None and int(k) < cfg.k:  # fewer spheres: an even spread of the predicted ones
+            keep = farthest_point_sampling(centers, int(k))  # deterministic (starts at sphere 0)
+            centers, radii = gather(centers, keep), torch.gather(radii, 1, keep)
+    meta = {"k": int(centers.shape[1]), "predicted": cfg.k, "num_points": cfg.num_points,
+            "input_points": int(pts.shape[1]), "radius_mode": cfg.radius_mode}  # fmt: skip
     out = [Skeleton(centers=c.cpu(), radii=r.cpu(), method="learned", meta=dict(meta)) for c, r in zip(centers, radii)]
     return out[0] if single else out
