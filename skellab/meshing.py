@@ -40,7 +40,7 @@ from .autoencoder.model import Latent, SkeletalAutoencoder, sphere_union_sdf
 from .data.sampling import grid_points
 from .data.shape import Normalization
 from .errors import SkellabError
-from .runtime import atomic_path
+from .runtime import atomic_path, inference_autocast
 
 __all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "decode_points", "decode_grid_dense", "decode_grid_guided",
            "extract_mesh", "cap_at_box", "count_components", "sphere_union_mesh", "decode_mesh", "export_mesh"]
@@ -91,24 +91,31 @@ def _check(model: SkeletalAutoencoder, latent: Latent, resolution: int) -> None:
 
 
 @torch.no_grad()
-def decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Decoded truncated SDF (negative inside) at ``points`` (n, 3), normalised frame → (n,) float32, in chunks."""
+def decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int = 65536, *,
+                  precision: str = "auto") -> np.ndarray:
+    """Decoded truncated SDF (negative inside) at ``points`` (n, 3), normalised frame → (n,) float32, in chunks.
+
+    precision : ``"auto"`` (bf16 where the device multiplies bf16 natively — CUDA, CPUs with AMX or
+                AVX512-BF16 — else fp32), ``"fp32"`` or ``"bf16"`` (see :func:`skellab.runtime.inference_autocast`).
+    """
     dev = next(model.parameters()).device
     lat = latent.to(dev)
     out = np.empty(len(points), dtype=np.float32)
-    for s in range(0, len(points), chunk):
-        q = torch.as_tensor(points[s : s + chunk], dtype=torch.float32, device=dev)[None]
-        out[s : s + chunk] = model.decode(lat, q)[0].float().cpu().numpy()
+    with inference_autocast(dev, precision):
+        for s in range(0, len(points), chunk):
+            q = torch.as_tensor(points[s : s + chunk], dtype=torch.float32, device=dev)[None]
+            out[s : s + chunk] = model.decode(lat, q)[0].float().cpu().numpy()
     return out
 
 
 def decode_grid_dense(model: SkeletalAutoencoder, latent: Latent, resolution: int = 128, *,
-                      box: float = 1.1, chunk: int = 65536) -> SDFGrid:
-    """Decode every grid point (the reference). ``chunk`` queries per forward pass."""
+                      box: float = 1.1, chunk: int = 65536, precision: str = "auto") -> SDFGrid:
+    """Decode every grid point (the reference). ``chunk`` queries per forward pass; ``precision`` as
+    :func:`decode_points`."""
     _check(model, latent, resolution)
     t0 = time.perf_counter()
     R = int(resolution)
-    vals = decode_points(model, latent, grid_points(R, box), chunk).reshape(R, R, R)
+    vals = decode_points(model, latent, grid_points(R, box), chunk, precision=precision).reshape(R, R, R)
     return SDFGrid(vals, float(box), R**3, time.perf_counter() - t0)
 
 
@@ -135,6 +142,7 @@ def decode_grid_guided(
     safety: float = 1.5,
     band: float | None = 0.5,
     chunk: int = 65536,
+    precision: str = "auto",
 ) -> SDFGrid:
     """Coarse-to-fine decoding of only the cells that can hold surface (see the module docstring).
 
@@ -169,7 +177,7 @@ def decode_grid_guided(
             prior = sphere_union_sdf(torch.as_tensor(pts, dtype=torch.float32)[None],
                                      latent.centers.float().cpu(), latent.radii.float().cpu())[0].numpy()
         todo = prior <= band
-    sub[todo] = decode_points(model, latent, pts[todo], chunk)
+    sub[todo] = decode_points(model, latent, pts[todo], chunk, precision=precision)
     n_queries += int(todo.sum())
     values[np.ix_(L, L, L)] = sub.reshape(len(L), len(L), len(L))
 
@@ -195,7 +203,7 @@ def decode_grid_guided(
         ii, jj, kk = np.nonzero(new)
         if len(ii):
             p = np.stack([axis[L2[ii]], axis[L2[jj]], axis[L2[kk]]], -1)
-            values[L2[ii], L2[jj], L2[kk]] = decode_points(model, latent, p, chunk)
+            values[L2[ii], L2[jj], L2[kk]] = decode_points(model, latent, p, chunk, precision=precision)
             n_queries += len(ii)
         fill = ~inside & ~known
         fi, fj, fk = np.nonzero(fill)

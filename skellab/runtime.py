@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -77,3 +77,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16).
+
+    There, bf16 autocast roughly halves the decoder's cost; elsewhere (e.g. AVX2-only CPUs)
+    it emulates bf16 and is several times *slower*, so ``precision="auto"`` stays fp32.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # older torch: no way to ask, stay exact
+        return False
+
+
+def inference_autocast(device: torch.device | str, precision: str = "auto") -> ContextManager:
+    """Autocast context for inference: ``"fp32"`` (exact), ``"bf16"``, or ``"auto"`` (bf16 on CUDA and
+    on CPUs with native bf16 — :func:`cpu_has_fast_bf16` — fp32 elsewhere)."""
+    if precision not in PRECISIONS:
+        raise SkellabError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16()) else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+

@@ -250,3 +250,44 @@ def test_a_freshly_trained_model_encodes_with_the_skeleton_it_was_trained_on(tin
     assert torch.allclose(lat.centers[0], learned.centers)
     assert not torch.allclose(lat.centers[0], medial.centers)
 
+
+def test_local_decoder_attends_to_the_nearest_spheres():
+    """decoder="local": same interface, prior at init, neighbours by sphere distance, gradients, chunking."""
+    from skellab.autoencoder.model import _neighbours
+
+    torch.manual_seed(0)
+    cfg = TINY.replace(decoder="local", decoder_neighbors=4)
+    model = SkeletalAutoencoder(config=cfg).eval()
+    pts, nrm = sphere_cloud(cfg.num_surface)
+    c, r = chain(cfg.num_tokens)
+    lat = model.encode(pts, nrm, c, r)
+    q = torch.rand(1, 300, 3) * 2 - 1
+    sdf = model.decode(lat, q)
+    prior = sphere_union_sdf(q, c, r).clamp(-cfg.truncation, cfg.truncation)
+    assert sdf.shape == (1, 300) and torch.allclose(sdf, prior, atol=1e-6)  # zero head: the prior
+    assert torch.allclose(model.decode(lat, q, chunk=64), sdf, atol=1e-6)
+    idx, rel, union = _neighbours(q, c, r, 4)
+    brute = (torch.cdist(q, c) - r[:, None]).sort(dim=-1)
+    assert torch.equal(idx, brute.indices[..., :4]) and torch.allclose(union, brute.values[..., 0], atol=1e-5)
+    assert rel.shape == (1, 300, 4, 6) and torch.allclose(rel[..., 4], brute.values[..., :4], atol=1e-5)
+    # the residual depends on the neighbours' features only: changing a far token leaves a query alone
+    with torch.no_grad():
+        model.out[1].weight.normal_(0, 0.1)
+    one = torch.tensor([[[c[0, 0, 0].item(), 0.0, 0.0]]])
+    near = set(_neighbours(one, c, r, 4)[0].flatten().tolist())
+    far = next(i for i in range(cfg.num_tokens) if i not in near)
+    tok = lat.tokens.clone()
+    tok[0, far, 4:] += 5.0
+    assert torch.allclose(model.decode(lat, one), model.decode(Latent(tok, lat.class_index), one), atol=1e-6)
+    tok = lat.tokens.clone()
+    tok[0, sorted(near)[0], 4:] += 5.0
+    assert not torch.allclose(model.decode(lat, one), model.decode(Latent(tok, lat.class_index), one), atol=1e-4)
+    # trainable end to end
+    model.train()
+    loss = model.loss(model.encode(pts, nrm, c, r), q, q.norm(dim=-1) - 0.5)["total"]
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("cross", "encoder.head")))
+    with pytest.raises(SkellabError, match="decoder_neighbors"):
+        TINY.replace(decoder="local", decoder_neighbors=17)
+    with pytest.raises(SkellabError, match="decoder must be"):
+        TINY.replace(decoder="sparse")
