@@ -47,7 +47,7 @@ import torch
 import trimesh
 
 from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
-from .diffusion import LatentDiffusion, load_diffusion, make_scheduler, sample_latents
+from .diffusion import LatentDiffusion, inpaint_latents, load_diffusion, make_scheduler, sample_latents
 from .errors import SkellabError
 from .meshing import (
     cap_at_box,
@@ -57,11 +57,11 @@ from .meshing import (
     export_mesh,
     extract_mesh,
 )
-from .runtime import make_generator
+from .runtime import atomic_path, make_generator
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 
-__all__ = ["SAMPLERS", "GeneratedOrgan", "generate_organs", "generate_from_models",
+__all__ = ["SAMPLERS", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
            "decode_organ", "load_generation_models", "sampling_scheduler", "list_organs", "write_generated"]
 
 SAMPLERS = ("edm", "ddpm", "ddim")
@@ -197,8 +197,13 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
 def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
                          steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
-                         max_attempts: int = 3) -> list[GeneratedOrgan] | Latent:
+                         max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         resample: int = 4) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
+
+    keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
+           keeps ``tokens[mask]`` and diffusion completes the rest (:func:`skellab.diffusion.inpaint_latents`,
+           ``resample`` RePaint jumps per step; EDM only).
 
     A sample whose decoded SDF has no surface is drawn again (up to ``max_attempts`` times,
     from the same generator, so results stay a function of the seed; ``info["attempts"]``).
@@ -211,11 +216,19 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
     sampler = sampling_scheduler(diffusion, scheduler)
     generator = make_generator(seed)
 
+    if keep is not None and scheduler != "edm":
+        raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
+
     def _sample(num: int) -> tuple[Latent, float]:
         t0 = time.perf_counter()
-        tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
-                                class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
-                                normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+        if keep is None:
+            tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
+                                    class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
+                                    normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+        else:
+            tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
+                                     guidance=float(guidance), steps=int(steps), resample=int(resample),
+                                     generator=generator, normalizer=diffusion.normalizer)
         return Latent(tokens, torch.full((num,), ci, dtype=torch.long)), (time.perf_counter() - t0) / num
 
     latents, t_sample = _sample(n)
@@ -245,6 +258,56 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                        "(is the autoencoder the one the diffusion model was trained with?)")
 
 
+def load_keep(path: str | os.PathLike, num_tokens: int, token_dim: int, *,
+              indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What to keep when completing organs, from a file: ``(tokens (K, D), mask (K, D))``, latent units.
+
+    * a latent (``tokens`` (K, D), e.g. ``organ_XX_latent.npz`` of :func:`write_generated`, optional
+      ``mask`` (K,) or (K, D) bool): those tokens are kept (``indices``: only these tokens);
+    * a skeleton (``centers`` (K, 3) + ``radii`` (K,), e.g. ``organ_XX_skeleton.npz``, possibly
+      edited): only each token's xyz and r are kept; diffusion chooses the features.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SkellabError(f"keep file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise SkellabError(f"{p}: not a readable .npz file ({exc.__class__.__name__})") from exc
+    if "tokens" in arrays:
+        tokens = torch.as_tensor(np.asarray(arrays["tokens"], dtype=np.float32))
+        mask = torch.as_tensor(arrays["mask"]).bool() if "mask" in arrays else torch.ones(tokens.shape[0], dtype=torch.bool)
+    elif "centers" in arrays and "radii" in arrays:
+        c, r = np.asarray(arrays["centers"], np.float32), np.asarray(arrays["radii"], np.float32).reshape(-1, 1)
+        if c.ndim != 2 or c.shape[1] != 3 or len(r) != len(c):
+            raise SkellabError(f"{p}: centers must be (K, 3) and radii (K,)")
+        tokens = torch.zeros(len(c), token_dim)
+        tokens[:, :3], tokens[:, 3:4] = torch.from_numpy(c), torch.from_numpy(r)
+        mask = torch.zeros(len(c), token_dim, dtype=torch.bool)
+        mask[:, :4] = True
+    else:
+        raise SkellabError(f"{p}: needs 'tokens' (a latent) or 'centers' + 'radii' (a skeleton)")
+    if tuple(tokens.shape) != (num_tokens, token_dim):
+        raise SkellabError(f"{p}: {tuple(tokens.shape)} tokens, the diffusion model makes ({num_tokens}, {token_dim})")
+    if mask.ndim == 1:
+        mask = mask[:, None].expand(-1, token_dim).clone()
+    if tuple(mask.shape) != (num_tokens, token_dim):
+        raise SkellabError(f"{p}: mask must be (K,) or (K, D)")
+    if indices is not None:
+        sel = torch.zeros(num_tokens, dtype=torch.bool)
+        bad = [i for i in indices if not 0 <= int(i) < num_tokens]
+        if bad:
+            raise SkellabError(f"token indices must be in [0, {num_tokens}), got {bad[0]}")
+        sel[list(indices)] = True
+        mask &= sel[:, None]
+    if not bool(torch.isfinite(tokens[mask]).all()):
+        raise SkellabError(f"{p}: kept tokens contain NaN or infinite values")
+    if not bool(mask.any()):
+        raise SkellabError(f"{p}: nothing to keep (empty mask)")
+    return tokens, mask
+
+
 def generate_organs(
     organ: str,
     n: int,
@@ -258,6 +321,7 @@ def generate_organs(
     autoencoder_checkpoint: str | os.PathLike | None = None,
     largest_component: bool = True,
     device: str | torch.device = "cpu",
+    keep: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
@@ -269,6 +333,7 @@ def generate_organs(
     scheduler  : ``"edm"`` | ``"ddim"`` | ``"ddpm"`` — see the module docstring for what each does
     resolution : marching-cubes grid R (R³ over [-1.1, 1.1]³, decoded only near the skeleton)
     largest_component : keep only the largest connected piece of each mesh
+    keep       : tokens to keep and a mask (:func:`load_keep`): diffusion completes the rest of each organ
     returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
     Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
     Not differentiable.
@@ -276,13 +341,15 @@ def generate_organs(
     _check_args(n, steps, guidance, scheduler, resolution)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                                resolution=resolution, largest_component=largest_component)
+                                resolution=resolution, largest_component=largest_component, keep=keep)
 
 
 def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``organ_XX.ply`` (mesh) and ``organ_XX_skeleton.npz`` (:meth:`Skeleton.save`) per organ, atomically.
+    """Write ``organ_XX.ply`` (mesh), ``organ_XX_skeleton.npz`` (:meth:`Skeleton.save`) and
+    ``organ_XX_latent.npz`` (``tokens`` (K, D), the organ's latent: edit it and pass it back to
+    ``skellab generate --keep``) per organ, atomically.
 
-    Coordinates are in the normalised frame. Returns the written paths (mesh, skeleton, mesh, …).
+    Coordinates are in the normalised frame. Returns the written mesh and skeleton paths (mesh, skeleton, mesh, …).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -293,5 +360,7 @@ def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike
         mesh_path = export_mesh(out / f"organ_{g.index:02d}.ply", g.vertices, g.faces)
         skel_path = out / f"organ_{g.index:02d}_skeleton.npz"
         g.skeleton.save(skel_path)
+        with atomic_path(out / f"organ_{g.index:02d}_latent.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, tokens=g.latent.tokens[0].detach().cpu().numpy().astype(np.float32), organ=g.organ)
         paths += [mesh_path, skel_path]
     return paths

@@ -18,9 +18,10 @@ from ..data.build import build_dataset, import_files, merge_shards
 from ..data.checks import check_dataset
 from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
+from ..diffusion import load_diffusion
 from ..errors import SkellabError
 from ..evaluation import evaluate_generation, generation_table
-from ..generation import generate_organs, list_organs, write_generated
+from ..generation import generate_organs, list_organs, load_keep, write_generated
 from ..meshing import export_mesh
 from ..pipeline import export_reconstruction, interpolate_files, reconstruct_file
 from ..runtime import atomic_path
@@ -132,6 +133,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- generation and evaluation
+def _indices(text: str) -> list[int]:
+    """``"0-40,50"`` → [0, 1, …, 40, 50]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise SkellabError(f"--keep-tokens expects indices like 0-40,50, got {text!r}") from None
+    return out
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
 
     if args.list_organs:
@@ -140,10 +153,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.organ is None or args.out is None:
         raise SkellabError("generate needs --organ NAME and --out DIR (or --list-organs)")
     t0 = time.perf_counter()
+    keep = None
+    if args.keep is not None:
+        diffusion = load_diffusion(args.checkpoint)
+        keep = load_keep(args.keep, diffusion.num_tokens, diffusion.denoiser.config.token_dim,
+                         indices=_indices(args.keep_tokens) if args.keep_tokens else None)
+    elif args.keep_tokens:
+        raise SkellabError("--keep-tokens needs --keep FILE")
     organs = generate_organs(args.organ, args.n, steps=args.steps, guidance=args.guidance, seed=args.seed,
                              scheduler=args.scheduler, resolution=args.resolution,
                              diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
-                             device=args.device)
+                             device=args.device, keep=keep)
     paths = write_generated(organs, args.out)
     for g, path in zip(organs, paths[::2]):
         flags = "watertight" if g.watertight else "NOT watertight"
@@ -260,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped weights)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     gen.add_argument("--list-organs", action="store_true", help="print the organ classes, one per line, and exit")
+    gen.add_argument("--keep", default=None, metavar="FILE",
+                     help="complete an edited organ: keep the tokens of FILE (organ_XX_latent.npz: tokens; "
+                          "organ_XX_skeleton.npz or an edited skeleton: only xyz + r) and let diffusion finish the rest")
+    gen.add_argument("--keep-tokens", default=None, metavar="I-J,K",
+                     help="with --keep: keep only these token indices (e.g. a branch: 0-40)")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="MMD / COV / 1-NNA / Betti table: skellab vs point diffusion vs ablation")

@@ -8,6 +8,7 @@ Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :f
 """
 
 from .denoiser import DenoiserConfig, TokenDenoiser, timestep_embedding
+from .inpainting import inpaint_latents
 from .model import (
     CHECKPOINT_FORMAT,
     LatentDiffusion,
@@ -43,6 +44,7 @@ __all__ = [
     "LatentNormalizer",
     "sample_latents",
     "guided_output",
+    "inpaint_latents",
     "CHECKPOINT_FORMAT",
     "LatentDiffusion",
     "diffusion_payload",

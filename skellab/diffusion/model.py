@@ -23,6 +23,7 @@ from ..errors import SkellabError
 from ..runtime import resolve_device
 from ..weights import weights_path
 from .denoiser import DenoiserConfig, TokenDenoiser
+from .inpainting import inpaint_latents
 from .sampling import LatentNormalizer, sample_latents
 from .schedulers import make_scheduler
 
@@ -70,6 +71,16 @@ class LatentDiffusion:
         return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
                               class_index=class_index, guidance=guidance, steps=steps, generator=generator,
                               normalizer=self.normalizer, return_trajectory=return_trajectory)
+
+    def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
+                 class_index: int | str | torch.Tensor | None = None, guidance: float = 2.0, steps: int | None = None,
+                 resample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+        """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
+        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
+            class_index = self.class_id(class_index)
+        return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
+                               guidance=guidance, steps=steps, resample=resample, generator=generator,
+                               normalizer=self.normalizer)
 
 
 # ---------------------------------------------------------------------- checkpoints
