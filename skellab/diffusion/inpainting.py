@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
-from .sampling import LatentNormalizer, guided_output
+from .sampling import LatentNormalizer, batch_classes, guided_output
 from .schedulers import EDMScheduler, _randn
 
 __all__ = ["inpaint_latents"]
@@ -72,11 +72,7 @@ def inpaint_latents(
     K = known.shape[0]
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)
     m = mask.to(dev).expand(num, K, dim)
-    if class_index is not None:
-        class_index = torch.as_tensor(class_index, dtype=torch.long, device=dev).reshape(-1)
-        class_index = class_index.expand(num).clone() if class_index.numel() == 1 else class_index
-        if class_index.shape[0] != num:
-            raise SkellabError(f"class_index has {class_index.shape[0]} entries for num={num}")
+    class_index = batch_classes(class_index, num, dev)
     was_training = denoiser.training
     denoiser.eval()
     scheduler.set_timesteps(steps if steps is not None else scheduler.num_steps)
