@@ -248,13 +248,14 @@ def check_regular_file(path: str | os.PathLike, *, what: str = "input") -> Path:
 # --- worker processes ----------------------------------------------------------------------------------
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
     """Process-pool initializer: end this worker when the process that started it dies (even by SIGKILL).
 
+    Pass ``initargs=(os.getpid(),)`` so a parent that died before this runs is noticed too.
     Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``. Elsewhere (and as a second guard) a daemon
     thread polls the parent pid once a second.
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent_pid is None else int(parent_pid)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -264,7 +265,7 @@ def die_with_parent() -> None:
             libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
     def watch() -> None:

@@ -105,7 +105,8 @@ def _run(specs: Sequence[tuple], root: Path, cfg: SampleConfig, workers: int, pr
         results: Iterable = (_build_one(s, str(root), cfg) for s in specs)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                   initargs=(os.getpid(),))
         results = pool.map(_build_one, specs, [str(root)] * len(specs), [cfg] * len(specs), chunksize=1)
     try:
         for res in results:
@@ -169,7 +170,7 @@ def build_dataset(
             )
         medsdf.assign_folds(records)
         path = medsdf.write_manifest(root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra)
-        medsdf.remove_orphans(root, locked=True)  # the replaced dataset's files, an interrupted run's files
+        _cleanup(root)  # the replaced dataset's files, an interrupted run's files
         return path
 
 
@@ -177,6 +178,15 @@ def _clean_temps(root: Path, *, everything: bool) -> None:
     """Remove temp files of killed writers (``everything``: all of them; only under the exclusive lock)."""
     for folder in (root, *(root / sub for sub in medsdf.DATA_FOLDERS)):
         clean_stale_temps(folder, all_temps=everything)
+
+
+def _cleanup(root: Path) -> None:
+    """After a commit (exclusive lock held): remove files no manifest names. Best effort: the new
+    manifest is already in place, so a failure here (an unreadable shard manifest) only warns."""
+    try:
+        medsdf.remove_orphans(root, locked=True)
+    except (SkellabError, OSError) as exc:
+        warnings.warn(f"{root}: left unreferenced files in place ({exc})", stacklevel=3)
 
 
 _SHARD_NAME = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
@@ -233,7 +243,7 @@ def merge_shards(out: str | os.PathLike) -> Path:
         path = medsdf.write_manifest(root, records, name=name, sample_config=sample_config, extra=extra)
         for part in parts:
             part.unlink()
-        medsdf.remove_orphans(root, locked=True)
+        _cleanup(root)
         return path
 
 
@@ -287,12 +297,12 @@ def import_files(
         specs = [("shape", s, s.shape_id) for _, s in shapes]
         records, failures = _run(specs, root, cfg, workers, progress, "import")
         if failures:
-            medsdf.remove_orphans(root, locked=True)
+            _cleanup(root)
             raise SkellabError(f"import failed: {failures[0]}")
         medsdf.assign_folds(records)
         old = existing["shapes"] if existing else []
         name = existing["name"] if existing else "medsdf-user"
         medsdf.write_manifest(root, old + records, name=name, sample_config=cfg.to_dict(),
                               extra={k: v for k, v in (existing or {}).items() if k in ("preset", "skipped")})
-        medsdf.remove_orphans(root, locked=True)
+        _cleanup(root)
     return [r["id"] for r in records]
