@@ -204,7 +204,10 @@ def validate_mesh(
         hint = (f" at coordinates near {far:.3g}: a file storing 32-bit coordinates that far from the origin "
                 "cannot resolve a small shape; move it towards the origin") if far > 1e4 else ""
         raise SkellabError(f"{name}: all vertices of the mesh coincide (zero extent){hint}")
-    mesh = trimesh.Trimesh(vertices=(v - center) / extent, faces=f.astype(np.int64), process=repair)
+    # exact for ordinary meshes: a power-of-two scale, and a shift only when the offset dwarfs the extent
+    unit = float(2.0 ** np.round(np.log2(extent)))
+    shift = center if float(np.abs(center).max()) > 1e3 * extent else np.zeros(3)
+    mesh = trimesh.Trimesh(vertices=(v - shift) / unit, faces=f.astype(np.int64), process=repair)
     if repair:
         mesh.update_faces(mesh.nondegenerate_faces())
         mesh.update_faces(mesh.unique_faces())
@@ -228,5 +231,5 @@ def validate_mesh(
         raise SkellabError(f"{name}: mesh encloses zero volume")
     if volume < 0:
         mesh.invert()
-    mesh.vertices = mesh.vertices * extent + center  # back to the input's units
+    mesh.vertices = mesh.vertices * unit + shift  # back to the input's units
     return mesh
