@@ -12,6 +12,14 @@ Each shape record in the manifest holds ``id``, ``class``, ``source``, ``license
 ``normalization`` (original units → normalised frame), mesh statistics and, for every
 file, its relative path and sha256. Files are written atomically (temp + rename)
 and the manifest last, so a folder without ``manifest.json`` is an unfinished build.
+
+A change to a dataset is a transaction: the writer holds ``DIR/.lock`` (``flock``; concurrent
+imports take turns), writes every new file without replacing any file the current manifest
+names (a rebuilt shape whose ``<id>.ply`` already holds other bytes goes to
+``<id>.<sha256[:12]>.ply``; readers always follow the manifest's paths), then swaps in the new
+manifest atomically, then deletes the files no manifest names. A writer killed at any moment
+leaves the previous dataset intact; its left-overs are removed by the next writer or by
+``skellab data check`` (:func:`find_orphans`). Readers need no lock.
 """
 
 from __future__ import annotations
