@@ -46,7 +46,8 @@ def read_checkpoint(path: str | os.PathLike, *, format: str, kind: str, config_c
     p = Path(path)
     if not p.exists():
         raise SkellabError(f"{kind} checkpoint not found: {p}")
-    check_regular_file(p, what=f"{kind} checkpoint")
+    if not p.is_file():  # a FIFO, device or folder: refused before anything opens it
+        check_regular_file(p, what=f"{kind} checkpoint")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (pickle, zip, EOF, OS errors: all mean "unreadable")

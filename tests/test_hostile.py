@@ -490,3 +490,19 @@ def test_validate_config_and_overrides_accept_good_values(tmp_path):
     assert read_checkpoint(path, format="toy/1", kind="toy")["config"] == {"encoder_width": "abc"}
     with pytest.raises(SkellabError, match="m.pt: config: field 'encoder_width'"):
         read_checkpoint(path, format="toy/1", kind="toy", config_class=_ToyConfig)
+
+
+def test_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):
+    from skellab.checkpoint import read_checkpoint
+
+    os.mkfifo(tmp_path / "model.pt")
+    with pytest.raises(SkellabError, match="FIFO"):
+        read_checkpoint(tmp_path / "model.pt", format="toy/1", kind="toy")
+
+
+def test_dataset_with_a_bad_sample_config_is_one_line(ds):
+    from skellab.data.dataset import MedSDFDataset
+
+    _edit_manifest(ds, lambda m: m["sample_config"].pop("near_samples") and m["sample_config"].update(box="wide"))
+    with pytest.raises(SkellabError, match="field 'box' must be a number"):
+        MedSDFDataset(ds, split="all")
