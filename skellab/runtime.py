@@ -80,6 +80,7 @@ def _fsync(path: Path) -> None:
 
 _NAME_MAX = 255  # bytes in one path component on every common file system
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{4})-(?P<pid>\d+)\.[^.]+\.tmp(?:\.[^.]*)?$")
+_OLD_TMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?:\.[^.]*)?$")  # before writer tags
 STALE_FOREIGN_TEMP_S = 24 * 3600  # temp files of other hosts (shared file systems) count as stale after a day
 
 
@@ -107,6 +108,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the name of an :func:`atomic_path` temp file (this or an older version)."""
+    return bool(_TMP_RE.match(name) or _OLD_TMP_RE.match(name))
+
+
 def is_stale_temp(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a temp file of :func:`atomic_path` whose writer is gone.
 
@@ -117,7 +123,7 @@ def is_stale_temp(path: str | os.PathLike) -> bool:
     m = _TMP_RE.match(p.name)
     if m and m.group("host") == _host_tag():
         return not _pid_alive(int(m.group("pid")))
-    if not (p.name.startswith(".") and ".tmp" in p.name):
+    if not (m or _OLD_TMP_RE.match(p.name)):
         return False
     try:
         return time.time() - p.lstat().st_mtime > STALE_FOREIGN_TEMP_S
@@ -146,7 +152,7 @@ def clean_stale_temps(folder: str | os.PathLike, *, name: str | None = None, all
         if not entry.is_file(follow_symlinks=False):
             continue
         p = folder / entry.name
-        if all_temps or is_stale_temp(p):
+        if (all_temps and is_temp_name(entry.name)) or is_stale_temp(p):
             try:
                 p.unlink()
                 removed.append(p)

@@ -38,7 +38,7 @@ import numpy as np
 import trimesh
 
 from ..errors import SkellabError
-from ..runtime import atomic_path, file_lock
+from ..runtime import atomic_path, file_lock, is_temp_name
 from .shape import GroundTruthSkeleton, Normalization, Shape
 
 FORMAT = "medsdf"
@@ -352,7 +352,7 @@ def find_orphans(root: str | os.PathLike) -> list[Path]:
         if folder.is_dir():
             orphans += [p for p in sorted(folder.iterdir())
                         if (p.is_file() or p.is_symlink()) and str(p.relative_to(root)) not in keep]
-    orphans += [p for p in sorted(root.glob(".*.tmp*")) if p.is_file()]
+    orphans += [p for p in sorted(root.glob(".*.tmp*")) if p.is_file() and is_temp_name(p.name)]
     return orphans
 
 
