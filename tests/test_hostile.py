@@ -506,3 +506,15 @@ def test_dataset_with_a_bad_sample_config_is_one_line(ds):
     _edit_manifest(ds, lambda m: m["sample_config"].pop("near_samples") and m["sample_config"].update(box="wide"))
     with pytest.raises(SkellabError, match="field 'box' must be a number"):
         MedSDFDataset(ds, split="all")
+
+
+def test_check_points_refuses_complex_and_text():
+    import torch
+
+    from skellab.skeleton import check_points
+
+    for bad in (_cloud(300) + 1j, torch.zeros(300, 3, dtype=torch.complex64)):
+        with pytest.raises(SkellabError, match="real coordinates"):
+            check_points(bad, k=8)
+    with pytest.raises(SkellabError, match=r"shape \(N, 3\)"):
+        check_points(np.array([["a", "b", "c"]] * 300), k=8)
