@@ -29,8 +29,11 @@ from conftest import run_cli
 from skellab import SkellabError
 from skellab.data.medsdf import MedSDF, read_manifest
 
+import skellab
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+_CODE = Path(skellab.__file__).resolve().parents[1]  # subprocesses run the same skellab as this process
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_CODE), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
 
 
