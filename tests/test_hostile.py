@@ -38,7 +38,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_CODE), os.environ.get("
 
 
 def _cli(*args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "skellab.cli", *map(str, args)], env=ENV, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "skellab.cli", *map(str, args)], env=ENV, cwd=_CODE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
