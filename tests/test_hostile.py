@@ -24,14 +24,12 @@ from typing import Callable
 import numpy as np
 import pytest
 import trimesh
-
 from conftest import run_cli
+
+import skellab
 from skellab import SkellabError
 from skellab.data.medsdf import MedSDF, read_manifest
 
-import skellab
-
-ROOT = Path(__file__).resolve().parents[1]
 _CODE = Path(skellab.__file__).resolve().parents[1]  # subprocesses run the same skellab as this process
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_CODE), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
@@ -243,7 +241,7 @@ CASES = [
 def test_hostile_case(case: Case, ds, tmp_path):
     args = case.setup(tmp_path, ds)
     before = _snapshot(*(tmp_path / p for p in case.unchanged))
-    code, out, err = run_cli(*args)
+    code, _, err = run_cli(*args)
     if case.code == 0:
         assert code == 0, err
     else:
@@ -387,7 +385,8 @@ def test_kill9_during_build_overwrite_leaves_the_dataset_intact(ds):
     _kill_when_new_file(proc, samples, {p.name for p in samples.iterdir()})
     assert _snapshot(ds / "manifest.json") == before
     assert MedSDF.open(ds).verify_all() == 4  # before the fix: checksum mismatch
-    code, out, _ = run_cli("data", "check", ds, "--samples", "50", "--quiet")
+    code, out, err = run_cli("data", "check", ds, "--samples", "50", "--quiet")
+    assert code == 0, err
     assert json.loads(out)["orphaned_files"] and MedSDF.open(ds).orphans() == []
 
 

@@ -8,7 +8,6 @@ procedural organ families with ground-truth skeletons (:mod:`skellab.data.proced
 from __future__ import annotations
 
 import hashlib
-
 import multiprocessing as mp
 import os
 import re

@@ -97,9 +97,8 @@ def skeletonize_file(
     and centres/radii are mapped back, so the skeleton overlays the user's mesh.
     """
     from ..data.shape import Normalization
-    from . import skeletonize
-
     from ..runtime import check_seed
+    from . import skeletonize
 
     seed = check_seed(seed, "--seed")
     points, normals, mesh = load_point_input(path, num_points=num_points, seed=seed)
