@@ -142,7 +142,7 @@ def clean_stale_temps(folder: str | os.PathLike, *, name: str | None = None, all
     removed: list[Path] = []
     try:
         entries = [e for e in os.scandir(folder) if e.name.startswith(".") and ".tmp" in e.name]
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, not a folder, or not listable: nothing we may sweep
         return removed
     for entry in entries:
         m = _TMP_RE.match(entry.name)
