@@ -27,10 +27,15 @@ def check_dataset(root: str | os.PathLike, *, samples_per_shape: int = 2000, see
     Returns totals and the worst shapes.
     """
     ds = MedSDF.open(root)
+    removed = False
     if remove_orphans:
-        with dataset_lock(root):
-            orphans = [str(p.relative_to(ds.root)) for p in medsdf_remove_orphans(root, locked=True)]
-    else:
+        try:
+            with dataset_lock(root):
+                orphans = [str(p.relative_to(ds.root)) for p in medsdf_remove_orphans(root, locked=True)]
+            removed = True
+        except OSError:  # a read-only dataset (permissions, read-only mount): report only
+            pass
+    if not removed:
         orphans = [str(p.relative_to(ds.root)) for p in ds.orphans()]
     rng = np.random.default_rng(seed)
     agree, total, not_watertight, per_shape = 0, 0, [], []
@@ -54,5 +59,5 @@ def check_dataset(root: str | os.PathLike, *, samples_per_shape: int = 2000, see
         "sign_agreement": agree / max(total, 1),
         "worst_sign_agreement": [{"id": i, "agreement": f} for f, i in per_shape[:5]],
         "orphaned_files": orphans,
-        "orphans_removed": bool(remove_orphans),
+        "orphans_removed": removed,
     }
