@@ -16,7 +16,6 @@ EDM only (the scheduler of the shipped model): its σ-parameterisation makes the
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn

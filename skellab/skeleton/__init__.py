@@ -44,7 +44,11 @@ def check_points(points: Any, *, k: int, name: str = "points") -> torch.Tensor:
     """
     if isinstance(points, torch.Tensor):
         x = points
+        if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+            raise SkellabError(f"{name} must hold real coordinates, got dtype {x.dtype}")
     else:
+        if np.iscomplexobj(points):
+            raise SkellabError(f"{name} must hold real coordinates, got complex values")
         try:
             x = torch.as_tensor(np.asarray(points, dtype=np.float32))
         except (TypeError, ValueError) as exc:
