@@ -266,42 +266,49 @@ CRANIUM_FILE = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 CRANIUM_LICENSE = "GPL-2 (Debian invesalius-examples, ProMED CT 0051): used at run time, never redistributed"
 
 
-def load_skull_interior(path: str | Path = CRANIUM_FILE, *, bone_hu: float = 226.0,
+def load_skull_interior(path: str | Path = CRANIUM_FILE, *, bone_hu: float = 150.0, erosion_voxels: int = 3,
                         smoothing_sigma: float = 1.5) -> Shape:
     """The cranial cavity (inner skull surface) of InVesalius' example head CT, class ``skull_interior``.
 
-    Bone = CT >= ``bone_hu``, closed by 2 voxels; each axial slice's bone ring is filled and the
-    bone removed, leaving what the skull encloses; opened by 3 voxels (drops sinuses, thin
-    canals and the foramen magnum's leak); the largest 3D piece is meshed. The GPL file is
-    read in place (nothing is extracted to disk).
+    The brain and CSF are the soft tissue (-30..120 HU) the skull (>= ``bone_hu``, grown by one
+    voxel) encloses: soft tissue is eroded by ``erosion_voxels`` (cutting the thin channels
+    through the foramina and the orbits' canals, and the scalp's thin layers), the largest
+    piece is grown back inside the soft tissue and its holes filled. (Filling the bone ring
+    slice by slice fails: the thin temporal and parietal bone leaves gaps at 1.5 mm slices.)
+    Measured: ~1.4 litres, 130 x 177 x 150 mm. The GPL file is read in place (nothing is
+    extracted to disk).
     """
+    import plistlib
+
     from scipy import ndimage
 
     p = Path(path)
     if not p.is_file():
         raise SkellabError(f"{p} not found: apt-get install invesalius-examples")
-    import plistlib
-
-    with tarfile.open(p) as tar:
-        members = {Path(m.name).name: m for m in tar.getmembers()}
-        main = plistlib.loads(tar.extractfile(members["main.plist"]).read())
-        mat = main["matrix"]
-        raw = tar.extractfile(members[mat["filename"]]).read()
+    try:
+        with tarfile.open(p) as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers()}
+            main = plistlib.loads(tar.extractfile(members["main.plist"]).read())
+            mat = main["matrix"]
+            raw = tar.extractfile(members[mat["filename"]]).read()
+    except (tarfile.TarError, KeyError, AttributeError) as exc:
+        raise SkellabError(f"{p}: not a readable InVesalius project ({type(exc).__name__}: {exc})") from exc
     ct = np.frombuffer(raw, dtype=np.dtype(mat["dtype"]).newbyteorder("<")).reshape(mat["shape"])  # (z, y, x)
-    ct = ct.transpose(2, 1, 0)  # (x, y, z)
-    bone = ndimage.binary_closing(ct >= bone_hu, structure=np.ones((3, 3, 3), bool), iterations=2)
-    filled = np.stack([ndimage.binary_fill_holes(bone[:, :, k]) for k in range(bone.shape[2])], axis=2)
-    cavity = ndimage.binary_opening(filled & ~bone, structure=ndimage.generate_binary_structure(3, 1), iterations=3)
-    lab, n = ndimage.label(cavity)
+    ct = ct.transpose(2, 1, 0)  # (x, y, z), matching the (x, y, z) spacing
+    ball = ndimage.generate_binary_structure(3, 1)
+    soft = (ct > -30) & (ct < 120) & ~ndimage.binary_dilation(ct >= bone_hu, ball)
+    core, n = ndimage.label(ndimage.binary_erosion(soft, ball, iterations=erosion_voxels))
     if n == 0:
-        raise SkellabError(f"{p}: no cranial cavity found at bone threshold {bone_hu} HU")
-    sizes = np.bincount(lab.ravel())
+        raise SkellabError(f"{p}: no cranial cavity found")
+    sizes = np.bincount(core.ravel())
     sizes[0] = 0
-    mask = (lab == int(np.argmax(sizes))).astype(np.int64)
+    cavity = ndimage.binary_dilation(core == int(np.argmax(sizes)), ball, iterations=erosion_voxels) & soft
+    mask = ndimage.binary_fill_holes(cavity).astype(np.int64)
     affine = np.diag([*[float(s) for s in main["spacing"]], 1.0])
     return _label_shape(mask, affine, 1, shape_id="cranium_skull_interior", organ="skull_interior",
                         source=f"invesalius-examples:{p.name}#cranial_cavity", license=CRANIUM_LICENSE,
-                        meta={"bone_hu": float(bone_hu)}, smoothing_sigma=smoothing_sigma)
+                        meta={"bone_hu": float(bone_hu), "erosion_voxels": int(erosion_voxels)},
+                        smoothing_sigma=smoothing_sigma)
 
 
 # --- the unseen-class split --------------------------------------------------------------------------

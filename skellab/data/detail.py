@@ -493,19 +493,31 @@ def _construct(family: str, seed: int, config: DetailConfig):
             continue
         verts, faces, grid = _mesh(fld, config)
         if len(verts) - len(faces) // 2 == 2 - 2 * fld.genus:
-            return fld, verts, faces, grid, redraws
+            return fld, verts, faces, grid, redraws  # the accepted draw is number `redraws` of the stream
         redraws += 1
         if redraws > _MAX_MESH_REDRAWS + _MAX_ATTEMPTS // 2:
             break
     raise SkellabError(f"detail {family} seed {seed}: no valid random draw in {redraws} redraws")
 
 
-def detail_sdf(family: str, seed: int, *, config: DetailConfig = DetailConfig()) -> DetailSDF:
+def detail_sdf(family: str, seed: int, *, draw: int | None = None, config: DetailConfig = DetailConfig()) -> DetailSDF:
     """The construction-frame field of ``make_shape(family, seed)`` as a 1-Lipschitz, exact-sign SDF.
 
-    (Meshes the shape once: the genus check decides which random draw the seed keeps.)
+    The mesh's genus check decides which random draw a seed keeps, so this meshes the shape
+    once, unless ``draw`` (``shape.meta["redraws"]`` of that shape) is given: then the draws
+    are replayed without meshing.
     """
-    fld = _construct(family, seed, config)[0]
+    if draw is None:
+        fld = _construct(family, seed, config)[0]
+    else:
+        if family not in _BUILDERS:
+            raise SkellabError(f"unknown detail family {family!r}; valid: {', '.join(DETAIL_FAMILIES)}")
+        rng = numpy_rng(seed)
+        for _ in range(int(draw) + 1):
+            try:
+                fld = _BUILDERS[family](rng)
+            except Redraw:
+                continue
     return DetailSDF(fld.fn, fld.lip, fld.lo, fld.hi)
 
 
