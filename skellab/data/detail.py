@@ -239,8 +239,11 @@ def _lobulated_liver(rng: np.random.Generator) -> Field:
         normal = unit(_gradient(sdf, p[None], 1e-3 * size)[0])
         along = unit(np.cross(normal, unit(rng.normal(size=3))))  # a tangent direction: the groove runs along it
         thin = np.cross(normal, along)
-        half = np.array([size * rng.uniform(0.10, 0.16), size * rng.uniform(0.05, 0.08), size * rng.uniform(0.010, 0.014)])
-        fissures.append((p, np.stack([along, normal, thin], axis=1), half))
+        length, depth = size * rng.uniform(0.10, 0.16), size * rng.uniform(0.05, 0.08)
+        # the slab runs from `depth` under the surface to `length` above it, so that it stays open
+        # to the outside along its whole length (a slab buried under a bulge would bore a tunnel)
+        half = np.array([length, 0.5 * (depth + length), size * rng.uniform(0.010, 0.014)])
+        fissures.append((p + 0.5 * (length - depth) * normal, np.stack([along, normal, thin], axis=1), half))
     k = 0.008 * size
 
     def cut(q: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -248,9 +251,11 @@ def _lobulated_liver(rng: np.random.Generator) -> Field:
             b = smooth_max(b, -_box(q, c, rot, half, 0.9 * half[2]), k)
         return b
 
+    # noise first, then crisp fissures: noise on a fissure's walls would bridge the narrow slot (a handle)
+    _displace(fld, rng, size, _BLOB_NOISE)
     _then(fld, cut, max(float(np.linalg.norm(h)) for _, _, h in fissures) + k)
     fld.params["fissures"] = [{"centre": c, "half_extents": h} for c, _, h in fissures]
-    return _displace(fld, rng, size, _BLOB_NOISE)
+    return fld
 
 
 def _haustral_colon(rng: np.random.Generator) -> Field:
