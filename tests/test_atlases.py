@@ -83,7 +83,7 @@ def _frog():
 
 @pytest.mark.skipif(not HAS_FROG, reason="pyvista not installed (pip install --no-deps pyvista)")
 def test_frog_file_has_the_vtk_frog_labels():
-    labels, origin, spacing = read_vti(atlases.frog_file())
+    labels, _, spacing = read_vti(atlases.frog_file())
     assert labels.shape == (500, 470, 136) and np.allclose(spacing, [1, 1, 1.5])
     sizes = np.bincount(labels.ravel(), minlength=30)
     organs = {name: sizes[k] for k, name in atlases.FROG_TISSUES.items()}

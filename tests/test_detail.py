@@ -8,7 +8,8 @@ import igl
 import numpy as np
 import pytest
 
-from skellab.data import build, detail
+from skellab.data import build
+from skellab.data.augment import anisotropic_scale, mirror, random_anisotropic_scale
 from skellab.data.detail import (
     DETAIL_FAMILIES,
     GENUS_RANGE,
@@ -16,10 +17,7 @@ from skellab.data.detail import (
     THIN_WALLED,
     TRAIN_DETAIL_FAMILIES,
     WALL_FRACTION,
-    anisotropic_scale,
     detail_sdf,
-    mirror,
-    random_anisotropic_scale,
 )
 from skellab.data.procedural import FAMILIES, make_shape
 from skellab.data.sampling import signed_distance

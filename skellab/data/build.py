@@ -88,7 +88,7 @@ def _specs(p: BuildPreset) -> list[tuple]:
         for seed in range(n)
     ]
     if p.anatomy:
-        from .detail import mirror, random_anisotropic_scale
+        from .augment import mirror, random_anisotropic_scale
 
         real = load_packaged_anatomy()
         specs += [("shape", shape, shape.shape_id) for shape in real]
