@@ -38,6 +38,9 @@ class BuildPreset:
     per_family: int  # procedural shapes per family (seeds 0 .. per_family-1)
     anatomy: bool  # include every packaged real anatomical shape
     sample_config: SampleConfig = field(default_factory=SampleConfig)  # supervision per shape
+    detail_families: tuple[str, ...] = ()  # families of skellab.data.detail (seeds 0 .. detail_per_family-1)
+    detail_per_family: int = 0
+    augment: tuple[str, ...] = ()  # "mirror" / "scale": one extra copy of every real shape each (its fold)
 
 
 def preset(name: str) -> BuildPreset:
@@ -52,7 +55,14 @@ def preset(name: str) -> BuildPreset:
         )
     if name == "mini":
         return BuildPreset(name="medsdf-mini", families=None, per_family=40, anatomy=True)
-    raise SkellabError(f"unknown preset {name!r}: use tiny or mini")
+    if name == "fidelity":
+        # issue 12: detail to learn. 9 smooth families x 20 = 180, 5 detail families x 40 = 200 (the
+        # held-out perforated_shell excluded), 105 real shapes + 105 mirrored + 105 scaled = 315: 695
+        from .detail import TRAIN_DETAIL_FAMILIES
+
+        return BuildPreset(name="medsdf-fidelity", families=None, per_family=20, anatomy=True,
+                           detail_families=TRAIN_DETAIL_FAMILIES, detail_per_family=40, augment=("mirror", "scale"))
+    raise SkellabError(f"unknown preset {name!r}: use tiny, mini or fidelity")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -72,11 +82,36 @@ def _stable_seed(text: str) -> int:
 def _specs(p: BuildPreset) -> list[tuple]:
     families = procedural.FAMILIES if p.families is None else p.families
     specs: list[tuple] = [
-        ("procedural", fam, seed, f"{fam}_{seed:04d}") for fam in families for seed in range(p.per_family)
+        ("procedural", fam, seed, f"{fam}_{seed:04d}")
+        for fams, n in ((families, p.per_family), (p.detail_families, p.detail_per_family))
+        for fam in fams
+        for seed in range(n)
     ]
     if p.anatomy:
-        specs += [("shape", shape, shape.shape_id) for shape in load_packaged_anatomy()]
+        from .augment import mirror, random_anisotropic_scale
+
+        real = load_packaged_anatomy()
+        specs += [("shape", shape, shape.shape_id) for shape in real]
+        for kind in p.augment:
+            for shape in real:
+                copy = mirror(shape) if kind == "mirror" else random_anisotropic_scale(shape, _stable_seed(shape.shape_id))
+                specs.append(("shape", copy, copy.shape_id))
     return specs
+
+
+def _assign_folds(records: list[dict[str, Any]]) -> None:
+    """Stratified folds; an augmented copy (``meta["augmented_from"]``) shares its original's fold."""
+    originals = [r for r in records if not r.get("meta", {}).get("augmented_from")]
+    medsdf.assign_folds(originals)
+    fold = {r["id"]: r["fold"] for r in originals}
+    orphans = []
+    for r in records:
+        src = r.get("meta", {}).get("augmented_from")
+        if src in fold:
+            r["fold"] = fold[src]
+        elif src is not None:
+            orphans.append(r)
+    medsdf.assign_folds(orphans)
 
 
 def _build_one(spec: tuple, root: str, sample_config: SampleConfig) -> dict[str, Any] | str:
@@ -164,7 +199,7 @@ def build_dataset(
                 root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra,
                 filename=f"manifest.shard-{shard_t[0]}-of-{shard_t[1]}.json",
             )
-        medsdf.assign_folds(records)
+        _assign_folds(records)
         path = medsdf.write_manifest(root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra)
         _cleanup(root)  # the replaced dataset's files, an interrupted run's files
         return path
@@ -221,7 +256,7 @@ def merge_shards(out: str | os.PathLike) -> Path:
             raise SkellabError(f"{root}: shape ids appear in more than one shard manifest")
         for rec in records:
             rec.pop("fold", None)
-        medsdf.assign_folds(records)
+        _assign_folds(records)
         extra = {"preset": first.get("preset"), "skipped": [s for m in manifests for s in m.get("skipped", [])]}
         name, sample_config = first["name"], first["sample_config"]
         existing = medsdf.read_manifest(root) if (root / medsdf.MANIFEST).exists() else None

@@ -159,15 +159,18 @@ def _airway_tree(rng, con: Construction) -> None:
         level = nxt
 
 
+_COLON_LAYOUT = np.array(
+    [[-55, 0, -50], [-62, 0, -10], [-60, 0, 30], [-45, 5, 60], [-15, 25, 45], [20, 25, 48], [50, 5, 66],
+     [68, 0, 45], [68, 0, 5], [62, 0, -30], [52, 8, -68], [22, 18, -72], [2, 5, -60], [-6, -12, -80],
+     [0, -20, -110]], dtype=np.float64)  # fmt: skip  — colon control polygon (nominal mm), shared with detail.py
+
+
 def _colon(rng, con: Construction) -> None:
     """Cecum → ascending → transverse → descending → sigmoid → rectum, with haustra."""
     s, radius = rng.uniform(1.5, 1.7), rng.uniform(14.0, 16.0)
     wavelength, amplitude = rng.uniform(25, 35), rng.uniform(0.03, 0.07)
     con.params.update(scale=s, radius=radius, haustra_wavelength=wavelength, haustra_amplitude=amplitude)
-    layout = np.array(
-        [[-55, 0, -50], [-62, 0, -10], [-60, 0, 30], [-45, 5, 60], [-15, 25, 45], [20, 25, 48], [50, 5, 66],
-         [68, 0, 45], [68, 0, 5], [62, 0, -30], [52, 8, -68], [22, 18, -72], [2, 5, -60], [-6, -12, -80],
-         [0, -20, -110]], dtype=np.float64)  # fmt: skip
+    layout = _COLON_LAYOUT
     axis = bspline(s * layout + rng.uniform(-5, 5, layout.shape), samples=600)
     total = arc_length(axis)[-1]
 
@@ -311,9 +314,15 @@ _BUILDERS: dict[str, Callable[[np.random.Generator, Construction], None]] = {
 }
 
 
+def _all_families() -> tuple[str, ...]:
+    from .detail import DETAIL_FAMILIES
+
+    return FAMILIES + DETAIL_FAMILIES
+
+
 def _construct(family: str, seed: int) -> tuple[Composite, Construction, int]:
     if family not in FAMILIES:
-        raise SkellabError(f"unknown procedural family {family!r}; valid families: {', '.join(FAMILIES)}")
+        raise SkellabError(f"unknown procedural family {family!r}; valid families: {', '.join(_all_families())}")
     rng = numpy_rng(seed)
     build = _BUILDERS[family]
     for attempt in range(_MAX_ATTEMPTS):
@@ -332,7 +341,12 @@ def analytic_sdf(family: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     Returns a function mapping points (n, 3) in the construction frame (nominal mm) to
     signed distance (n,), negative inside. For normalised-frame points ``q`` of a shape
     ``s`` use ``sdf(s.normalization.invert(q)) / s.normalization.scale``.
+    Detail families (:mod:`skellab.data.detail`) return their 1-Lipschitz, exact-sign field.
     """
+    from .detail import DETAIL_FAMILIES, detail_sdf
+
+    if family in DETAIL_FAMILIES:
+        return detail_sdf(family, seed)
     return _construct(family, seed)[0]
 
 
@@ -414,7 +428,13 @@ def make_shape(family: str, seed: int, *, config: ProceduralConfig = ProceduralC
     construction frame (nominal mm) to it, and ``skeleton`` (normalised frame) has sample
     spacing <= ``config.skeleton_step``. ``meta`` records the drawn parameters, the
     skeleton kind (``"medial_curve"`` or ``"construction"``), the grid and the genus.
+    The detail families of :mod:`skellab.data.detail` (:data:`~skellab.data.detail.DETAIL_FAMILIES`)
+    are built by :func:`~skellab.data.detail.make_detail_shape` (their own config).
     """
+    from .detail import DETAIL_FAMILIES, make_detail_shape
+
+    if family in DETAIL_FAMILIES:
+        return make_detail_shape(family, seed)
     sdf, con, attempts = _construct(family, seed)
     verts, faces, grid = _mesh(sdf, config)
     scale = Normalization.fit(verts).scale
