@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
+import plistlib
 import re
 import tarfile
 import warnings
@@ -32,9 +33,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import SkellabError
-from .io import label_volume_surface
+from .detail import HELD_OUT_FAMILY
+from .io import label_volume_surface, read_label_image
+from .procedural import make_shape
 from .shape import Shape
 
 # --- VTK XML ImageData (.vti) ------------------------------------------------------------------
@@ -242,8 +246,6 @@ MRICRON_REGIONS: tuple[tuple[str, int, str, str], ...] = (
 def load_mricron_regions(regions=MRICRON_REGIONS, *, root: str | Path = MRICRON_DIR,
                          smoothing_sigma: float = 1.0) -> list[Shape]:
     """Regions of the Debian ``mricron-data`` atlases (default: 4 AAL cerebellar lobules, 4 JHU tracts)."""
-    from .io import read_label_image
-
     root = Path(root)
     if not (root / regions[0][0]).is_file():
         raise SkellabError(f"{root / regions[0][0]} not found: apt-get install mricron-data")
@@ -278,9 +280,6 @@ def load_skull_interior(path: str | Path = CRANIUM_FILE, *, bone_hu: float = 150
     Measured: ~1.4 litres, 130 x 177 x 150 mm. The GPL file is read in place (nothing is
     extracted to disk).
     """
-    import plistlib
-
-    from scipy import ndimage
 
     p = Path(path)
     if not p.is_file():
@@ -330,9 +329,6 @@ def unseen_shapes(sources: Iterable[str] = UNSEEN_SOURCES, *, procedural_seeds: 
     install command; the function never raises for a missing source. ``shape.meta["split"]``
     is ``"unseen"``.
     """
-    from .detail import HELD_OUT_FAMILY
-    from .procedural import make_shape
-
     loaders = {
         "frog": lambda: load_frog_organs(frog_organs),
         "mricron": load_mricron_regions,

@@ -23,6 +23,8 @@ from ..errors import SkellabError
 from ..runtime import clean_stale_temps, die_with_parent
 from . import medsdf, procedural
 from .anatomy import load_packaged_anatomy
+from .augment import mirror, random_anisotropic_scale
+from .detail import TRAIN_DETAIL_FAMILIES
 from .io import load_shape_file
 from .procedural import make_shape
 from .sampling import SampleConfig, sample_sdf
@@ -58,7 +60,6 @@ def preset(name: str) -> BuildPreset:
     if name == "fidelity":
         # issue 12: detail to learn. 9 smooth families x 20 = 180, 5 detail families x 40 = 200 (the
         # held-out perforated_shell excluded), 105 real shapes + 105 mirrored + 105 scaled = 315: 695
-        from .detail import TRAIN_DETAIL_FAMILIES
 
         return BuildPreset(name="medsdf-fidelity", families=None, per_family=20, anatomy=True,
                            detail_families=TRAIN_DETAIL_FAMILIES, detail_per_family=40, augment=("mirror", "scale"))
@@ -88,8 +89,6 @@ def _specs(p: BuildPreset) -> list[tuple]:
         for seed in range(n)
     ]
     if p.anatomy:
-        from .augment import mirror, random_anisotropic_scale
-
         real = load_packaged_anatomy()
         specs += [("shape", shape, shape.shape_id) for shape in real]
         for kind in p.augment:

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
 from ..runtime import numpy_rng
@@ -58,6 +59,15 @@ from .fields import (
     smooth_max,
     surface_point,
     then,
+)
+from .procedural import (
+    _COLON_LAYOUT,
+    _jsonable,
+    _kidney,
+    _largest_component,
+    _liver,
+    _skeleton,
+    register_family,
 )
 from .sdf_primitives import (
     Construction,
@@ -101,8 +111,6 @@ class DetailConfig:
 
 # -- surface-detail families -----------------------------------------------------------------
 def _lobulated_liver(rng: np.random.Generator) -> Field:
-    from .procedural import _liver
-
     con = Construction()
     _liver(rng, con)
     # 2-4 extra lobules on the inferior surface (segments protruding as rounded lobes)
@@ -148,8 +156,6 @@ def _lobulated_liver(rng: np.random.Generator) -> Field:
 
 
 def _haustral_colon(rng: np.random.Generator) -> Field:
-    from .procedural import _COLON_LAYOUT
-
     s, radius = rng.uniform(1.5, 1.7), rng.uniform(14.0, 16.0)
     wavelength, depth = rng.uniform(25, 35), rng.uniform(0.18, 0.28)
     axis = bspline(s * _COLON_LAYOUT + rng.uniform(-5, 5, _COLON_LAYOUT.shape), samples=600)
@@ -168,8 +174,6 @@ def _haustral_colon(rng: np.random.Generator) -> Field:
 
 
 def _bumpy_kidney(rng: np.random.Generator) -> Field:
-    from .procedural import _kidney
-
     con = Construction()
     _kidney(rng, con)
     base = con.build()
@@ -294,9 +298,6 @@ def _field_grid(fld: Field, origin: np.ndarray, voxel: float, dims: tuple[int, i
 
 
 def _mesh(fld: Field, config: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    from skimage.measure import marching_cubes
-
-    from .procedural import _largest_component
 
     lo, hi = fld.lo, fld.hi
     resolution = config.resolution or (160 if fld.wall is not None else 128)
@@ -341,8 +342,6 @@ def make_detail_shape(family: str, seed: int, *, config: DetailConfig = DetailCo
     walls: wall / largest extent), ``lipschitz`` and ``held_out`` (True for
     :data:`HELD_OUT_FAMILY`).
     """
-    from .procedural import _jsonable, _skeleton
-
     fld, verts, faces, grid, attempts = _construct(family, seed, config)
     sdf = DetailSDF(fld.fn, fld.lip, fld.lo, fld.hi)
     extent = float((verts.max(0) - verts.min(0)).max())
@@ -367,3 +366,7 @@ def make_detail_shape(family: str, seed: int, *, config: DetailConfig = DetailCo
     return Shape.from_mesh(verts, faces, shape_id=f"{family}_{seed:04d}", organ=family,
                            source=f"procedural:{family}", license=LICENSE, seed=int(seed),
                            skeleton=skeleton, meta=meta)
+
+
+for _family in DETAIL_FAMILIES:  # make_shape / analytic_sdf of skellab.data.procedural build these too
+    register_family(_family, make_detail_shape, detail_sdf)

@@ -314,10 +314,20 @@ _BUILDERS: dict[str, Callable[[np.random.Generator, Construction], None]] = {
 }
 
 
-def _all_families() -> tuple[str, ...]:
-    from .detail import DETAIL_FAMILIES
+#: families built by other modules, registered with :func:`register_family` (``skellab.data.detail``
+#: registers its detailed and thin-walled families when ``skellab.data`` is imported)
+_REGISTERED: dict[str, tuple[Callable[..., Shape], Callable[..., Callable[[np.ndarray], np.ndarray]]]] = {}
 
-    return FAMILIES + DETAIL_FAMILIES
+
+def register_family(name: str, make: Callable[..., Shape], sdf: Callable[..., Callable[[np.ndarray], np.ndarray]]) -> None:
+    """Make ``make_shape(name, seed)`` / ``analytic_sdf(name, seed)`` build a family defined elsewhere."""
+    if name in FAMILIES:
+        raise SkellabError(f"procedural family {name!r} already exists")
+    _REGISTERED[name] = (make, sdf)
+
+
+def _all_families() -> tuple[str, ...]:
+    return FAMILIES + tuple(_REGISTERED)
 
 
 def _construct(family: str, seed: int) -> tuple[Composite, Construction, int]:
@@ -343,10 +353,8 @@ def analytic_sdf(family: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     ``s`` use ``sdf(s.normalization.invert(q)) / s.normalization.scale``.
     Detail families (:mod:`skellab.data.detail`) return their 1-Lipschitz, exact-sign field.
     """
-    from .detail import DETAIL_FAMILIES, detail_sdf
-
-    if family in DETAIL_FAMILIES:
-        return detail_sdf(family, seed)
+    if family in _REGISTERED:
+        return _REGISTERED[family][1](family, seed)
     return _construct(family, seed)[0]
 
 
@@ -431,10 +439,8 @@ def make_shape(family: str, seed: int, *, config: ProceduralConfig = ProceduralC
     The detail families of :mod:`skellab.data.detail` (:data:`~skellab.data.detail.DETAIL_FAMILIES`)
     are built by :func:`~skellab.data.detail.make_detail_shape` (their own config).
     """
-    from .detail import DETAIL_FAMILIES, make_detail_shape
-
-    if family in DETAIL_FAMILIES:
-        return make_detail_shape(family, seed)
+    if family in _REGISTERED:
+        return _REGISTERED[family][0](family, seed)
     sdf, con, attempts = _construct(family, seed)
     verts, faces, grid = _mesh(sdf, config)
     scale = Normalization.fit(verts).scale
