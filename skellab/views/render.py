@@ -119,14 +119,17 @@ def _render_matplotlib(*, meshes: Sequence[tuple[np.ndarray, np.ndarray]], spher
         raise SkellabError("static renders need matplotlib (or polyscope): pip install 'skellab[viz]'") from exc
     eye, target = (np.asarray(a, float) for a in camera)
     view = eye - target
-    azim = np.degrees(np.arctan2(view[2], view[0]))  # polyscope is y-up: map (x, z) to the ground plane
+    # polyscope is y-up, matplotlib z-up: draw P = (x, −z, y), a rotation (no mirror image)
+    azim = np.degrees(np.arctan2(-view[2], view[0]))
     elev = np.degrees(np.arctan2(view[1], np.hypot(view[0], view[2])))
     light = view / np.linalg.norm(view)
     dpi = 100
     fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)  # no pyplot: the notebook's backend stays
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1), projection="3d")
-    swap = [0, 2, 1]  # draw (x, z, y) so that y points up as in polyscope
+
+    def rot(a: np.ndarray) -> np.ndarray:
+        return np.stack([a[..., 0], -a[..., 2], a[..., 1]], axis=-1)
     for i, (v, f) in enumerate(meshes):
         v, f = np.asarray(v, float), np.asarray(f, np.int64)
         if not len(f):
@@ -136,22 +139,23 @@ def _render_matplotlib(*, meshes: Sequence[tuple[np.ndarray, np.ndarray]], spher
         n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
         shade = 0.35 + 0.65 * np.abs(n @ light)
         rgb = np.clip(np.asarray(_COLORS[i % len(_COLORS)])[None] * shade[:, None], 0, 1)
-        faces = Poly3DCollection(tri[:, :, swap], facecolors=np.c_[rgb, np.full(len(rgb), mesh_transparency)],
+        faces = Poly3DCollection(rot(tri), facecolors=np.c_[rgb, np.full(len(rgb), mesh_transparency)],
                                  edgecolors="none")
         ax.add_collection3d(faces)
     if spheres is not None:
         c, r = (np.asarray(a, float) for a in spheres)
-        ax.scatter(c[:, 0], c[:, 2], c[:, 1], s=np.clip((r * size[1]) ** 2, 2, None), color=(0.76, 0.55, 0.62),
+        pc = rot(c)
+        ax.scatter(pc[:, 0], pc[:, 1], pc[:, 2], s=np.clip((r * size[1]) ** 2, 2, None), color=(0.76, 0.55, 0.62),
                    alpha=0.5, depthshade=True)
         if edges is not None and len(edges):
             for a, b in np.asarray(edges, np.int64):
-                ax.plot(*c[[a, b]][:, swap].T, color=(0.12, 0.23, 0.37), lw=0.8)
+                ax.plot(*pc[[a, b]].T, color=(0.12, 0.23, 0.37), lw=0.8)
     if points is not None:
-        p = np.asarray(points, float)
-        ax.scatter(p[:, 0], p[:, 2], p[:, 1], s=1.5, color=(0.25, 0.70, 0.64))
+        p = rot(np.asarray(points, float))
+        ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=1.5, color=(0.25, 0.70, 0.64))
     ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1))
     ax.set_box_aspect((1, 1, 1))
-    ax.view_init(elev=elev, azim=-azim)
+    ax.view_init(elev=elev, azim=azim)
     ax.set_axis_off()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=dpi, facecolor="white")
