@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..data.build import build_dataset
+from ..data.medsdf import MedSDF, assign_folds
 from ..errors import SkellabError
 from .plots import _plt
 
@@ -85,14 +87,10 @@ def require_dataset(dataset_dir: str | os.PathLike, *, build_tiny: bool = True) 
     preset (20 procedural shapes, seconds) when ``build_tiny``; any other missing folder raises
     :class:`SkellabError` naming the command that builds it.
     """
-    from ..data.medsdf import MedSDF
-
     path = Path(dataset_dir)
     if (path / "manifest.json").exists():
         return MedSDF.open(path)
     if build_tiny and path.name.endswith("tiny"):
-        from ..data.build import build_dataset
-
         print(f"{path}: no dataset yet, building the tiny preset (20 procedural shapes, seconds)")
         build_dataset(path, preset_name="tiny", workers=1, progress=False)
         return MedSDF.open(path)
@@ -110,8 +108,6 @@ def held_out_status(shape: Any, source_shapes: Sequence[Any], trained_classes: I
     ``{"class", "class_trained", "fold", "held_out"}``: ``held_out`` is True for fold 5 (the test fold,
     never used for training).
     """
-    from ..data.medsdf import assign_folds
-
     records = [{"id": s.shape_id, "class": s.organ} for s in source_shapes]
     if shape.shape_id not in {r["id"] for r in records}:
         raise SkellabError(f"{shape.shape_id} is not one of the source shapes")
