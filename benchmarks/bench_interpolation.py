@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skellab.autoencoder import load_autoencoder
-from skellab.autoencoder.train import encode_shapes
+from skellab.autoencoder import encode_shapes, load_autoencoder
 from skellab.data.medsdf import MedSDF
 from skellab.interpolation import interpolate_meshes
 

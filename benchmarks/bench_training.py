@@ -81,10 +81,10 @@ def _tasks(dataset: str | None, quick: bool, seed: int = 0):
 
     out = []
     if dataset is not None:
-        (model_cfg, train_cfg), engine = stage_config("autoencoder", "tiny" if quick else "default")
-        out.append(("autoencoder", AutoencoderTask(dataset, model_cfg, train_cfg, seed=seed),
-                    engine.replace(seed=seed)))
-    dcfg, engine = stage_config("diffusion", "tiny" if quick else "default")
+        ae = stage_config("autoencoder", "tiny" if quick else "default")
+        out.append(("autoencoder", AutoencoderTask(dataset, ae.model, ae.sampling, seed=seed,
+                                                   val_batch_size=ae.engine.batch_size), ae.engine.replace(seed=seed)))
+    engine = stage_config("diffusion", "tiny" if quick else "default").engine
     g = torch.Generator().manual_seed(seed)
     lat = torch.randn(64, 256, 16, generator=g)
     cls = torch.arange(64) % 4

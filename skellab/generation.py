@@ -46,19 +46,24 @@ import numpy as np
 import torch
 import trimesh
 
-from .autoencoder.model import Latent, SkeletalAutoencoder
-from .autoencoder.train import load_autoencoder
-from .diffusion import LatentDiffusion, load_diffusion, make_scheduler, sample_latents
+from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
+from .diffusion import LatentDiffusion, inpaint_latents, load_diffusion, make_scheduler, sample_latents
 from .errors import SkellabError
-from .meshing import decode_grid_guided, export_mesh, extract_mesh
-from .runtime import make_generator
+from .meshing import (
+    cap_at_box,
+    check_resolution,
+    count_components,
+    decode_grid_guided,
+    export_mesh,
+    extract_mesh,
+)
+from .runtime import atomic_path, make_generator
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 
-__all__ = ["DEFAULT_DIFFUSION_WEIGHTS", "SAMPLERS", "GeneratedOrgan", "generate_organs", "generate_from_models",
+__all__ = ["SAMPLERS", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
            "decode_organ", "load_generation_models", "sampling_scheduler", "list_organs", "write_generated"]
 
-DEFAULT_DIFFUSION_WEIGHTS = Path(__file__).resolve().parent / "weights" / "diffusion.pt"
 SAMPLERS = ("edm", "ddpm", "ddim")
 
 
@@ -103,7 +108,7 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
 
     Missing or corrupt files, or a pair whose token shapes disagree → :class:`SkellabError`.
     """
-    diff = load_diffusion(diffusion_checkpoint if diffusion_checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS,
+    diff = load_diffusion(diffusion_checkpoint,
                           device=device)
     ae = load_autoencoder(autoencoder_checkpoint, device=device)
     if diff.denoiser.config.token_dim != ae.config.token_dim:
@@ -116,7 +121,7 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
 
 def list_organs(checkpoint: str | os.PathLike | None = None) -> list[str]:
     """Organ classes the diffusion model can generate (default: the shipped checkpoint)."""
-    diff = load_diffusion(checkpoint if checkpoint is not None else DEFAULT_DIFFUSION_WEIGHTS)
+    diff = load_diffusion(checkpoint)
     return list(diff.classes or [])
 
 
@@ -156,12 +161,7 @@ def _check_args(n: int, steps: int, guidance: float, scheduler: str, resolution:
         raise SkellabError(f"guidance must be a number >= 0, got {guidance!r}")
     if scheduler not in SAMPLERS:
         raise SkellabError(f"unknown scheduler {scheduler!r}: use {', '.join(SAMPLERS)}")
-    if not 8 < resolution <= 512:
-        raise SkellabError(f"resolution must be in (8, 512], got {resolution}")
-
-
-def _components(mesh: trimesh.Trimesh) -> int:
-    return len(mesh.split(only_watertight=False)) if len(mesh.faces) else 0
+    check_resolution(resolution)
 
 
 def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str, index: int, resolution: int = 128,
@@ -178,12 +178,7 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     grid = decode_grid_guided(autoencoder, latent, int(resolution))
     t1 = time.perf_counter()
     # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ)
-    values = grid.values.copy()
-    tau = float(autoencoder.config.truncation)
-    faces_of_box = [values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]]
-    clipped = any(bool((side < 0).any()) for side in faces_of_box)
-    for side in faces_of_box:
-        side[...] = np.maximum(side, tau)
+    values, clipped = cap_at_box(grid, float(autoencoder.config.truncation))
     v, f = extract_mesh(values, grid.box, largest_component=largest_component)
     mesh = trimesh.Trimesh(v, f, process=False)
     t2 = time.perf_counter()
@@ -194,7 +189,7 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     skel = Skeleton(centers, radii, edges, method="diffusion", meta={"organ": organ})
     t3 = time.perf_counter()
     return GeneratedOrgan(organ, index, v, f, skel, latent.detach().to("cpu"), bool(mesh.is_watertight),
-                          _components(mesh), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
+                          count_components(v, f), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
                           {"resolution": int(resolution), "query_fraction": grid.query_fraction,
                            "clipped_at_box": clipped})
 
@@ -202,8 +197,13 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
 def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
                          steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
-                         max_attempts: int = 3) -> list[GeneratedOrgan] | Latent:
+                         max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         resample: int = 4) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
+
+    keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
+           keeps ``tokens[mask]`` and diffusion completes the rest (:func:`skellab.diffusion.inpaint_latents`,
+           ``resample`` RePaint jumps per step; EDM only).
 
     A sample whose decoded SDF has no surface is drawn again (up to ``max_attempts`` times,
     from the same generator, so results stay a function of the seed; ``info["attempts"]``).
@@ -216,11 +216,19 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
     sampler = sampling_scheduler(diffusion, scheduler)
     generator = make_generator(seed)
 
+    if keep is not None and scheduler != "edm":
+        raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
+
     def _sample(num: int) -> tuple[Latent, float]:
         t0 = time.perf_counter()
-        tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
-                                class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
-                                normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+        if keep is None:
+            tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
+                                    class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
+                                    normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+        else:
+            tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
+                                     guidance=float(guidance), steps=int(steps), resample=int(resample),
+                                     generator=generator, normalizer=diffusion.normalizer)
         return Latent(tokens, torch.full((num,), ci, dtype=torch.long)), (time.perf_counter() - t0) / num
 
     latents, t_sample = _sample(n)
@@ -250,6 +258,56 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                        "(is the autoencoder the one the diffusion model was trained with?)")
 
 
+def load_keep(path: str | os.PathLike, num_tokens: int, token_dim: int, *,
+              indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What to keep when completing organs, from a file: ``(tokens (K, D), mask (K, D))``, latent units.
+
+    * a latent (``tokens`` (K, D), e.g. ``organ_XX_latent.npz`` of :func:`write_generated`, optional
+      ``mask`` (K,) or (K, D) bool): those tokens are kept (``indices``: only these tokens);
+    * a skeleton (``centers`` (K, 3) + ``radii`` (K,), e.g. ``organ_XX_skeleton.npz``, possibly
+      edited): only each token's xyz and r are kept; diffusion chooses the features.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SkellabError(f"keep file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise SkellabError(f"{p}: not a readable .npz file ({exc.__class__.__name__})") from exc
+    if "tokens" in arrays:
+        tokens = torch.as_tensor(np.asarray(arrays["tokens"], dtype=np.float32))
+        mask = torch.as_tensor(arrays["mask"]).bool() if "mask" in arrays else torch.ones(tokens.shape[0], dtype=torch.bool)
+    elif "centers" in arrays and "radii" in arrays:
+        c, r = np.asarray(arrays["centers"], np.float32), np.asarray(arrays["radii"], np.float32).reshape(-1, 1)
+        if c.ndim != 2 or c.shape[1] != 3 or len(r) != len(c):
+            raise SkellabError(f"{p}: centers must be (K, 3) and radii (K,)")
+        tokens = torch.zeros(len(c), token_dim)
+        tokens[:, :3], tokens[:, 3:4] = torch.from_numpy(c), torch.from_numpy(r)
+        mask = torch.zeros(len(c), token_dim, dtype=torch.bool)
+        mask[:, :4] = True
+    else:
+        raise SkellabError(f"{p}: needs 'tokens' (a latent) or 'centers' + 'radii' (a skeleton)")
+    if tuple(tokens.shape) != (num_tokens, token_dim):
+        raise SkellabError(f"{p}: {tuple(tokens.shape)} tokens, the diffusion model makes ({num_tokens}, {token_dim})")
+    if mask.ndim == 1:
+        mask = mask[:, None].expand(-1, token_dim).clone()
+    if tuple(mask.shape) != (num_tokens, token_dim):
+        raise SkellabError(f"{p}: mask must be (K,) or (K, D)")
+    if indices is not None:
+        sel = torch.zeros(num_tokens, dtype=torch.bool)
+        bad = [i for i in indices if not 0 <= int(i) < num_tokens]
+        if bad:
+            raise SkellabError(f"token indices must be in [0, {num_tokens}), got {bad[0]}")
+        sel[list(indices)] = True
+        mask &= sel[:, None]
+    if not bool(torch.isfinite(tokens[mask]).all()):
+        raise SkellabError(f"{p}: kept tokens contain NaN or infinite values")
+    if not bool(mask.any()):
+        raise SkellabError(f"{p}: nothing to keep (empty mask)")
+    return tokens, mask
+
+
 def generate_organs(
     organ: str,
     n: int,
@@ -263,6 +321,7 @@ def generate_organs(
     autoencoder_checkpoint: str | os.PathLike | None = None,
     largest_component: bool = True,
     device: str | torch.device = "cpu",
+    keep: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
@@ -274,6 +333,7 @@ def generate_organs(
     scheduler  : ``"edm"`` | ``"ddim"`` | ``"ddpm"`` — see the module docstring for what each does
     resolution : marching-cubes grid R (R³ over [-1.1, 1.1]³, decoded only near the skeleton)
     largest_component : keep only the largest connected piece of each mesh
+    keep       : tokens to keep and a mask (:func:`load_keep`): diffusion completes the rest of each organ
     returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
     Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
     Not differentiable.
@@ -281,13 +341,15 @@ def generate_organs(
     _check_args(n, steps, guidance, scheduler, resolution)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                                resolution=resolution, largest_component=largest_component)
+                                resolution=resolution, largest_component=largest_component, keep=keep)
 
 
 def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``organ_XX.ply`` (mesh) and ``organ_XX_skeleton.npz`` (:meth:`Skeleton.save`) per organ, atomically.
+    """Write ``organ_XX.ply`` (mesh), ``organ_XX_skeleton.npz`` (:meth:`Skeleton.save`) and
+    ``organ_XX_latent.npz`` (``tokens`` (K, D), the organ's latent: edit it and pass it back to
+    ``skellab generate --keep``) per organ, atomically.
 
-    Coordinates are in the normalised frame. Returns the written paths (mesh, skeleton, mesh, …).
+    Coordinates are in the normalised frame. Returns the written mesh and skeleton paths (mesh, skeleton, mesh, …).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -298,5 +360,7 @@ def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike
         mesh_path = export_mesh(out / f"organ_{g.index:02d}.ply", g.vertices, g.faces)
         skel_path = out / f"organ_{g.index:02d}_skeleton.npz"
         g.skeleton.save(skel_path)
+        with atomic_path(out / f"organ_{g.index:02d}_latent.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, tokens=g.latent.tokens[0].detach().cpu().numpy().astype(np.float32), organ=g.organ)
         paths += [mesh_path, skel_path]
     return paths

@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .autoencoder.model import Latent, SkeletalAutoencoder
 from .errors import SkellabError
-from .meshing import decode_grid_guided, extract_mesh
+from .meshing import count_components, decode_grid_guided, extract_mesh
 
 __all__ = ["match_tokens", "interpolate_latents", "interpolate_meshes", "InterpolatedMesh"]
 
@@ -105,7 +105,6 @@ def interpolate_meshes(model: SkeletalAutoencoder, latent_a: Latent, latent_b: L
     for i in range(int(steps)):
         grid = decode_grid_guided(model, lats[i], resolution)
         v, f = extract_mesh(grid)
-        mesh = trimesh.Trimesh(v, f, process=False)
-        comps = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(f)), min_len=1))
-        out.append(InterpolatedMesh(float(ts[i]), v, f, bool(mesh.is_watertight), comps, grid.num_queries))
+        watertight = bool(trimesh.Trimesh(v, f, process=False).is_watertight)
+        out.append(InterpolatedMesh(float(ts[i]), v, f, watertight, count_components(v, f), grid.num_queries))
     return out

@@ -34,14 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
+from skimage.measure import marching_cubes
 
 from .autoencoder.model import Latent, SkeletalAutoencoder, sphere_union_sdf
 from .data.sampling import grid_points
 from .data.shape import Normalization
 from .errors import SkellabError
-from .runtime import atomic_path
+from .runtime import atomic_path, inference_autocast
 
-__all__ = ["SDFGrid", "decode_grid_dense", "decode_grid_guided", "extract_mesh", "decode_mesh", "export_mesh"]
+__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "decode_points", "decode_grid_dense", "decode_grid_guided",
+           "extract_mesh", "cap_at_box", "count_components", "sphere_union_mesh", "decode_mesh", "export_mesh"]
 
 MESH_FORMATS = (".ply", ".stl", ".obj")
 
@@ -89,24 +91,31 @@ def _check(model: SkeletalAutoencoder, latent: Latent, resolution: int) -> None:
 
 
 @torch.no_grad()
-def decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Decoded truncated SDF (negative inside) at ``points`` (n, 3), normalised frame → (n,) float32, in chunks."""
+def decode_points(model: SkeletalAutoencoder, latent: Latent, points: np.ndarray, chunk: int = 65536, *,
+                  precision: str = "auto") -> np.ndarray:
+    """Decoded truncated SDF (negative inside) at ``points`` (n, 3), normalised frame → (n,) float32, in chunks.
+
+    precision : ``"auto"`` (bf16 where the device multiplies bf16 natively — CUDA, CPUs with AMX or
+                AVX512-BF16 — else fp32), ``"fp32"`` or ``"bf16"`` (see :func:`skellab.runtime.inference_autocast`).
+    """
     dev = next(model.parameters()).device
     lat = latent.to(dev)
     out = np.empty(len(points), dtype=np.float32)
-    for s in range(0, len(points), chunk):
-        q = torch.as_tensor(points[s : s + chunk], dtype=torch.float32, device=dev)[None]
-        out[s : s + chunk] = model.decode(lat, q)[0].float().cpu().numpy()
+    with inference_autocast(dev, precision):
+        for s in range(0, len(points), chunk):
+            q = torch.as_tensor(points[s : s + chunk], dtype=torch.float32, device=dev)[None]
+            out[s : s + chunk] = model.decode(lat, q)[0].float().cpu().numpy()
     return out
 
 
 def decode_grid_dense(model: SkeletalAutoencoder, latent: Latent, resolution: int = 128, *,
-                      box: float = 1.1, chunk: int = 65536) -> SDFGrid:
-    """Decode every grid point (the reference). ``chunk`` queries per forward pass."""
+                      box: float = 1.1, chunk: int = 65536, precision: str = "auto") -> SDFGrid:
+    """Decode every grid point (the reference). ``chunk`` queries per forward pass; ``precision`` as
+    :func:`decode_points`."""
     _check(model, latent, resolution)
     t0 = time.perf_counter()
     R = int(resolution)
-    vals = decode_points(model, latent, grid_points(R, box), chunk).reshape(R, R, R)
+    vals = decode_points(model, latent, grid_points(R, box), chunk, precision=precision).reshape(R, R, R)
     return SDFGrid(vals, float(box), R**3, time.perf_counter() - t0)
 
 
@@ -133,6 +142,7 @@ def decode_grid_guided(
     safety: float = 1.5,
     band: float | None = 0.5,
     chunk: int = 65536,
+    precision: str = "auto",
 ) -> SDFGrid:
     """Coarse-to-fine decoding of only the cells that can hold surface (see the module docstring).
 
@@ -167,7 +177,7 @@ def decode_grid_guided(
             prior = sphere_union_sdf(torch.as_tensor(pts, dtype=torch.float32)[None],
                                      latent.centers.float().cpu(), latent.radii.float().cpu())[0].numpy()
         todo = prior <= band
-    sub[todo] = decode_points(model, latent, pts[todo], chunk)
+    sub[todo] = decode_points(model, latent, pts[todo], chunk, precision=precision)
     n_queries += int(todo.sum())
     values[np.ix_(L, L, L)] = sub.reshape(len(L), len(L), len(L))
 
@@ -193,7 +203,7 @@ def decode_grid_guided(
         ii, jj, kk = np.nonzero(new)
         if len(ii):
             p = np.stack([axis[L2[ii]], axis[L2[jj]], axis[L2[kk]]], -1)
-            values[L2[ii], L2[jj], L2[kk]] = decode_points(model, latent, p, chunk)
+            values[L2[ii], L2[jj], L2[kk]] = decode_points(model, latent, p, chunk, precision=precision)
             n_queries += len(ii)
         fill = ~inside & ~known
         fi, fj, fk = np.nonzero(fill)
@@ -222,8 +232,6 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
         raise SkellabError("grid contains NaN or infinite values")
     if not (vals.min() < level < vals.max()):
         raise SkellabError("the decoded SDF has no zero crossing in the grid: there is no surface to mesh")
-    from skimage.measure import marching_cubes
-
     R = vals.shape[0]
     h = 2.0 * box / (R - 1)
     verts, faces, _, _ = marching_cubes(vals, level=level, spacing=(h, h, h))
@@ -237,6 +245,35 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
     if mesh.volume < 0:  # SDF negative inside: make the faces point outward
         mesh.invert()
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def cap_at_box(grid: SDFGrid, outside: float) -> tuple[np.ndarray, bool]:
+    """The grid's values with its six outer faces set to at least ``outside`` (> 0): a surface that
+    reaches the box is closed there, so marching cubes gives a closed mesh. Returns (values, whether
+    any face was inside before)."""
+    values = grid.values.copy()
+    faces_of_box = [values[0], values[-1], values[:, 0], values[:, -1], values[:, :, 0], values[:, :, -1]]
+    clipped = any(bool((side < 0).any()) for side in faces_of_box)
+    for side in faces_of_box:
+        side[...] = np.maximum(side, outside)
+    return values, clipped
+
+
+def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
+    """Connected pieces of a triangle mesh (faces joined through shared edges); 0 for no faces."""
+    if len(faces) == 0:
+        return 0
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    return len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)), min_len=1))
+
+
+def sphere_union_mesh(centers: torch.Tensor, radii: torch.Tensor, resolution: int = 128,
+                      box: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh of the union of spheres (K, 3), (K,) by marching cubes on a dense grid (normalised frame):
+    the decoder's prior alone, the baseline every reconstruction is measured against."""
+    g = torch.as_tensor(grid_points(resolution, box), dtype=torch.float32)[None]
+    sdf = sphere_union_sdf(g, centers.reshape(1, -1, 3).float(), radii.reshape(1, -1).float())
+    return extract_mesh(sdf[0].numpy().reshape((resolution,) * 3), box=box)
 
 
 def decode_mesh(model: SkeletalAutoencoder, latent: Latent, resolution: int = 128, *, guided: bool = True,

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
-from .autoencoder.train import encode_points
+from .autoencoder import Latent, SkeletalAutoencoder, encode_points, load_autoencoder
 from .data.io import load_shape_file
 from .data.sampling import sample_surface
 from .data.shape import Normalization, Shape
 from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
+
 
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:
     """Sample oriented surface points of ``shape``, skeletonize (medial) and encode: a batch-1 :class:`Latent`."""

@@ -12,11 +12,12 @@ from skellab.autoencoder import (
     load_autoencoder,
     save_autoencoder,
     sphere_union_sdf,
-    tiny_config,
-    train_autoencoder,
 )
-from skellab.autoencoder.train import DEFAULT_WEIGHTS
 from skellab.errors import SkellabError
+from skellab.train import stage_config, train_autoencoder
+from skellab.weights import weights_path
+
+DEFAULT_WEIGHTS = weights_path("autoencoder")
 
 TINY = AutoencoderConfig(num_tokens=16, num_surface=128, encoder_width=32, encoder_blocks=1, group_k=8,
                          num_frequencies=3, decoder_width=32, decoder_heads=2, decoder_blocks=1)
@@ -152,7 +153,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "skellab.autoencoder/1" and raw["config"]["num_tokens"] == 16
     back = load_autoencoder(path)
-    assert back.classes == ["a", "b"] and back.checkpoint_info["step"] == 7
+    assert back.classes == ["a", "b"] and back.info["step"] == 7
     pts, nrm = sphere_cloud(TINY.num_surface)
     c, r = chain(TINY.num_tokens)
     q = torch.rand(1, 50, 3)
@@ -176,8 +177,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_train_tiny(tiny_dataset, tmp_path):
-    model_cfg, train_cfg = tiny_config(steps=4, val_every=2, num_queries=128)
-    model, hist = train_autoencoder(tiny_dataset, config=model_cfg, train_config=train_cfg, device="cpu",
+    model, hist = train_autoencoder(tiny_dataset, preset="tiny", steps=4, val_every=2, num_queries=128, device="cpu",
                                     out=tmp_path / "run", progress=False)
     assert hist["step"] == [1, 2, 3, 4] and len(hist["val_sdf"]) == 2
     assert all(math.isfinite(x) for x in hist["loss"])
@@ -196,6 +196,7 @@ def test_shipped_weights_load():
     index = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert index["sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
     assert index["config"] == model.config.to_dict() and DEFAULT_WEIGHTS.stat().st_size < 8_000_000
+    assert model.config.skeleton_method == "medial"  # recorded in the config: tokens sit on medial spheres
 
 
 def test_encode_points_skeletonizes():
@@ -213,3 +214,80 @@ def test_encode_points_skeletonizes():
     assert (lat.radii > 0).all() and (lat.radii < 0.45).all()
     with pytest.raises(SkellabError, match="at least"):
         encode_points(model, pts[:50], nrm[:50])
+
+
+def test_a_freshly_trained_model_encodes_with_the_skeleton_it_was_trained_on(tiny_dataset, tmp_path):
+    """The skeleton method lives in the model's config, not on an attribute the checkpoint loader sets.
+
+    Before, ``encode_points`` read the method from ``model.checkpoint_info``, which only
+    ``load_autoencoder`` attached: a model straight out of training encoded with *medial*
+    skeletons although it was trained on learned ones (this test failed on that code).
+    """
+    from skellab.autoencoder import encode_points
+    from skellab.data.medsdf import MedSDF
+    from skellab.skeleton import skeletonize
+    from skellab.skeleton.learned import (
+        LearnedSkeletonConfig,
+        PointSkeletonNet,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(0)
+    net = PointSkeletonNet(config=LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6))
+    ckpt = tmp_path / "skeleton.pt"
+    save_checkpoint(net, ckpt)
+    cfg = stage_config("autoencoder", "tiny").model.replace(num_tokens=16, skeleton_method="learned",
+                                                               skeleton_checkpoint=str(ckpt))
+    model, _ = train_autoencoder(tiny_dataset, config=cfg, steps=2, device="cpu", progress=False)
+    assert not model.info  # nothing was loaded from a file
+    store = MedSDF.open(tiny_dataset)
+    s = store.samples(store.ids()[0])
+    pts = torch.from_numpy(s["surface_points"][:512])
+    nrm = torch.from_numpy(s["surface_normals"][:512])
+    lat = encode_points(model, pts, nrm)
+    learned = skeletonize(pts, nrm, method="learned", k=16, config=str(ckpt), edges=False)
+    medial = skeletonize(pts, nrm, method="medial", k=16, edges=False)
+    assert torch.allclose(lat.centers[0], learned.centers)
+    assert not torch.allclose(lat.centers[0], medial.centers)
+
+
+def test_local_decoder_attends_to_the_nearest_spheres():
+    """decoder="local": same interface, prior at init, neighbours by sphere distance, gradients, chunking."""
+    from skellab.autoencoder.model import _neighbours
+
+    torch.manual_seed(0)
+    cfg = TINY.replace(decoder="local", decoder_neighbors=4)
+    model = SkeletalAutoencoder(config=cfg).eval()
+    pts, nrm = sphere_cloud(cfg.num_surface)
+    c, r = chain(cfg.num_tokens)
+    lat = model.encode(pts, nrm, c, r)
+    q = torch.rand(1, 300, 3) * 2 - 1
+    sdf = model.decode(lat, q)
+    prior = sphere_union_sdf(q, c, r).clamp(-cfg.truncation, cfg.truncation)
+    assert sdf.shape == (1, 300) and torch.allclose(sdf, prior, atol=1e-6)  # zero head: the prior
+    assert torch.allclose(model.decode(lat, q, chunk=64), sdf, atol=1e-6)
+    idx, rel, union = _neighbours(q, c, r, 4)
+    brute = (torch.cdist(q, c) - r[:, None]).sort(dim=-1)
+    assert torch.equal(idx, brute.indices[..., :4]) and torch.allclose(union, brute.values[..., 0], atol=1e-5)
+    assert rel.shape == (1, 300, 4, 6) and torch.allclose(rel[..., 4], brute.values[..., :4], atol=1e-5)
+    # the residual depends on the neighbours' features only: changing a far token leaves a query alone
+    with torch.no_grad():
+        model.out[1].weight.normal_(0, 0.1)
+    one = torch.tensor([[[c[0, 0, 0].item(), 0.0, 0.0]]])
+    near = set(_neighbours(one, c, r, 4)[0].flatten().tolist())
+    far = next(i for i in range(cfg.num_tokens) if i not in near)
+    tok = lat.tokens.clone()
+    tok[0, far, 4:] += 5.0
+    assert torch.allclose(model.decode(lat, one), model.decode(Latent(tok, lat.class_index), one), atol=1e-6)
+    tok = lat.tokens.clone()
+    tok[0, sorted(near)[0], 4:] += 5.0
+    assert not torch.allclose(model.decode(lat, one), model.decode(Latent(tok, lat.class_index), one), atol=1e-4)
+    # trainable end to end
+    model.train()
+    loss = model.loss(model.encode(pts, nrm, c, r), q, q.norm(dim=-1) - 0.5)["total"]
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("cross", "encoder.head")))
+    with pytest.raises(SkellabError, match="decoder_neighbors"):
+        TINY.replace(decoder="local", decoder_neighbors=17)
+    with pytest.raises(SkellabError, match="decoder must be"):
+        TINY.replace(decoder="sparse")

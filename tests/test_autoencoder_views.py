@@ -131,3 +131,28 @@ def test_skeleton_explorer_edits_a_sphere_and_redecodes(model):
         edit_sphere(latent, 99)
     with pytest.raises(SkellabError):
         edit_sphere(latent, 0, scale=0.0)
+
+
+def test_completion_widget_keeps_the_edited_spheres():
+    """Select a branch, move it, press complete: the completions keep the moved spheres, the rest is new."""
+    import torch
+
+    from skellab.generation import generate_from_models, load_generation_models
+    from skellab.views.completion import completion_widget
+
+    diffusion, autoencoder = load_generation_models()
+    latent = generate_from_models(diffusion, autoencoder, "kidney", 1, steps=3, decode=False)
+    w = completion_widget(diffusion, autoencoder, latent[0], "kidney", num=2, steps=3, resample=1, resolution=24)
+    w.center.value, w.radius.value, w.dx.value = 5, 0.4, 0.1
+    kept = w.mask.clone()
+    assert 0 < int(kept.sum()) < 256 and "kept" in w.status.value
+    out = w.run()
+    assert out.tokens.shape == (2, 256, 16)
+    moved = latent.tokens[0, kept, :3] + torch.tensor([0.1, 0.0, 0.0])
+    assert torch.allclose(out.tokens[:, kept, :3], moved.expand(2, -1, -1), atol=1e-6)
+    assert not torch.allclose(out.tokens[0, ~kept], out.tokens[1, ~kept])
+    assert len(w.meshes) >= 1 and "completions shown" in w.status.value
+    with pytest.raises(SkellabError):
+        completion_widget(diffusion, autoencoder, Latent.cat([latent, latent]), "kidney")  # batch of 1 only
+    with pytest.raises(SkellabError, match="unknown class"):
+        completion_widget(diffusion, autoencoder, latent[0], "brain")

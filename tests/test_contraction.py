@@ -53,12 +53,15 @@ def test_gradients_flow_through_means(capsule_points):
 
 def test_translation_equivariance_and_batch_consistency(capsule_points):
     _, x = capsule_points
-    shift = torch.tensor([0.3, -0.1, 0.2])
+    # float64: in float32 the shift's rounding can flip a near-tie of farthest-point sampling (a discrete
+    # choice), which moves a centre by a point spacing; the algorithm itself is exactly equivariant
+    x = x.double()
+    shift = torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64)
     a, ra, _ = contract(x[None], k=64)
     b, rb, _ = contract((x + shift)[None], k=64)
-    assert torch.allclose(b, a + shift, atol=1e-5) and torch.allclose(ra, rb, atol=1e-5)
+    assert torch.allclose(b, a + shift, atol=1e-9) and torch.allclose(ra, rb, atol=1e-9)
     both, _, _ = contract(torch.stack([x, x + shift]), k=64)
-    assert torch.allclose(both[0], a[0], atol=1e-6)
+    assert torch.allclose(both[0], a[0], atol=1e-12)
 
 
 def test_rejection_rule():

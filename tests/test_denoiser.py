@@ -14,10 +14,10 @@ from skellab.diffusion import (
     make_synthetic_latents,
     sample_latents,
     save_diffusion,
-    train_diffusion,
 )
 from skellab.errors import SkellabError
 from skellab.runtime import make_generator
+from skellab.train import train_diffusion
 
 
 def _random_model(num_classes=3, seed=0):
@@ -114,7 +114,7 @@ def test_normalizer_round_trip():
 def trained():
     """A tiny EDM model on two well-separated synthetic classes (~5 s on 2 cores)."""
     lat, cls, protos = make_synthetic_latents(32, num_classes=2, num_tokens=16, generator=make_generator(0))
-    diffusion, history = train_diffusion(lat, cls, scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20,
+    diffusion, history = train_diffusion(lat, cls, scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20, schedule="constant",
                                          ema_decay=None, classes=["liver", "spleen"], generator=make_generator(1),
                                          device="cpu", progress=False)
     return diffusion, history, protos
@@ -184,3 +184,33 @@ def test_train_diffusion_rejects_bad_input():
         train_diffusion(lat, None, config=DenoiserConfig.tiny(token_dim=12), steps=1, progress=False)
     with pytest.raises(SkellabError):
         train_diffusion(lat, None, scheduler="sde", steps=1, progress=False)
+
+
+def test_inpainting_keeps_the_given_tokens_and_completes_the_rest_in_class(trained):
+    """RePaint-style completion: kept entries exact, the rest differs between draws and follows the class."""
+    diffusion, _, protos = trained
+    K = protos.shape[1]
+    known = protos[1].clone()  # a clean "spleen" token set (class 1)
+    keep = torch.zeros(K, dtype=torch.bool)
+    keep[: K // 2] = True  # the user keeps half the tokens
+    out = diffusion.complete(known, keep, 6, class_index=1, steps=10, resample=3, generator=make_generator(4))
+    assert out.shape == (6, K, 16)
+    assert torch.equal(out[:, keep], known[keep].expand(6, -1, -1))  # kept tokens do not move at all
+    free = out[:, ~keep]
+    assert free.std(dim=0).mean() > 0.02  # completions differ from one another
+    means = protos.mean(1)  # the completed tokens belong to the class of the kept ones
+    d = (free.mean(dim=(0, 1)) - means).norm(dim=-1)
+    assert d[1] < d[0], d
+    again = diffusion.complete(known, keep, 6, class_index=1, steps=10, resample=3, generator=make_generator(4))
+    assert torch.equal(again, out)  # seeded
+    # skeleton-only editing: keep xyz + r of every token, let diffusion choose the features
+    ch = torch.zeros(K, 16, dtype=torch.bool)
+    ch[:, :4] = True
+    feat = diffusion.complete(known, ch, 2, class_index=1, steps=6, resample=1, generator=make_generator(5))
+    assert torch.equal(feat[..., :4], known[:, :4].expand(2, -1, -1)) and not torch.equal(feat[0, :, 4:], feat[1, :, 4:])
+    with pytest.raises(SkellabError, match="mask"):
+        diffusion.complete(known, keep[:3], 1)
+    with pytest.raises(SkellabError, match="EDM"):
+        from skellab.diffusion import inpaint_latents
+
+        inpaint_latents(diffusion.denoiser, DDIMScheduler(), known, keep, num=1)

@@ -119,3 +119,32 @@ def test_evaluate_writes_the_table(tiny_dataset, tmp_path):
 
 def test_evaluate_bad_split_is_one_line_exit_2(tiny_dataset, tmp_path):
     _one_line_error(*run_cli("evaluate", "--data", tiny_dataset, "--out", tmp_path / "r.json", "--split", "nope"))
+
+
+def test_generate_keep_completes_an_edited_organ(tmp_path):
+    """--keep: a generated organ's latent (or its skeleton) is kept; diffusion finishes the rest, differently per draw."""
+    first = tmp_path / "first"
+    assert run_cli("generate", "--organ", "kidney", "--n", "1", "--out", first, *FAST)[0] == 0
+    latent = first / "organ_00_latent.npz"
+    tokens = np.load(latent)["tokens"]
+    assert tokens.shape == (256, 16)
+    out = tmp_path / "completed"
+    code, _, err = run_cli("generate", "--organ", "kidney", "--n", "2", "--out", out, "--keep", latent,
+                           "--keep-tokens", "0-99", *FAST)
+    assert code == 0, err
+    done = [np.load(out / f"organ_0{i}_latent.npz")["tokens"] for i in (0, 1)]
+    for d in done:
+        assert np.abs(d[:100] - tokens[:100]).max() <= 1e-3  # kept tokens stay (exactly, here)
+    assert np.abs(done[0][100:] - done[1][100:]).mean() > 1e-3  # two different completions
+    assert all(trimesh.load(out / f"organ_0{i}.ply").is_watertight for i in (0, 1))
+    # a skeleton keeps only xyz + r: the features are diffusion's
+    code, _, err = run_cli("generate", "--organ", "kidney", "--n", "1", "--out", tmp_path / "skel",
+                           "--keep", first / "organ_00_skeleton.npz", *FAST)
+    assert code == 0, err
+    sk = np.load(tmp_path / "skel" / "organ_00_latent.npz")["tokens"]
+    assert np.allclose(sk[:, :3], tokens[:, :3], atol=1e-6)
+    assert np.allclose(sk[:, 3], np.maximum(tokens[:, 3], 0), atol=1e-6)  # the skeleton file stores radii >= 0
+    _one_line_error(*run_cli("generate", "--organ", "kidney", "--out", tmp_path / "x", "--keep", latent,
+                             "--keep-tokens", "7-x", *FAST))
+    _one_line_error(*run_cli("generate", "--organ", "kidney", "--out", tmp_path / "x", "--keep",
+                             tmp_path / "missing.npz", *FAST))

@@ -10,7 +10,6 @@ import trimesh
 
 from skellab.errors import SkellabError
 from skellab.skeleton.learned import (
-    SHIPPED_CHECKPOINT,
     LearnedSkeletonConfig,
     PointSkeletonNet,
     load_checkpoint,
@@ -18,12 +17,13 @@ from skellab.skeleton.learned import (
     skeleton_losses,
     skeletonize_learned,
     sphere_points,
-    tiny_config,
-    train_learned,
 )
 from skellab.skeleton.types import Skeleton
+from skellab.train import train_learned
+from skellab.weights import weights_path
 
-TINY = tiny_config(k=16, num_points=128, width=8, knn=6)
+SHIPPED_CHECKPOINT = weights_path("skeleton_learned")
+TINY = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6)
 
 
 def _capsule_points(n: int, seed: int, *, radius: float = 0.3, height: float = 1.2) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_sphere_points_lie_on_spheres():
 
 @pytest.mark.parametrize("mode", ["clearance", "point2skeleton"])
 def test_losses_are_finite_and_differentiable(mode):
-    cfg = tiny_config(k=16, num_points=128, width=8, knn=6, radius_mode=mode)
+    cfg = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6, radius_mode=mode)
     model = _model(cfg)
     pts = torch.tensor(_capsule_points(128, 0)[0])[None]
     centers, radii, _ = model(pts)
@@ -82,9 +82,10 @@ def test_inside_loss_penalises_centres_outside():
 
 def test_training_decreases_loss():
     pts, _ = _capsule_points(512, 1)
-    cfg = tiny_config(k=16, num_points=128, width=8, knn=6, steps=30, lr=3e-3)
+    cfg = LearnedSkeletonConfig(k=16, num_points=128, width=8, knn=6)
     model, history = train_learned(
-        torch.tensor(pts)[None], config=cfg, generator=torch.Generator().manual_seed(0), device="cpu", progress=False
+        torch.tensor(pts)[None], config=cfg, steps=30, lr=3e-3, generator=torch.Generator().manual_seed(0),
+        device="cpu", progress=False
     )
     total = history["total"]
     assert len(total) == 30 and not model.training
@@ -134,8 +135,8 @@ def test_skeletonize_learned_single_batch_and_resampling():
     few = torch.tensor(pts[:50])[None].repeat(2, 1, 1)  # 50 points → repeats up to 128
     sks = skeletonize_learned(few, checkpoint=model, device="cpu", generator=torch.Generator().manual_seed(0))
     assert isinstance(sks, list) and len(sks) == 2 and sks[0].meta["input_points"] == 50
-    with pytest.raises(SkellabError, match="k=16"):
-        skeletonize_learned(pts, k=7, checkpoint=model)
+    with pytest.raises(SkellabError, match="between 1 and 16"):
+        skeletonize_learned(pts, k=17, checkpoint=model)
     with pytest.raises(SkellabError):
         skeletonize_learned(np.zeros((10, 2)), checkpoint=model)
 
@@ -161,3 +162,21 @@ def test_shipped_checkpoint_skeleton_inside_heldout_capsule():
     z = np.clip(c[:, 2], -half, half)
     to_axis = np.linalg.norm(c - np.stack([0 * z, 0 * z, z], axis=1), axis=1)
     assert to_axis.mean() < radius
+
+
+def test_fewer_spheres_than_the_model_predicts_are_an_even_subset():
+    """Any K up to the trained one: the K' spheres are farthest-point samples of the predicted K."""
+    model = _model()
+    pts = _capsule_points(300, 2)[0]
+    full = skeletonize_learned(pts, checkpoint=model, device="cpu")
+    few = skeletonize_learned(pts, k=7, checkpoint=model, device="cpu")
+    assert few.centers.shape == (7, 3) and few.radii.shape == (7,) and few.meta["predicted"] == TINY.k
+    d = torch.cdist(few.centers, full.centers)  # every kept sphere is one of the predicted ones, radius and all
+    j = d.argmin(dim=1)
+    assert torch.allclose(d.min(dim=1).values, torch.zeros(7), atol=1e-6) and len(set(j.tolist())) == 7
+    assert torch.allclose(few.radii, full.radii[j])
+    again = skeletonize_learned(pts, k=7, checkpoint=model, device="cpu")
+    assert torch.equal(again.centers, few.centers)  # deterministic
+    # an even spread: the minimum spacing of the subset beats that of its first 7 predicted spheres
+    spacing = lambda c: torch.pdist(c).min()  # noqa: E731
+    assert spacing(few.centers) >= spacing(full.centers[:7])

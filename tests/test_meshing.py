@@ -83,3 +83,29 @@ def test_export_round_trip(tmp_path, suffix):
     assert not list(tmp_path.glob(".*tmp*"))
     with pytest.raises(SkellabError, match="format"):
         export_mesh(tmp_path / "tube.vtk", v, f)
+
+
+def test_decoding_precision_auto_bf16_and_fp32(monkeypatch):
+    """bf16 autocast only where the CPU has native bf16 (``auto``); forced bf16 stays close to fp32."""
+    from skellab import runtime
+    from skellab.autoencoder import AutoencoderConfig, Latent, SkeletalAutoencoder
+    from skellab.errors import SkellabError
+    from skellab.meshing import decode_points
+
+    torch.manual_seed(0)
+    model = SkeletalAutoencoder(config=AutoencoderConfig(num_tokens=16, num_surface=64, encoder_width=16,
+                                                         encoder_blocks=1, group_k=8, decoder_width=32,
+                                                         decoder_heads=2, decoder_blocks=1)).eval()
+    with torch.no_grad():
+        model.out[1].weight.normal_(0, 0.05)  # a non-trivial residual
+    lat = Latent.from_parts(torch.rand(1, 16, 3) - 0.5, torch.full((1, 16), 0.2), torch.randn(1, 16, 12))
+    pts = np.random.default_rng(0).uniform(-1, 1, (500, 3))
+    exact = decode_points(model, lat, pts, precision="fp32")
+    half = decode_points(model, lat, pts, precision="bf16")
+    assert np.abs(half - exact).max() < 2e-2 and not np.array_equal(half, exact)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert np.array_equal(decode_points(model, lat, pts), exact)  # auto on a CPU without bf16: fp32, exact
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert np.array_equal(decode_points(model, lat, pts), half)  # auto with native bf16: bf16
+    with pytest.raises(SkellabError, match="precision"):
+        decode_points(model, lat, pts, precision="fp16")

@@ -9,11 +9,11 @@ from skellab.baselines import (
     load_point_diffusion,
     sample_point_clouds,
     save_point_diffusion,
-    train_point_diffusion,
 )
 from skellab.diffusion import DDIMScheduler
 from skellab.errors import SkellabError
 from skellab.runtime import make_generator
+from skellab.train import train_point_diffusion
 
 AXES = torch.tensor([[0.8, 0.8, 0.8], [1.0, 0.5, 0.25]])  # class 0: sphere, class 1: flat ellipsoid
 

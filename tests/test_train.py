@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from skellab.errors import SkellabError
 from skellab.train import EngineConfig, StepSampler, read_log, stage_config, train_stage
 
@@ -77,10 +77,11 @@ def test_lr_schedules():
 
 
 def test_stage_presets_and_overrides():
-    (model, train), engine = stage_config("autoencoder", "tiny", batch_size=4, num_queries=256, encoder_width=16)
-    assert engine.batch_size == 4 and train.batch_size == 4 and train.num_queries == 256 and model.encoder_width == 16
-    cfg, engine = stage_config("skeleton", "default", steps=7)
-    assert cfg.k == 256 and cfg.steps == 7 == engine.steps
+    cfg = stage_config("autoencoder", "tiny", batch_size=4, num_queries=256, encoder_width=16)
+    assert cfg.engine.batch_size == 4 and cfg.sampling.num_queries == 256 and cfg.model.encoder_width == 16
+    cfg = stage_config("skeleton", "default", steps=7)
+    assert cfg.model.k == 256 and cfg.engine.steps == 7
+    assert not hasattr(cfg.model, "steps")  # one source of truth: optimisation lives in the engine config only
     with pytest.raises(SkellabError, match="unknown preset 'huge'"):
         stage_config("diffusion", "huge")
     with pytest.raises(SkellabError, match="unknown diffusion config field"):
@@ -173,7 +174,7 @@ KILLER = textwrap.dedent("""
                 time.sleep(600)
 
     engine.save_bytes = half_written_save
-    from skellab.train.cli import main
+    from skellab.cli.train import main
     sys.exit(main(sys.argv[3:]))
 """)
 

@@ -1,19 +1,29 @@
-"""The skeletal latent autoencoder: surface + skeleton → K skeletal tokens → truncated SDF."""
+"""The skeletal latent autoencoder: surface + skeleton → K skeletal tokens → truncated SDF.
 
-from .evaluate import evaluate_autoencoder, sphere_union_mesh
-from .model import AutoencoderConfig, Latent, SkeletalAutoencoder, fourier_features, sphere_union_sdf
-from .train import (
-    CHECKPOINT_FORMAT,
-    DEFAULT_WEIGHTS,
-    TrainConfig,
-    default_config,
+Model and config (:mod:`.model`), checkpoints (:mod:`.io`) and inference-time encoding
+(:mod:`.encode`). Training is :mod:`skellab.train` (``skellab train autoencoder``,
+:func:`skellab.train.train_autoencoder`); evaluation is :func:`skellab.evaluation.evaluate_autoencoder`.
+"""
+
+from .encode import (
     encode_points,
     encode_shapes,
+    skeletonize_batch,
     skeletons_for,
+    trained_skeleton,
+)
+from .io import (
+    CHECKPOINT_FORMAT,
+    autoencoder_payload,
     load_autoencoder,
     save_autoencoder,
-    tiny_config,
-    train_autoencoder,
+)
+from .model import (
+    AutoencoderConfig,
+    Latent,
+    SkeletalAutoencoder,
+    fourier_features,
+    sphere_union_sdf,
 )
 
 __all__ = [
@@ -23,16 +33,12 @@ __all__ = [
     "fourier_features",
     "sphere_union_sdf",
     "CHECKPOINT_FORMAT",
-    "DEFAULT_WEIGHTS",
-    "TrainConfig",
-    "default_config",
-    "tiny_config",
-    "train_autoencoder",
+    "autoencoder_payload",
     "save_autoencoder",
     "load_autoencoder",
     "encode_points",
     "encode_shapes",
+    "skeletonize_batch",
     "skeletons_for",
-    "evaluate_autoencoder",
-    "sphere_union_mesh",
+    "trained_skeleton",
 ]

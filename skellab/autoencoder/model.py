@@ -36,11 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SkellabError
+from ..skeleton import METHODS as SKELETON_METHODS
 from ..skeleton.ops import farthest_point_sampling, gather, knn
 
 __all__ = ["AutoencoderConfig", "Latent", "SkeletalAutoencoder", "sphere_union_sdf", "fourier_features"]
 
 TOKEN_SOURCES = ("skeleton", "surface")
+DECODERS = ("global", "local")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class AutoencoderConfig:
     decoder_heads: int = 4  # attention heads
     decoder_blocks: int = 3  # cross-attention blocks (query → tokens)
     token_self_attention: int = 0  # self-attention layers over the tokens before decoding
+    decoder: str = "global"  # "global": each query attends to all K tokens; "local": to its nearest spheres
+    decoder_neighbors: int = 16  # "local": tokens each query attends to (nearest by sphere distance ‖q − c‖ − r)
     mlp_ratio: int = 2  # hidden width of the feed-forward layers = ratio · width
     sphere_prior: bool = True  # predict a residual on top of the sphere-union SDF
     truncation: float = 0.25  # τ: SDF truncated to [-τ, τ] (paper 0.25)
@@ -67,6 +71,8 @@ class AutoencoderConfig:
     skeleton_weight: float = 0.1  # weight of the skeleton constraint (sdf(c_k) = −r_k); 0 turns it off
     num_classes: int = 0  # organ classes (0: unconditional)
     class_conditioning: bool = False  # add a learned class bias to the token features
+    skeleton_method: str = "medial"  # how the token spheres are made (see skellab.skeleton.METHODS)
+    skeleton_checkpoint: str | None = None  # "learned" only: its checkpoint (None: the shipped weights)
 
     def __post_init__(self) -> None:
         if self.token_source not in TOKEN_SOURCES:
@@ -89,6 +95,12 @@ class AutoencoderConfig:
             raise SkellabError("loss weights must be >= 0")
         if self.class_conditioning and self.num_classes < 1:
             raise SkellabError("class_conditioning needs num_classes >= 1")
+        if self.decoder not in DECODERS:
+            raise SkellabError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "local" and not 1 <= int(self.decoder_neighbors) <= int(self.num_tokens):
+            raise SkellabError(f"decoder_neighbors must be in [1, num_tokens={self.num_tokens}], got {self.decoder_neighbors}")
+        if self.skeleton_method not in SKELETON_METHODS:
+            raise SkellabError(f"skeleton_method must be one of {', '.join(SKELETON_METHODS)}, got {self.skeleton_method!r}")
 
     @property
     def token_dim(self) -> int:
@@ -203,6 +215,26 @@ def sphere_union_sdf(queries: torch.Tensor, centers: torch.Tensor, radii: torch.
     return torch.cat(out, dim=1) if out else queries.new_zeros(queries.shape[:2])
 
 
+def _neighbours(queries: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, k: int,
+                *, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` spheres nearest each query by sphere distance ``‖q − c‖ − r``.
+
+    returns idx (B, Q, k) int64 (nearest first), rel (B, Q, k, 6) = [offset / max(r, 0.01) (3),
+    ‖offset‖, sphere distance, r] and the sphere-union SDF (B, Q) (= the first sphere distance).
+    The neighbour choice is discrete (no gradient); ``rel`` is differentiable wrt queries and spheres.
+    """
+    idx = torch.cat([(torch.cdist(queries[:, s : s + chunk], centers) - radii.unsqueeze(1))
+                     .topk(k, dim=-1, largest=False).indices for s in range(0, queries.shape[1], chunk)], dim=1)
+    B, Q, _ = idx.shape
+    c = gather(centers, idx.reshape(B, Q * k)).view(B, Q, k, 3)
+    r = torch.gather(radii, 1, idx.reshape(B, Q * k)).view(B, Q, k)
+    off = queries.unsqueeze(2) - c
+    dist = off.norm(dim=-1)
+    sd = dist - r
+    rel = torch.cat([off / r.clamp_min(0.01).unsqueeze(-1), dist.unsqueeze(-1), sd.unsqueeze(-1), r.unsqueeze(-1)], -1)
+    return idx, rel, sd[..., 0]
+
+
 def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out))
 
@@ -234,6 +266,39 @@ class _Attention(nn.Module):
         q = self.q(self.norm_q(x)).view(B, Q, h, C // h).transpose(1, 2)  # (B, h, Q, C/h)
         k, v = self.kv(ctx).view(B, ctx.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 × (B, h, K, C/h)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, h, Q, C/h)
+        return x + self.out(y.transpose(1, 2).reshape(B, Q, C))
+
+
+class _LocalAttention(_Attention):
+    """Each query attends to its ``k`` nearest tokens only (pre-norm, residual).
+
+    Keys and values are projected once per token (``kv``: (B, K, 2C)) and gathered per query, so a
+    query costs O(k·C) instead of O(K·C). A small MLP of the query's position relative to each
+    neighbour sphere (offset / radius, distance, sphere distance) adds a per-head bias to the
+    attention logits: the decoder knows *where* a token is from the query, not only what it is.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__(width, heads)
+        self.rel = nn.Sequential(nn.Linear(6, 32), nn.GELU(), nn.Linear(32, heads))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, idx: torch.Tensor,  # type: ignore[override]
+                rel: torch.Tensor) -> torch.Tensor:
+        """x (B, Q, C) queries; kv (B, K, 2C) projected tokens; idx (B, Q, k) neighbours; rel (B, Q, k, 6).
+
+        Logits and the weighted sum are dense products with all K keys/values (fast matrix
+        products); the softmax runs over the k neighbours only (the others get weight 0), so the
+        result equals attention restricted to the neighbours without gathering k·C numbers per query.
+        """
+        B, Q, C = x.shape
+        h, K = self.heads, kv.shape[1]
+        q = self.q(self.norm_q(x)).view(B, Q, h, C // h).transpose(1, 2)  # (B, h, Q, d)
+        key, val = kv.view(B, K, 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 × (B, h, K, d)
+        hidx = idx.unsqueeze(1).expand(B, h, Q, idx.shape[-1])  # (B, h, Q, k)
+        logits = (q @ key.transpose(-1, -2)).gather(-1, hidx) / math.sqrt(C // h)  # (B, h, Q, k)
+        w = (logits + self.rel(rel).permute(0, 3, 1, 2)).softmax(-1)
+        dense = torch.zeros(B, h, Q, K, dtype=w.dtype, device=w.device).scatter(-1, hidx, w)
+        y = dense @ val  # (B, h, Q, d)
         return x + self.out(y.transpose(1, 2).reshape(B, Q, C))
 
 
@@ -286,6 +351,8 @@ class SkeletalAutoencoder(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.classes = list(classes) if classes is not None else []
+        #: where the weights came from: ``step``, ``metrics``, ``train`` (set by the checkpoint loader)
+        self.info: dict[str, Any] = {}
         if cfg.class_conditioning and self.classes and len(self.classes) != cfg.num_classes:
             raise SkellabError(f"{len(self.classes)} class names given for num_classes={cfg.num_classes}")
         self.encoder = _Encoder(cfg)
@@ -294,7 +361,8 @@ class SkeletalAutoencoder(nn.Module):
         self.query_embed = _mlp(fq + (1 if cfg.sphere_prior else 0), H, C)
         self.token_embed = nn.Sequential(nn.Linear(fq + 1 + cfg.feature_dim, C), nn.LayerNorm(C))
         self.token_self = nn.ModuleList(_Attention(C, cfg.decoder_heads) for _ in range(cfg.token_self_attention))
-        self.cross = nn.ModuleList(_Attention(C, cfg.decoder_heads) for _ in range(cfg.decoder_blocks))
+        attention = _LocalAttention if cfg.decoder == "local" else _Attention
+        self.cross = nn.ModuleList(attention(C, cfg.decoder_heads) for _ in range(cfg.decoder_blocks))
         self.ffn = nn.ModuleList(_ResBlock(C, H) for _ in range(cfg.decoder_blocks))
         self.out = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, 1))
         nn.init.zeros_(self.out[1].weight)  # start from the sphere-union prior
@@ -371,12 +439,17 @@ class SkeletalAutoencoder(nn.Module):
             t = layer(t, t)
         qf = fourier_features(queries, cfg.num_frequencies)
         prior = None
-        if cfg.sphere_prior:
+        if cfg.decoder == "local":
+            idx, rel, union = _neighbours(queries, c, r, cfg.decoder_neighbors)
+            if cfg.sphere_prior:
+                prior = (union / cfg.truncation).clamp(-1.0, 1.0)  # (B, Q): the nearest sphere gives the union
+        elif cfg.sphere_prior:
             prior = (sphere_union_sdf(queries, c, r) / cfg.truncation).clamp(-1.0, 1.0)  # (B, Q)
+        if prior is not None:
             qf = torch.cat([qf, prior.unsqueeze(-1)], dim=-1)
         x = self.query_embed(qf)
         for attn, ffn in zip(self.cross, self.ffn):
-            x = ffn(attn(x, t))
+            x = ffn(attn(x, attn.kv(t), idx, rel) if cfg.decoder == "local" else attn(x, t))
         out = self.out(x).squeeze(-1)
         return out if prior is None else out + prior
 

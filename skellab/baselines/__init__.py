@@ -7,14 +7,12 @@ from .point_diffusion import (
     load_point_diffusion,
     sample_point_clouds,
     save_point_diffusion,
-    train_point_diffusion,
 )
 
 __all__ = [
     "PointDenoiserConfig",
     "PointDenoiser",
     "PointDiffusion",
-    "train_point_diffusion",
     "sample_point_clouds",
     "save_point_diffusion",
     "load_point_diffusion",

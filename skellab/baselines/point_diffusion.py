@@ -23,15 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import read_checkpoint, save_bytes
 from ..diffusion.denoiser import _modulate, class_or_null, timestep_embedding
 from ..diffusion.sampling import sample_latents
 from ..diffusion.schedulers import make_scheduler
-from ..diffusion.train import fit_denoiser
-from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
 
-__all__ = ["PointDenoiserConfig", "PointDenoiser", "PointDiffusion", "train_point_diffusion",
+__all__ = ["PointDenoiserConfig", "PointDenoiser", "PointDiffusion",
            "sample_point_clouds", "save_point_diffusion", "load_point_diffusion", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "skellab.point_diffusion/1"
@@ -130,54 +129,6 @@ class PointDiffusion:
         """:func:`sample_point_clouds` with this model's network and scheduler."""
         kwargs.setdefault("num_points", self.num_points)
         return sample_point_clouds(self.denoiser, self.scheduler, num=num, **kwargs)
-
-
-def train_point_diffusion(
-    clouds: torch.Tensor,
-    class_index: torch.Tensor | None = None,
-    *,
-    config: PointDenoiserConfig | None = None,
-    scheduler: str | Any = "ddpm",
-    steps: int = 2000,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    grad_clip: float | None = 1.0,
-    warmup: int = 100,
-    ema_decay: float | None = 0.999,
-    classes: list[str] | None = None,
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-) -> tuple[PointDiffusion, dict[str, Any]]:
-    """Train the baseline on point clouds (S, N, 3) in the normalised frame (no standardisation: PVD's setup).
-
-    scheduler : ``"ddpm"`` (PVD's choice) | ``"edm"`` | a scheduler object; class_index (S,) or None.
-    returns   : (:class:`PointDiffusion`, history {"loss", "lr", "seconds"})
-    """
-    clouds = torch.as_tensor(clouds).detach().float()
-    if clouds.ndim != 3 or clouds.shape[-1] != 3 or clouds.shape[0] < 1:
-        raise SkellabError(f"clouds must be (S, N, 3), got {tuple(clouds.shape)}")
-    if class_index is not None:
-        class_index = torch.as_tensor(class_index).long().reshape(-1)
-        if class_index.shape[0] != clouds.shape[0] or int(class_index.min()) < 0:
-            raise SkellabError("class_index must be (S,) non-negative class indices")
-    n_cls = int(class_index.max()) + 1 if class_index is not None else 0
-    config = config or PointDenoiserConfig.tiny(num_classes=n_cls)
-    if n_cls > config.num_classes:
-        raise SkellabError(f"class indices must lie in [0, {config.num_classes}) for this config")
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise SkellabError("steps and batch_size must be >= 1 and lr > 0")
-    sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
-    dev = resolve_device(device)
-    model = PointDenoiser(config=config).to(dev)
-    model, history = fit_denoiser(
-        model, clouds.to(dev), None if class_index is None else class_index.to(dev), sched, steps=steps,
-        batch_size=batch_size, lr=lr, class_dropout=config.class_dropout if class_index is not None else 0.0,
-        generator=generator, grad_clip=grad_clip, warmup=warmup, ema_decay=ema_decay, progress=progress,
-        desc="point diffusion")
-    info = {"step": steps, "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-                                     "num_clouds": int(clouds.shape[0])}}
-    return PointDiffusion(model, sched, list(classes) if classes else None, int(clouds.shape[1]), info), history
 
 
 def sample_point_clouds(denoiser: nn.Module, scheduler: Any, *, num: int, num_points: int = 2048,

@@ -8,7 +8,6 @@ procedural organ families with ground-truth skeletons (:mod:`skellab.data.proced
 from __future__ import annotations
 
 import hashlib
-
 import multiprocessing as mp
 import os
 import re
@@ -21,7 +20,13 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from ..errors import SkellabError
-from . import medsdf
+from ..runtime import clean_stale_temps, die_with_parent
+from . import medsdf, procedural
+from .anatomy import load_packaged_anatomy
+from .augment import mirror, random_anisotropic_scale
+from .detail import TRAIN_DETAIL_FAMILIES
+from .io import load_shape_file
+from .procedural import make_shape
 from .sampling import SampleConfig, sample_sdf
 from .shape import Shape
 
@@ -35,6 +40,9 @@ class BuildPreset:
     per_family: int  # procedural shapes per family (seeds 0 .. per_family-1)
     anatomy: bool  # include every packaged real anatomical shape
     sample_config: SampleConfig = field(default_factory=SampleConfig)  # supervision per shape
+    detail_families: tuple[str, ...] = ()  # families of skellab.data.detail (seeds 0 .. detail_per_family-1)
+    detail_per_family: int = 0
+    augment: tuple[str, ...] = ()  # "mirror" / "scale": one extra copy of every real shape each (its fold)
 
 
 def preset(name: str) -> BuildPreset:
@@ -49,7 +57,13 @@ def preset(name: str) -> BuildPreset:
         )
     if name == "mini":
         return BuildPreset(name="medsdf-mini", families=None, per_family=40, anatomy=True)
-    raise SkellabError(f"unknown preset {name!r}: use tiny or mini")
+    if name == "fidelity":
+        # issue 12: detail to learn. 9 smooth families x 20 = 180, 5 detail families x 40 = 200 (the
+        # held-out perforated_shell excluded), 105 real shapes + 105 mirrored + 105 scaled = 315: 695
+
+        return BuildPreset(name="medsdf-fidelity", families=None, per_family=20, anatomy=True,
+                           detail_families=TRAIN_DETAIL_FAMILIES, detail_per_family=40, augment=("mirror", "scale"))
+    raise SkellabError(f"unknown preset {name!r}: use tiny, mini or fidelity")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -67,25 +81,42 @@ def _stable_seed(text: str) -> int:
 
 
 def _specs(p: BuildPreset) -> list[tuple]:
-    from . import procedural
-
     families = procedural.FAMILIES if p.families is None else p.families
     specs: list[tuple] = [
-        ("procedural", fam, seed, f"{fam}_{seed:04d}") for fam in families for seed in range(p.per_family)
+        ("procedural", fam, seed, f"{fam}_{seed:04d}")
+        for fams, n in ((families, p.per_family), (p.detail_families, p.detail_per_family))
+        for fam in fams
+        for seed in range(n)
     ]
     if p.anatomy:
-        from .anatomy import load_packaged_anatomy
-
-        specs += [("shape", shape, shape.shape_id) for shape in load_packaged_anatomy()]
+        real = load_packaged_anatomy()
+        specs += [("shape", shape, shape.shape_id) for shape in real]
+        for kind in p.augment:
+            for shape in real:
+                copy = mirror(shape) if kind == "mirror" else random_anisotropic_scale(shape, _stable_seed(shape.shape_id))
+                specs.append(("shape", copy, copy.shape_id))
     return specs
+
+
+def _assign_folds(records: list[dict[str, Any]]) -> None:
+    """Stratified folds; an augmented copy (``meta["augmented_from"]``) shares its original's fold."""
+    originals = [r for r in records if not r.get("meta", {}).get("augmented_from")]
+    medsdf.assign_folds(originals)
+    fold = {r["id"]: r["fold"] for r in originals}
+    orphans = []
+    for r in records:
+        src = r.get("meta", {}).get("augmented_from")
+        if src in fold:
+            r["fold"] = fold[src]
+        elif src is not None:
+            orphans.append(r)
+    medsdf.assign_folds(orphans)
 
 
 def _build_one(spec: tuple, root: str, sample_config: SampleConfig) -> dict[str, Any] | str:
     """Worker: make/take one shape, sample it, write its files; return its record or an error line."""
     try:
         if spec[0] == "procedural":
-            from .procedural import make_shape
-
             shape = make_shape(spec[1], spec[2])
             shape = shape.replace(shape_id=spec[3])
         else:
@@ -104,7 +135,8 @@ def _run(specs: Sequence[tuple], root: Path, cfg: SampleConfig, workers: int, pr
         results: Iterable = (_build_one(s, str(root), cfg) for s in specs)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                   initargs=(os.getpid(),))
         results = pool.map(_build_one, specs, [str(root)] * len(specs), [cfg] * len(specs), chunksize=1)
     try:
         for res in results:
@@ -143,46 +175,106 @@ def build_dataset(
     if grid_resolution:
         cfg = SampleConfig(**{**cfg.to_dict(), "near_sigmas": cfg.near_sigmas, "grid_resolution": grid_resolution})
     root = Path(out)
-    if (root / medsdf.MANIFEST).exists() and not overwrite and shard_t is None:
+    if root.exists() and not root.is_dir():
+        raise SkellabError(f"{root}: exists and is not a folder")
+    if (root / medsdf.MANIFEST).exists() and not overwrite:
         raise SkellabError(f"{root} already holds a MedSDF dataset; pass --overwrite to rebuild it")
     specs = _specs(p)
     if shard_t is not None:
         specs = specs[shard_t[0] :: shard_t[1]]
     root.mkdir(parents=True, exist_ok=True)
     desc = p.name if shard_t is None else f"{p.name} shard {shard_t[0]}/{shard_t[1]}"
-    records, failures = _run(specs, root, cfg, workers, progress, desc)
-    extra = {"preset": preset_name, "skipped": failures}
-    if shard_t is not None:
-        extra["shard"] = list(shard_t)
-        return medsdf.write_manifest(
-            root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra,
-            filename=f"manifest.shard-{shard_t[0]}-of-{shard_t[1]}.json",
-        )
-    medsdf.assign_folds(records)
-    return medsdf.write_manifest(root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra)
+    # a full build holds the writer lock throughout; shards share it (each writes only its own manifest)
+    with medsdf.dataset_lock(root, shared=shard_t is not None):
+        if (root / medsdf.MANIFEST).exists() and not overwrite:  # created while we waited for the lock
+            raise SkellabError(f"{root} already holds a MedSDF dataset; pass --overwrite to rebuild it")
+        _clean_temps(root, everything=shard_t is None)
+        records, failures = _run(specs, root, cfg, workers, progress, desc)
+        extra = {"preset": preset_name, "skipped": failures}
+        if shard_t is not None:
+            extra["shard"] = list(shard_t)
+            extra["overwrite"] = bool(overwrite)
+            return medsdf.write_manifest(
+                root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra,
+                filename=f"manifest.shard-{shard_t[0]}-of-{shard_t[1]}.json",
+            )
+        _assign_folds(records)
+        path = medsdf.write_manifest(root, records, name=p.name, sample_config=cfg.to_dict(), extra=extra)
+        _cleanup(root)  # the replaced dataset's files, an interrupted run's files
+        return path
+
+
+def _clean_temps(root: Path, *, everything: bool) -> None:
+    """Remove temp files of killed writers (``everything``: all of them; only under the exclusive lock)."""
+    for folder in (root, *(root / sub for sub in medsdf.DATA_FOLDERS)):
+        clean_stale_temps(folder, all_temps=everything)
+
+
+def _cleanup(root: Path) -> None:
+    """After a commit (exclusive lock held): remove files no manifest names. Best effort: the new
+    manifest is already in place, so a failure here (an unreadable shard manifest) only warns."""
+    try:
+        medsdf.remove_orphans(root, locked=True)
+    except (SkellabError, OSError) as exc:
+        warnings.warn(f"{root}: left unreferenced files in place ({exc})", stacklevel=3)
+
+
+_SHARD_NAME = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.json")
 
 
 def merge_shards(out: str | os.PathLike) -> Path:
     """Combine every ``manifest.shard-i-of-n.json`` in ``out`` into ``manifest.json``."""
     root = Path(out)
-    parts = sorted(root.glob("manifest.shard-*-of-*.json"))
-    if not parts:
-        raise SkellabError(f"{root}: no shard manifests (manifest.shard-i-of-n.json) to merge")
-    manifests = [medsdf.read_manifest(root, p.name) for p in parts]
-    n = {tuple(m.get("shard", [0, 0]))[1] for m in manifests}
-    seen = {m["shard"][0] for m in manifests}
-    if len(n) != 1 or seen != set(range(next(iter(n)))):
-        raise SkellabError(f"{root}: incomplete shard set: have {sorted(seen)} of {sorted(n)}")
-    records = [rec for m in manifests for rec in m["shapes"]]
-    for rec in records:
-        rec.pop("fold", None)
-    medsdf.assign_folds(records)
-    first = manifests[0]
-    extra = {"preset": first.get("preset"), "skipped": [s for m in manifests for s in m.get("skipped", [])]}
-    path = medsdf.write_manifest(root, records, name=first["name"], sample_config=first["sample_config"], extra=extra)
-    for p in parts:
-        p.unlink()
-    return path
+    if not root.is_dir():
+        raise SkellabError(f"dataset folder not found: {root}")
+    with medsdf.dataset_lock(root):
+        parts = sorted(root.glob(medsdf.SHARD_GLOB))
+        if not parts:
+            raise SkellabError(f"{root}: no shard manifests (manifest.shard-i-of-n.json) to merge")
+        manifests = []
+        for part in parts:
+            m = medsdf.read_manifest(root, part.name)
+            i, n = map(int, _SHARD_NAME.fullmatch(part.name).groups())  # type: ignore[union-attr]
+            shard = m.get("shard")
+            if not (isinstance(shard, list) and len(shard) == 2 and all(type(x) is int for x in shard)):
+                raise SkellabError(f"{part}: not a shard manifest (field 'shard' must be [i, n], got {shard!r})")
+            if shard != [i, n]:
+                raise SkellabError(f"{part}: field 'shard' is {shard}, but the file name says shard {i} of {n}")
+            manifests.append(m)
+        n = {m["shard"][1] for m in manifests}
+        seen = sorted(m["shard"][0] for m in manifests)
+        if len(n) != 1 or seen != list(range(next(iter(n)))):
+            raise SkellabError(f"{root}: incomplete shard set: have {seen} of {sorted(n)}")
+        first = manifests[0]
+        for part, m in zip(parts, manifests):
+            if m["name"] != first["name"] or m["sample_config"] != first["sample_config"]:
+                raise SkellabError(f"{part}: built with another preset or sampling than {parts[0].name}")
+        records = [rec for m in manifests for rec in m["shapes"]]
+        ids = [r["id"] for r in records]
+        if len(set(ids)) != len(ids):
+            raise SkellabError(f"{root}: shape ids appear in more than one shard manifest")
+        for rec in records:
+            rec.pop("fold", None)
+        _assign_folds(records)
+        extra = {"preset": first.get("preset"), "skipped": [s for m in manifests for s in m.get("skipped", [])]}
+        name, sample_config = first["name"], first["sample_config"]
+        existing = medsdf.read_manifest(root) if (root / medsdf.MANIFEST).exists() else None
+        if existing is not None and not any(m.get("overwrite") for m in manifests):
+            # keep every record already in the dataset (e.g. user imports made meanwhile)
+            clash = sorted({r["id"] for r in existing["shapes"]} & set(ids))
+            if clash:
+                raise SkellabError(f"{root}: shard shape {clash[0]!r} is already in {medsdf.MANIFEST}; "
+                                   "rebuild the shards with --overwrite to replace the dataset")
+            if existing["sample_config"] != sample_config:
+                raise SkellabError(f"{root}: the shards were sampled differently from the dataset in {medsdf.MANIFEST}")
+            records = existing["shapes"] + records
+            name = existing["name"]
+            extra["skipped"] = list(existing.get("skipped", [])) + extra["skipped"]
+        path = medsdf.write_manifest(root, records, name=name, sample_config=sample_config, extra=extra)
+        for part in parts:
+            part.unlink()
+        _cleanup(root)
+        return path
 
 
 def import_files(
@@ -201,40 +293,44 @@ def import_files(
     Every file is loaded and validated *before* anything is written, so one bad file
     leaves the dataset untouched. Returns the ids added.
     """
-    from .io import load_shape_file
-
     if not paths:
         raise SkellabError("no input files given")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", organ or ""):
         raise SkellabError(f"bad class name {organ!r}: use letters, digits, '_' or '-'")
     root = Path(out)
-    existing = medsdf.read_manifest(root) if (root / medsdf.MANIFEST).exists() else None
-    taken = {r["id"] for r in existing["shapes"]} if existing else set()
-    shapes: list[Shape] = []
-    for path in paths:
+    if root.exists() and not root.is_dir():
+        raise SkellabError(f"{root}: exists and is not a folder")
+    shapes: list[tuple[Path, Shape]] = []
+    for path in paths:  # load and validate every file before taking the lock or writing anything
         stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", Path(path).name.split(".")[0]) or "shape"
         shape_id = f"{organ}_{stem}" if label is None else f"{organ}_{stem}_label{label}"
-        if shape_id in taken:
-            raise SkellabError(f"{path}: a shape with id {shape_id!r} is already in {root}")
-        taken.add(shape_id)
+        if shape_id in {s.shape_id for _, s in shapes}:
+            raise SkellabError(f"{path}: gives the shape id {shape_id!r} a second time")
         try:
-            shapes.append(
-                load_shape_file(path, organ=organ, shape_id=shape_id, label=label,
-                                source=source or f"user:{Path(path).name}", license=license)
-            )
+            shapes.append((Path(path), load_shape_file(path, organ=organ, shape_id=shape_id, label=label,
+                                                       source=source or f"user:{Path(path).name}", license=license)))
         except SkellabError as exc:  # name the file, not only the shape id
             message = str(exc).replace(f"{shape_id}: ", "")
             raise SkellabError(message if Path(path).name in message else f"{Path(path).name}: {message}") from exc
-    cfg = SampleConfig.from_dict(existing["sample_config"]) if existing else SampleConfig()
     root.mkdir(parents=True, exist_ok=True)
-    records, failures = _run([("shape", s, s.shape_id) for s in shapes], root, cfg, workers, progress, "import")
-    if failures:
-        raise SkellabError(f"import failed: {failures[0]}")
-    medsdf.assign_folds(records)
-    old = existing["shapes"] if existing else []
-    name = existing["name"] if existing else "medsdf-user"
-    medsdf.write_manifest(root, old + records, name=name, sample_config=cfg.to_dict(),
-                          extra={k: v for k, v in (existing or {}).items() if k in ("preset", "skipped")})
+    with medsdf.dataset_lock(root):  # concurrent imports take turns; each re-reads the manifest under the lock
+        existing = medsdf.read_manifest(root) if (root / medsdf.MANIFEST).exists() else None
+        taken = {r["id"] for r in existing["shapes"]} if existing else set()
+        for path, shape in shapes:
+            if shape.shape_id in taken:
+                raise SkellabError(f"{path}: a shape with id {shape.shape_id!r} is already in {root}")
+        _clean_temps(root, everything=True)
+        cfg = (SampleConfig.from_dict(existing["sample_config"], where=f"{root / medsdf.MANIFEST}: sample_config")
+               if existing else SampleConfig())
+        specs = [("shape", s, s.shape_id) for _, s in shapes]
+        records, failures = _run(specs, root, cfg, workers, progress, "import")
+        if failures:
+            _cleanup(root)
+            raise SkellabError(f"import failed: {failures[0]}")
+        medsdf.assign_folds(records)
+        old = existing["shapes"] if existing else []
+        name = existing["name"] if existing else "medsdf-user"
+        medsdf.write_manifest(root, old + records, name=name, sample_config=cfg.to_dict(),
+                              extra={k: v for k, v in (existing or {}).items() if k in ("preset", "skipped")})
+        _cleanup(root)
     return [r["id"] for r in records]
-
-

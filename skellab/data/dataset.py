@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import SkellabError
-from .medsdf import MedSDF
+from .medsdf import MANIFEST, MedSDF
+from .sampling import SampleConfig
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class MedSDFDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._cache: dict[str, dict[str, np.ndarray]] | None = {} if cache else None
-        self._near_count = int(round(self.store.manifest["sample_config"]["near_samples"]))
+        sample_config = SampleConfig.from_dict(self.store.manifest["sample_config"],
+                                               where=f"{self.store.root / MANIFEST}: sample_config")
+        self._near_count = sample_config.near_samples
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -21,11 +21,14 @@ import os
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import trimesh
+from scipy import ndimage
+from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
-from ..runtime import atomic_path
+from ..runtime import atomic_path, check_regular_file
 from .shape import Shape
 
 MESH_SUFFIXES = (".stl", ".ply", ".obj", ".off", ".gii", ".gii.gz", ".wrl")
@@ -43,18 +46,22 @@ def file_suffix(path: str | os.PathLike) -> str:
 
 
 def _check_readable(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise SkellabError(f"{p}: file not found")
-    if not p.is_file():
-        raise SkellabError(f"{p}: not a regular file")
-    if p.stat().st_size == 0:
-        raise SkellabError(f"{p}: file is empty")
-    return p
+    """Existing, non-empty regular file (a FIFO or device is refused before anything reads it)."""
+    return check_regular_file(path, what="input")
 
 
 def _checked_arrays(vertices: np.ndarray, faces: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Common checks on what a reader produced; shapes (n, 3) float64 and (m, 3) int64."""
+    vertices, faces = np.asarray(vertices), np.asarray(faces)
+    if np.size(vertices) and (vertices.ndim != 2 or vertices.shape[1] != 3) and vertices.ndim != 1:
+        raise SkellabError(f"{path}: vertex array has shape {vertices.shape}; expected (n, 3) coordinates")
+    if np.size(faces) and (faces.ndim != 2 or faces.shape[1] != 3) and faces.ndim != 1:
+        raise SkellabError(f"{path}: face array has shape {faces.shape}; expected (m, 3) triangles")
+    if np.size(vertices) and vertices.dtype.kind not in "fiu":
+        raise SkellabError(f"{path}: vertex coordinates have dtype {vertices.dtype}; expected real numbers")
+    if np.size(faces) and (faces.dtype.kind not in "iu" and not (
+            faces.dtype.kind == "f" and np.all(np.isfinite(faces)) and np.all(faces == np.round(faces)))):
+        raise SkellabError(f"{path}: face indices have dtype {faces.dtype}; expected integers")
     v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3) if np.size(vertices) else np.zeros((0, 3))
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3) if np.size(faces) else np.zeros((0, 3), np.int64)
     if len(v) == 0:
@@ -135,8 +142,6 @@ def _check_stl_header(p: Path) -> None:
 
 
 def _load_gifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
     try:
         img = nib.load(str(p))
         v = img.agg_data("NIFTI_INTENT_POINTSET")
@@ -149,7 +154,14 @@ def _load_gifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise SkellabError(f"{p}: GIFTI file has no POINTSET array (not a surface)")
     if f is None or (isinstance(f, tuple) and not f):
         raise SkellabError(f"{p}: no faces found (GIFTI file has no TRIANGLE array)")
-    return np.asarray(v), np.asarray(f)
+    if isinstance(v, tuple) or isinstance(f, tuple):
+        raise SkellabError(f"{p}: GIFTI file holds several POINTSET or TRIANGLE arrays; expected one surface")
+    v, f = np.asarray(v), np.asarray(f)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise SkellabError(f"{p}: GIFTI POINTSET array has shape {v.shape}; expected (n, 3) coordinates")
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise SkellabError(f"{p}: GIFTI TRIANGLE array has shape {f.shape}; expected (m, 3) vertex indices")
+    return v, f
 
 
 # --- VRML 2.0 IndexedFaceSet ------------------------------------------------------------------
@@ -248,9 +260,6 @@ def label_volume_surface(
     the structure into pieces, only the piece enclosing the largest volume is kept.
     Returns (n, 3) float64 world vertices and (m, 3) int64 faces.
     """
-    from scipy import ndimage
-    from skimage.measure import marching_cubes
-
     mask = labels == int(label)
     if not mask.any():
         present = np.unique(labels)
@@ -300,8 +309,6 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, P
 
     Float volumes are accepted when every value is an integer (labels are often stored as float32).
     """
-    import nibabel as nib
-
     p = _check_readable(path)
     if file_suffix(p) not in VOLUME_SUFFIXES:
         raise SkellabError(f"{p}: unsupported label-volume extension {file_suffix(p)!r} (use .nii or .nii.gz)")

@@ -12,6 +12,14 @@ Each shape record in the manifest holds ``id``, ``class``, ``source``, ``license
 ``normalization`` (original units → normalised frame), mesh statistics and, for every
 file, its relative path and sha256. Files are written atomically (temp + rename)
 and the manifest last, so a folder without ``manifest.json`` is an unfinished build.
+
+A change to a dataset is a transaction: the writer holds ``DIR/.lock`` (``flock``; concurrent
+imports take turns), writes every new file without replacing any file the current manifest
+names (a rebuilt shape whose ``<id>.ply`` already holds other bytes goes to
+``<id>.<sha256[:12]>.ply``; readers always follow the manifest's paths), then swaps in the new
+manifest atomically, then deletes the files no manifest names. A writer killed at any moment
+leaves the previous dataset intact; its left-overs are removed by the next writer or by
+``skellab data check`` (:func:`find_orphans`). Readers need no lock.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,7 @@ import numpy as np
 import trimesh
 
 from ..errors import SkellabError
-from ..runtime import atomic_path
+from ..runtime import atomic_path, file_lock, is_temp_name
 from .shape import GroundTruthSkeleton, Normalization, Shape
 
 FORMAT = "medsdf"
@@ -38,6 +47,9 @@ SIGN_CONVENTION = "negative inside, positive outside"
 NUM_FOLDS = 5
 TEST_FOLD = 5
 MANIFEST = "manifest.json"
+SHARD_GLOB = "manifest.shard-*-of-*.json"
+LOCK = ".lock"
+DATA_FOLDERS = ("meshes", "samples")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -54,8 +66,30 @@ def _write_bytes(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _write_new_file(root: Path, rel: str, data: bytes) -> dict[str, str]:
+    """Write ``data`` under ``root/rel`` without touching a different file that is already there.
+
+    A rebuild must not change the bytes the current manifest points at (an interrupted
+    ``--overwrite`` would leave old manifest + new files): if ``rel`` holds other content, the
+    file goes to ``<stem>.<sha256[:12]><suffix>`` instead. Returns ``{"path", "sha256"}``.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / rel
+    if path.exists() and not (path.stat().st_size == len(data) and sha256_file(path) == digest):
+        rel = str(Path(rel).with_name(f"{Path(rel).stem}.{digest[:12]}{Path(rel).suffix}"))
+        path = root / rel
+        if path.exists() and sha256_file(path) == digest:
+            return {"path": rel, "sha256": digest}
+    _write_bytes(path, data)
+    return {"path": rel, "sha256": digest}
+
+
 def write_shape_files(root: str | os.PathLike, shape: Shape, samples: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Write one shape's mesh and arrays under ``root``; return its manifest record (no fold yet)."""
+    """Write one shape's mesh and arrays under ``root``; return its manifest record (no fold yet).
+
+    Files that differ from what is already at ``meshes/<id>.ply`` / ``samples/<id>.npz`` get a
+    content-hashed name, so files of the dataset's current manifest are never replaced.
+    """
     root = Path(root)
     arrays = dict(samples)
     if shape.skeleton is not None:
@@ -80,8 +114,8 @@ def write_shape_files(root: str | os.PathLike, shape: Shape, samples: dict[str, 
         "has_skeleton": shape.skeleton is not None,
         "meta": shape.meta,
         "files": {
-            "mesh": {"path": mesh_rel, "sha256": _write_bytes(root / mesh_rel, mesh_bytes)},
-            "samples": {"path": samples_rel, "sha256": _write_bytes(root / samples_rel, buf.getvalue())},
+            "mesh": _write_new_file(root, mesh_rel, mesh_bytes),
+            "samples": _write_new_file(root, samples_rel, buf.getvalue()),
         },
     }
 
@@ -145,7 +179,7 @@ def read_manifest(root: str | os.PathLike, filename: str = MANIFEST) -> dict[str
         raise SkellabError(f"{root}: no {filename} (not a MedSDF dataset, or an unfinished build)")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SkellabError(f"{path}: corrupt manifest ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SkellabError(f"{path}: not a MedSDF manifest")
@@ -156,14 +190,185 @@ def read_manifest(root: str | os.PathLike, filename: str = MANIFEST) -> dict[str
     shapes = manifest.get("shapes")
     if not isinstance(shapes, list):
         raise SkellabError(f"{path}: manifest has no shape list")
-    for rec in shapes:
-        try:
-            rec["id"], rec["class"], rec["files"]["mesh"]["sha256"], rec["files"]["samples"]["path"]
-            if filename == MANIFEST:
-                rec["fold"]
-        except (KeyError, TypeError) as exc:
-            raise SkellabError(f"{path}: malformed shape record {str(rec)[:80]}") from exc
+    if not isinstance(manifest.get("sample_config"), dict):
+        raise SkellabError(f"{path}: manifest field 'sample_config' is missing or not a mapping")
+    ids: set[str] = set()
+    for i, rec in enumerate(shapes):
+        check_record(rec, where=f"{path}: shape #{i}", fold_required=filename == MANIFEST)
+        if rec["id"] in ids:
+            raise SkellabError(f"{path}: duplicate shape id {rec['id']!r} (shape #{i})")
+        ids.add(rec["id"])
     return manifest
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _safe_rel_path(rel: Any) -> bool:
+    """A relative path that stays inside the dataset folder (no absolute paths, no ``..``)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return False
+    parts = Path(rel).parts
+    return not Path(rel).is_absolute() and ".." not in parts and len(parts) >= 1
+
+
+def check_record(rec: Any, *, where: str = "shape record", fold_required: bool = True) -> None:
+    """Check one manifest shape record; one-line SkellabError naming the record and the field.
+
+    Required: ``id`` (letters, digits, ``_ - .``), ``class``, ``source``, ``license`` (strings),
+    ``fold`` (int 1..5; optional in shard manifests), ``files.mesh`` and ``files.samples`` each
+    with a relative ``path`` inside the dataset and a 64-hex ``sha256``; optional
+    ``normalization`` {center: 3 numbers, scale > 0}, ``has_skeleton`` bool, ``meta`` mapping.
+    """
+    if not isinstance(rec, dict):
+        raise SkellabError(f"{where}: a shape record must be a mapping, got {type(rec).__name__}")
+    sid = rec.get("id")
+    if not isinstance(sid, str) or not _ID_RE.fullmatch(sid):
+        raise SkellabError(f"{where}: field 'id' must be a name of letters, digits, '_', '-' or '.', got {sid!r}")
+    where = f"{where} ({sid})"
+    for key in ("class", "source", "license"):
+        if key not in rec:
+            raise SkellabError(f"{where}: field {key!r} is missing")
+        if not isinstance(rec[key], str) or not rec[key]:
+            raise SkellabError(f"{where}: field {key!r} must be a non-empty string, got {rec[key]!r}")
+    if fold_required or rec.get("fold") is not None:
+        fold = rec.get("fold")
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= NUM_FOLDS:
+            raise SkellabError(f"{where}: field 'fold' must be an integer 1..{NUM_FOLDS}, got {fold!r}")
+    files = rec.get("files")
+    if not isinstance(files, dict):
+        raise SkellabError(f"{where}: field 'files' is missing or not a mapping")
+    for kind in ("mesh", "samples"):
+        entry = files.get(kind)
+        if not isinstance(entry, dict):
+            raise SkellabError(f"{where}: field 'files.{kind}' is missing or not a mapping")
+        if not _safe_rel_path(entry.get("path")):
+            raise SkellabError(f"{where}: field 'files.{kind}.path' must be a relative path inside the dataset, "
+                               f"got {entry.get('path')!r}")
+        if not isinstance(entry.get("sha256"), str) or not _SHA_RE.fullmatch(entry["sha256"]):
+            raise SkellabError(f"{where}: field 'files.{kind}.sha256' is missing or not 64 hex digits")
+    for kind, entry in files.items():
+        if kind not in ("mesh", "samples") and not (isinstance(entry, dict) and _safe_rel_path(entry.get("path"))
+                                                     and isinstance(entry.get("sha256"), str)):
+            raise SkellabError(f"{where}: field 'files.{kind}' must hold a relative 'path' and a 'sha256'")
+    if "normalization" in rec:
+        norm = rec["normalization"]
+        ok = isinstance(norm, dict) and isinstance(norm.get("center"), list) and len(norm["center"]) == 3 and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and np.isfinite(c) for c in norm["center"]
+        ) and isinstance(norm.get("scale"), (int, float)) and not isinstance(norm.get("scale"), bool) and (
+            np.isfinite(norm["scale"]) and norm["scale"] > 0)
+        if not ok:
+            raise SkellabError(f"{where}: field 'normalization' must be {{center: 3 numbers, scale > 0}}")
+    if "has_skeleton" in rec and not isinstance(rec["has_skeleton"], bool):
+        raise SkellabError(f"{where}: field 'has_skeleton' must be true or false, got {rec['has_skeleton']!r}")
+    if "meta" in rec and not isinstance(rec["meta"], dict):
+        raise SkellabError(f"{where}: field 'meta' must be a mapping")
+
+
+# what every samples/<id>.npz holds: name → (trailing shape, group); group ties first dims together
+SAMPLE_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
+    "surface_points": ((3,), "surface"),
+    "surface_normals": ((3,), "surface"),
+    "sdf_points": ((3,), "sdf"),
+    "sdf_values": ((), "sdf"),
+}
+SKELETON_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
+    "skeleton_centers": ((3,), "skeleton"),
+    "skeleton_radii": ((), "skeleton"),
+    "skeleton_edges": ((2,), "edges"),
+}
+
+
+def check_sample_arrays(arrays: dict[str, np.ndarray], *, where: str, has_skeleton: bool = False) -> None:
+    """Check the arrays of a sample archive: keys, dtypes (real floats; int edges), shapes, finiteness.
+
+    surface_points, surface_normals (N, 3) · sdf_points (M, 3), sdf_values (M,) · with a skeleton:
+    skeleton_centers (S, 3), skeleton_radii (S,), skeleton_edges (E, 2) int in 0..S-1 · optional
+    sdf_grid (R, R, R). One-line SkellabError naming the array.
+    """
+    spec = dict(SAMPLE_ARRAYS, **(SKELETON_ARRAYS if has_skeleton else {}))
+    sizes: dict[str, int] = {}
+    for key, (tail, group) in spec.items():
+        if key not in arrays:
+            raise SkellabError(f"{where}: sample archive lacks the array {key!r}")
+        a = arrays[key]
+        want_int = key == "skeleton_edges"
+        kind_ok = a.dtype.kind in "iu" if want_int else a.dtype.kind == "f"
+        if not kind_ok:
+            raise SkellabError(f"{where}: array {key!r} has dtype {a.dtype}, expected {'integers' if want_int else 'real floats'}")
+        if a.ndim != 1 + len(tail) or tuple(a.shape[1:]) != tail:
+            shape = "(n, " + ", ".join(map(str, tail)) + ")" if tail else "(n,)"
+            raise SkellabError(f"{where}: array {key!r} has shape {a.shape}, expected {shape}")
+        if group in sizes and sizes[group] != len(a):
+            raise SkellabError(f"{where}: array {key!r} has {len(a)} rows, its companion arrays {sizes[group]}")
+        sizes[group] = len(a)
+        if not want_int and not np.isfinite(a).all():
+            raise SkellabError(f"{where}: array {key!r} contains NaN or infinite values")
+    if sizes.get("surface", 0) == 0 or sizes.get("sdf", 0) == 0:
+        raise SkellabError(f"{where}: sample archive holds no surface points or no SDF samples")
+    if has_skeleton:
+        e = arrays["skeleton_edges"]
+        if e.size and (e.min() < 0 or e.max() >= sizes["skeleton"]):
+            raise SkellabError(f"{where}: array 'skeleton_edges' indexes outside its {sizes['skeleton']} spheres")
+    if "sdf_grid" in arrays:
+        g = arrays["sdf_grid"]
+        if g.dtype.kind != "f" or g.ndim != 3 or len(set(g.shape)) != 1:
+            raise SkellabError(f"{where}: array 'sdf_grid' has shape {g.shape} / dtype {g.dtype}, expected (R, R, R) floats")
+
+
+def dataset_lock(root: str | os.PathLike, *, shared: bool = False, timeout: float | None = None):
+    """The writer lock of a dataset folder (``DIR/.lock``; see :func:`skellab.runtime.file_lock`).
+
+    Whoever changes ``manifest.json`` holds it exclusively for the whole change; shard builds
+    hold it shared (they write only their own shard manifest).
+    """
+    return file_lock(Path(root) / LOCK, shared=shared, timeout=timeout, what=str(root))
+
+
+def referenced_files(root: str | os.PathLike) -> set[str]:
+    """Relative paths named by ``manifest.json`` and every shard manifest in ``root`` (readable ones)."""
+    root = Path(root)
+    names = [MANIFEST] if (root / MANIFEST).is_file() else []
+    names += sorted(p.name for p in root.glob(SHARD_GLOB))
+    out: set[str] = set()
+    for name in names:
+        for rec in read_manifest(root, name)["shapes"]:
+            out.update(str(Path(e["path"])) for e in rec["files"].values())
+    return out
+
+
+def find_orphans(root: str | os.PathLike) -> list[Path]:
+    """Files under ``meshes/`` and ``samples/`` that no manifest names, and left-over temp files.
+
+    They come from interrupted builds and imports (files are written before the manifest). Only
+    meaningful under the exclusive :func:`dataset_lock`: a running writer's new files look the same.
+    """
+    root = Path(root)
+    keep = referenced_files(root)
+    orphans = []
+    for sub in DATA_FOLDERS:
+        folder = root / sub
+        if folder.is_dir():
+            orphans += [p for p in sorted(folder.iterdir())
+                        if (p.is_file() or p.is_symlink()) and str(p.relative_to(root)) not in keep]
+    orphans += [p for p in sorted(root.glob(".*.tmp*")) if p.is_file() and is_temp_name(p.name)]
+    return orphans
+
+
+def remove_orphans(root: str | os.PathLike, *, locked: bool = False) -> list[Path]:
+    """Delete :func:`find_orphans` (taking the exclusive dataset lock unless ``locked``); return them."""
+    if not locked:
+        with dataset_lock(root):
+            return remove_orphans(root, locked=True)
+    removed = []
+    for p in find_orphans(root):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 @dataclass
@@ -239,15 +444,24 @@ class MedSDF:
         path = self._path(shape_id, "samples")
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise SkellabError(f"{path}: unreadable sample archive ({exc})") from exc
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError) as exc:
+            raise SkellabError(f"{path}: unreadable sample archive ({exc.__class__.__name__}: {exc})") from exc
+        except Exception as exc:  # noqa: BLE001  (zipfile.BadZipFile and friends: all mean "unreadable")
+            raise SkellabError(f"{path}: unreadable sample archive ({exc.__class__.__name__})") from exc
+        check_sample_arrays(arrays, where=str(path), has_skeleton=bool(self.record(shape_id).get("has_skeleton")))
+        return arrays
 
     def shape(self, shape_id: str) -> Shape:
         """The stored mesh as a :class:`Shape` (normalised frame, original normalisation kept)."""
         rec = self.record(shape_id)
         path = self._path(shape_id, "mesh")
-        mesh = trimesh.load(path, force="mesh", process=False)
+        try:
+            mesh = trimesh.load(path, force="mesh", process=False)
+        except Exception as exc:  # noqa: BLE001  (trimesh raises many types for corrupt files)
+            raise SkellabError(f"{path}: unreadable mesh ({exc.__class__.__name__})") from exc
+        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+            raise SkellabError(f"{path}: stored mesh has no faces")
         skeleton = None
         if rec.get("has_skeleton"):
             s = self.samples(shape_id)
@@ -268,13 +482,18 @@ class MedSDF:
         )
 
     def verify_all(self) -> int:
-        """Check every file's sha256; return the number of files checked."""
+        """Check every file's sha256 and every sample archive's arrays; return the number of files checked."""
         n = 0
         for rec in self.records:
             for kind in rec["files"]:
                 self._path(rec["id"], kind)
                 n += 1
+            self.samples(rec["id"])
         return n
+
+    def orphans(self) -> list[Path]:
+        """Files in the folder that no manifest names (see :func:`find_orphans`)."""
+        return find_orphans(self.root)
 
     def summary(self) -> dict[str, Any]:
         recs = self.records
@@ -288,4 +507,11 @@ class MedSDF:
             "sources": dict(sorted(Counter(r["source"].split(":")[0] for r in recs).items())),
             "folds": dict(sorted(Counter(r["fold"] for r in recs).items())),
             "licenses": dict(sorted(Counter(r["license"] for r in recs).items())),
+            "orphaned_files": self._orphan_count(),
         }
+
+    def _orphan_count(self) -> int | None:
+        try:
+            return len(self.orphans())
+        except (SkellabError, OSError):  # an unreadable shard manifest: nothing can be called an orphan
+            return None

@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
 from ..runtime import numpy_rng
@@ -156,15 +159,18 @@ def _airway_tree(rng, con: Construction) -> None:
         level = nxt
 
 
+_COLON_LAYOUT = np.array(
+    [[-55, 0, -50], [-62, 0, -10], [-60, 0, 30], [-45, 5, 60], [-15, 25, 45], [20, 25, 48], [50, 5, 66],
+     [68, 0, 45], [68, 0, 5], [62, 0, -30], [52, 8, -68], [22, 18, -72], [2, 5, -60], [-6, -12, -80],
+     [0, -20, -110]], dtype=np.float64)  # fmt: skip  — colon control polygon (nominal mm), shared with detail.py
+
+
 def _colon(rng, con: Construction) -> None:
     """Cecum → ascending → transverse → descending → sigmoid → rectum, with haustra."""
     s, radius = rng.uniform(1.5, 1.7), rng.uniform(14.0, 16.0)
     wavelength, amplitude = rng.uniform(25, 35), rng.uniform(0.03, 0.07)
     con.params.update(scale=s, radius=radius, haustra_wavelength=wavelength, haustra_amplitude=amplitude)
-    layout = np.array(
-        [[-55, 0, -50], [-62, 0, -10], [-60, 0, 30], [-45, 5, 60], [-15, 25, 45], [20, 25, 48], [50, 5, 66],
-         [68, 0, 45], [68, 0, 5], [62, 0, -30], [52, 8, -68], [22, 18, -72], [2, 5, -60], [-6, -12, -80],
-         [0, -20, -110]], dtype=np.float64)  # fmt: skip
+    layout = _COLON_LAYOUT
     axis = bspline(s * layout + rng.uniform(-5, 5, layout.shape), samples=600)
     total = arc_length(axis)[-1]
 
@@ -308,9 +314,25 @@ _BUILDERS: dict[str, Callable[[np.random.Generator, Construction], None]] = {
 }
 
 
+#: families built by other modules, registered with :func:`register_family` (``skellab.data.detail``
+#: registers its detailed and thin-walled families when ``skellab.data`` is imported)
+_REGISTERED: dict[str, tuple[Callable[..., Shape], Callable[..., Callable[[np.ndarray], np.ndarray]]]] = {}
+
+
+def register_family(name: str, make: Callable[..., Shape], sdf: Callable[..., Callable[[np.ndarray], np.ndarray]]) -> None:
+    """Make ``make_shape(name, seed)`` / ``analytic_sdf(name, seed)`` build a family defined elsewhere."""
+    if name in FAMILIES:
+        raise SkellabError(f"procedural family {name!r} already exists")
+    _REGISTERED[name] = (make, sdf)
+
+
+def _all_families() -> tuple[str, ...]:
+    return FAMILIES + tuple(_REGISTERED)
+
+
 def _construct(family: str, seed: int) -> tuple[Composite, Construction, int]:
     if family not in FAMILIES:
-        raise SkellabError(f"unknown procedural family {family!r}; valid families: {', '.join(FAMILIES)}")
+        raise SkellabError(f"unknown procedural family {family!r}; valid families: {', '.join(_all_families())}")
     rng = numpy_rng(seed)
     build = _BUILDERS[family]
     for attempt in range(_MAX_ATTEMPTS):
@@ -329,14 +351,15 @@ def analytic_sdf(family: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     Returns a function mapping points (n, 3) in the construction frame (nominal mm) to
     signed distance (n,), negative inside. For normalised-frame points ``q`` of a shape
     ``s`` use ``sdf(s.normalization.invert(q)) / s.normalization.scale``.
+    Detail families (:mod:`skellab.data.detail`) return their 1-Lipschitz, exact-sign field.
     """
+    if family in _REGISTERED:
+        return _REGISTERED[family][1](family, seed)
     return _construct(family, seed)[0]
 
 
 def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Marching cubes of the composite on a grid fitted to its box → (vertices, faces, grid info)."""
-    from skimage.measure import marching_cubes
-
     lo, hi = sdf.bounds()
     voxel = float((hi - lo).max()) / (config.resolution - 1 - 2 * config.margin_voxels)
     block = 16
@@ -356,9 +379,6 @@ def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndar
 
 
 def _largest_component(faces: np.ndarray, n_verts: int) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
     cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_verts, n_verts))
@@ -416,7 +436,11 @@ def make_shape(family: str, seed: int, *, config: ProceduralConfig = ProceduralC
     construction frame (nominal mm) to it, and ``skeleton`` (normalised frame) has sample
     spacing <= ``config.skeleton_step``. ``meta`` records the drawn parameters, the
     skeleton kind (``"medial_curve"`` or ``"construction"``), the grid and the genus.
+    The detail families of :mod:`skellab.data.detail` (:data:`~skellab.data.detail.DETAIL_FAMILIES`)
+    are built by :func:`~skellab.data.detail.make_detail_shape` (their own config).
     """
+    if family in _REGISTERED:
+        return _REGISTERED[family][0](family, seed)
     sdf, con, attempts = _construct(family, seed)
     verts, faces, grid = _mesh(sdf, config)
     scale = Normalization.fit(verts).scale

@@ -23,6 +23,7 @@ import numpy as np
 import trimesh
 
 from ..errors import SkellabError
+from ..schema import validate_config
 from .shape import Shape
 
 
@@ -53,10 +54,12 @@ class SampleConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SampleConfig":
-        d = dict(d)
-        d["near_sigmas"] = tuple(d.get("near_sigmas", cls.near_sigmas))
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, where: str = "sample_config") -> "SampleConfig":
+        """Rebuild from :meth:`to_dict` output (e.g. a manifest's), checking every field's type and range."""
+        limit = (0, 10_000_000)  # samples per shape: beyond this one shape's arrays outgrow memory
+        return validate_config(cls, d, where=where, ranges={
+            "surface_points": limit, "near_samples": limit, "uniform_samples": limit, "near_sigmas": (0, 10),
+            "box": (0.5, 100), "grid_resolution": (0, 512)})
 
 
 def to_paper_sign(sdf: np.ndarray) -> np.ndarray:

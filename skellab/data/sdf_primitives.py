@@ -31,6 +31,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
+from scipy.interpolate import BSpline, CubicSpline
 
 from ..errors import SkellabError
 
@@ -313,8 +314,6 @@ def resample(points: np.ndarray, spacing: float, *, closed: bool = False) -> np.
 
 def spline(controls: np.ndarray, *, samples: int = 256, closed: bool = False) -> np.ndarray:
     """Cubic spline through control points (k, 3), chord-length parametrised → (samples, 3)."""
-    from scipy.interpolate import CubicSpline
-
     c = np.asarray(controls, dtype=np.float64)
     if closed:
         c = np.concatenate([c, c[:1]])
@@ -336,8 +335,6 @@ def bspline(controls: np.ndarray, *, samples: int = 256) -> np.ndarray:
     It starts and ends at the first and last control points and, unlike an interpolating
     spline, stays smooth (no overshoot) when the control polygon turns sharply.
     """
-    from scipy.interpolate import BSpline
-
     c = np.asarray(controls, dtype=np.float64)
     knots = np.concatenate([[0.0] * 3, np.linspace(0.0, 1.0, len(c) - 2), [1.0] * 3])
     return BSpline(knots, c, 3)(np.linspace(0.0, 1.0, samples))

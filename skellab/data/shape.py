@@ -192,12 +192,33 @@ def validate_mesh(
         raise SkellabError(f"{name}: vertices contain NaN or infinite coordinates")
     if f.min() < 0 or f.max() >= len(v):
         raise SkellabError(f"{name}: face indices out of range for {len(v)} vertices")
-    mesh = trimesh.Trimesh(vertices=v.astype(np.float64), faces=f.astype(np.int64), process=repair)
+    # work in a unit frame: trimesh's merge and degeneracy tolerances are absolute (1e-8), so a
+    # valid mesh at 1e12 or 1e-12 scale, or offset by 1e11, would otherwise fall apart
+    v = v.astype(np.float64)
+    used = v[np.unique(f)]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    center = (lo + hi) / 2
+    extent = float(np.abs(used - center).max())
+    if not np.isfinite(extent) or extent <= 0:
+        far = float(np.abs(center).max()) if np.isfinite(center).all() else 0.0
+        hint = (f" at coordinates near {far:.3g}: a file storing 32-bit coordinates that far from the origin "
+                "cannot resolve a small shape; move it towards the origin") if far > 1e4 else ""
+        raise SkellabError(f"{name}: all vertices of the mesh coincide (zero extent){hint}")
+    # exact for ordinary meshes: a power-of-two scale, and a shift only when the offset dwarfs the extent
+    unit = float(2.0 ** np.round(np.log2(extent)))
+    shift = center if float(np.abs(center).max()) > 1e3 * extent else np.zeros(3)
+    mesh = trimesh.Trimesh(vertices=(v - shift) / unit, faces=f.astype(np.int64), process=repair)
     if repair:
         mesh.update_faces(mesh.nondegenerate_faces())
         mesh.update_faces(mesh.unique_faces())
         mesh.remove_unreferenced_vertices()
     if len(mesh.faces) == 0:
+        offset = float(np.abs(center).max())
+        if offset > 1e5 * extent:
+            raise SkellabError(
+                f"{name}: mesh has no non-degenerate faces: its extent {extent:.3g} is too small for the "
+                f"precision of coordinates near {offset:.3g}; move the mesh towards the origin"
+            )
         raise SkellabError(f"{name}: mesh has no non-degenerate faces")
     if not mesh.is_watertight:
         raise SkellabError(
@@ -205,9 +226,10 @@ def validate_mesh(
         )
     if not mesh.is_winding_consistent:
         trimesh.repair.fix_winding(mesh)
-    volume = mesh.volume
+    volume = mesh.volume  # unit frame
     if not np.isfinite(volume) or abs(volume) < 1e-12 * max(mesh.scale, 1e-12) ** 3:
         raise SkellabError(f"{name}: mesh encloses zero volume")
     if volume < 0:
         mesh.invert()
+    mesh.vertices = mesh.vertices * unit + shift  # back to the input's units
     return mesh

@@ -1,13 +1,21 @@
-"""Latent diffusion over skeletal token sets (METHOD §6): schedulers, denoiser, sampling, training.
+"""Latent diffusion over skeletal token sets (METHOD §6): schedulers, denoiser, sampling, checkpoints.
 
-Typical use::
+Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :func:`skellab.train.train_diffusion`)::
 
-    from skellab.diffusion import DenoiserConfig, train_diffusion, save_diffusion, load_diffusion
-    diffusion, history = train_diffusion(latents, class_index, config=DenoiserConfig.tiny(num_classes=2))
-    tokens = diffusion.sample(8, class_index=0, guidance=2.0, generator=make_generator(0))  # (8, K, D)
+    from skellab.diffusion import load_diffusion
+    diffusion = load_diffusion()                    # the shipped model (skellab/weights/diffusion.pt)
+    tokens = diffusion.sample(8, class_index="kidney", guidance=2.0, generator=make_generator(0))  # (8, K, D)
 """
 
 from .denoiser import DenoiserConfig, TokenDenoiser, timestep_embedding
+from .inpainting import inpaint_latents
+from .model import (
+    CHECKPOINT_FORMAT,
+    LatentDiffusion,
+    diffusion_payload,
+    load_diffusion,
+    save_diffusion,
+)
 from .sampling import LatentNormalizer, guided_output, sample_latents
 from .schedulers import (
     BETA_SCHEDULES,
@@ -19,15 +27,7 @@ from .schedulers import (
     SchedulerOutput,
     make_scheduler,
 )
-from .train import (
-    CHECKPOINT_FORMAT,
-    LatentDiffusion,
-    fit_denoiser,
-    load_diffusion,
-    make_synthetic_latents,
-    save_diffusion,
-    train_diffusion,
-)
+from .synthetic import make_synthetic_latents
 
 __all__ = [
     "EDMScheduler",
@@ -44,10 +44,10 @@ __all__ = [
     "LatentNormalizer",
     "sample_latents",
     "guided_output",
+    "inpaint_latents",
     "CHECKPOINT_FORMAT",
     "LatentDiffusion",
-    "train_diffusion",
-    "fit_denoiser",
+    "diffusion_payload",
     "save_diffusion",
     "load_diffusion",
     "make_synthetic_latents",

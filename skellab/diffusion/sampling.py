@@ -80,6 +80,17 @@ class LatentNormalizer:
         return cls(mean, std)
 
 
+def batch_classes(class_index: int | torch.Tensor | None, num: int, device: torch.device) -> torch.Tensor | None:
+    """One class for all ``num`` samples (int or 1 value) or one each ((num,)) → (num,) int64 on ``device``."""
+    if class_index is None:
+        return None
+    ci = torch.as_tensor(class_index, dtype=torch.long, device=device).reshape(-1)
+    ci = ci.expand(num).clone() if ci.numel() == 1 else ci
+    if ci.shape[0] != num:
+        raise SkellabError(f"class_index has {ci.shape[0]} entries for num={num}")
+    return ci
+
+
 def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None,
                   guidance: float) -> torch.Tensor:
     """Classifier-free-guided network output: uncond + w·(cond − uncond), (B, K, D).
@@ -130,11 +141,7 @@ def sample_latents(
         raise SkellabError(f"guidance must be >= 0, got {guidance}")
     dev = torch.device(device) if device is not None else next(denoiser.parameters()).device
     dim = denoiser.config.token_dim
-    if class_index is not None:
-        class_index = torch.as_tensor(class_index, dtype=torch.long, device=dev).reshape(-1)
-        class_index = class_index.expand(num).clone() if class_index.numel() == 1 else class_index
-        if class_index.shape[0] != num:
-            raise SkellabError(f"class_index has {class_index.shape[0]} entries for num={num}")
+    class_index = batch_classes(class_index, num, dev)
     was_training = denoiser.training
     denoiser.eval()
 

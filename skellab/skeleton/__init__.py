@@ -9,7 +9,7 @@ Methods (``skeletonize(..., method=...)``):
 * ``"learned"`` — Point2Skeleton-style network (:mod:`skellab.skeleton.learned`).
 * ``"thinning"`` — voxel thinning baseline (:mod:`skellab.skeleton.thinning`).
 
-Submodules are imported lazily by the dispatcher; importing this package is cheap.
+The dispatcher :func:`skeletonize` picks the method; each lives in its own module.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ import torch
 
 from ..errors import SkellabError
 from ..runtime import resolve_device
+from .contraction import ContractionConfig, contract
+from .graph import skeleton_edges
+from .learned import skeletonize_learned
+from .medial import MedialConfig, medial_spheres
+from .ops import estimate_normals
+from .thinning import skeletonize_thinning
 from .types import Skeleton
 
 __all__ = ["METHODS", "Skeleton", "skeletonize", "check_points"]
@@ -38,7 +44,11 @@ def check_points(points: Any, *, k: int, name: str = "points") -> torch.Tensor:
     """
     if isinstance(points, torch.Tensor):
         x = points
+        if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+            raise SkellabError(f"{name} must hold real coordinates, got dtype {x.dtype}")
     else:
+        if np.iscomplexobj(points):
+            raise SkellabError(f"{name} must hold real coordinates, got complex values")
         try:
             x = torch.as_tensor(np.asarray(points, dtype=np.float32))
         except (TypeError, ValueError) as exc:
@@ -101,9 +111,6 @@ def skeletonize(
     start = time.perf_counter()
 
     if method == "medial":
-        from .medial import MedialConfig, medial_spheres
-        from .ops import estimate_normals
-
         if normals is None:
             n = torch.stack([estimate_normals(xi) for xi in x])
         else:
@@ -118,19 +125,13 @@ def skeletonize(
         if min(info["converged"]) < 0.5 * info["balls"]:
             raise SkellabError("most medial balls never closed: are the normals pointing outward?")
     elif method == "contraction":
-        from .contraction import ContractionConfig, contract
-
         centers, radii, info = contract(x, k=k, config=config or ContractionConfig(), generator=generator)
     elif method == "learned":  # fixed-K network; ``config`` is a checkpoint path or model (None: shipped)
-        from .learned import skeletonize_learned
-
         result = skeletonize_learned(x, k=k, checkpoint=config, device=dev, generator=generator)
         centers = torch.stack([s.centers for s in result]).to(dev)
         radii = torch.stack([s.radii for s in result]).to(dev)
         info = dict(result[0].meta)
     else:  # thinning works on a closed mesh, one shape at a time
-        from .thinning import skeletonize_thinning
-
         if mesh is None:
             raise SkellabError("method 'thinning' needs mesh= (a closed triangle mesh), not only points")
         if x.shape[0] != 1:
@@ -138,7 +139,6 @@ def skeletonize(
         return skeletonize_thinning(mesh, k=k, config=config, generator=generator)
 
     elapsed_ms = 1e3 * (time.perf_counter() - start)
-    from .graph import skeleton_edges
 
     out = []
     for b in range(x.shape[0]):

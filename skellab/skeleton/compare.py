@@ -45,16 +45,3 @@ def compare_methods(shape: Shape, *, methods: Sequence[str] = METHODS, k: int = 
         rows.append({"shape": shape.shape_id, "organ": shape.organ, "method": method,
                      "ms": elapsed, **metrics})
     return rows
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 3) -> str:
-    """Plain-text table of ``rows`` (dicts); numbers rounded to ``digits``."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-    table = [columns] + [[cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

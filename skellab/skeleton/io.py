@@ -7,11 +7,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
+from ..data.io import load_mesh
+from ..data.shape import Normalization, validate_mesh
 from ..errors import SkellabError
+from ..runtime import check_regular_file, check_seed
+from . import skeletonize
 from .types import Skeleton
 
 POINT_CLOUD_SUFFIXES = (".npy", ".ply")
+
+
+def _subsample(points: np.ndarray, normals: np.ndarray | None, num_points: int, seed: int):
+    """At most ``num_points`` rows, drawn without replacement by a generator seeded with ``seed``
+    (clouds are subsampled like meshes are sampled: the cost of skeletonizing stays bounded)."""
+    if len(points) <= num_points:
+        return np.asarray(points, dtype=np.float64), None if normals is None else np.asarray(normals, np.float64)
+    idx = np.sort(np.random.default_rng(seed).choice(len(points), size=num_points, replace=False))
+    return (np.asarray(points[idx], dtype=np.float64),
+            None if normals is None else np.asarray(normals[idx], dtype=np.float64))
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An (N, 3) or (N, 6) real array from a ``.npy`` file, memory-mapped (read lazily)."""
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise SkellabError(f"{path}: not a readable .npy array ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray):
+        raise SkellabError(f"{path}: not a .npy array (an .npz archive?)")
+    if arr.dtype.kind == "c":
+        raise SkellabError(f"{path}: complex-valued array (dtype {arr.dtype}); expected real coordinates")
+    if arr.dtype.kind not in "fiu":
+        raise SkellabError(f"{path}: array of dtype {arr.dtype} holds no coordinates; expected real numbers")
+    if arr.ndim != 2 or arr.shape[1] not in (3, 6):
+        raise SkellabError(f"{path}: expected an (N, 3) or (N, 6) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise SkellabError(f"{path}: point cloud is empty (0 points)")
+    return arr
 
 
 def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: int = 0):
@@ -19,35 +53,34 @@ def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: i
 
     Meshes are sampled area-uniformly (``num_points`` points with face normals);
     ``.npy`` holds (N, 3) points or (N, 6) points + normals; a ``.ply`` without faces
-    is read as a point cloud. Coordinates are returned as given (input units).
+    is read as a point cloud. Clouds of more than ``num_points`` points are subsampled to
+    ``num_points`` (seeded), so memory and time do not grow with the file. Coordinates are
+    returned as given (input units). FIFOs, devices, empty, complex or non-numeric arrays
+    → one-line SkellabError.
     """
-    import trimesh
-
-    from ..data.io import load_mesh
-    from ..data.shape import validate_mesh
 
     path = Path(path)
+    seed = check_seed(seed)
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points <= 0:
+        raise SkellabError(f"num_points must be a positive integer, got {num_points!r}")
     if not path.exists():
         raise SkellabError(f"input file not found: {path}")
+    check_regular_file(path, what="input")
     if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise SkellabError(f"{path}: not a readable .npy array ({exc})") from exc
-        if arr.ndim != 2 or arr.shape[1] not in (3, 6):
-            raise SkellabError(f"{path}: expected an (N, 3) or (N, 6) array, got shape {arr.shape}")
-        arr = arr.astype(np.float64)
-        return arr[:, :3], (arr[:, 3:] if arr.shape[1] == 6 else None), None
+        arr = _read_npy(path)
+        return _subsample(arr[:, :3], arr[:, 3:] if arr.shape[1] == 6 else None, num_points, seed) + (None,)
     if path.suffix.lower() == ".ply":
         try:
             cloud = trimesh.load(path, process=False)
         except Exception as exc:  # trimesh raises many types for corrupt files
             raise SkellabError(f"{path}: unreadable PLY ({exc.__class__.__name__})") from exc
         if isinstance(cloud, trimesh.PointCloud):
-            pts = np.asarray(cloud.vertices, dtype=np.float64)
+            pts = np.asarray(cloud.vertices)
             if len(pts) == 0:
                 raise SkellabError(f"{path}: point cloud is empty")
-            return pts, None, None
+            if pts.ndim != 2 or pts.shape[1] != 3:
+                raise SkellabError(f"{path}: expected (N, 3) points, got shape {pts.shape}")
+            return _subsample(pts, None, num_points, seed) + (None,)
     vertices, faces = load_mesh(path)
     mesh = validate_mesh(vertices, faces, name=path.name)
     pts, face_idx = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
@@ -63,9 +96,7 @@ def skeletonize_file(
     The input is normalised (bbox centre → 0, max |coordinate| → 1) for the method,
     and centres/radii are mapped back, so the skeleton overlays the user's mesh.
     """
-    from ..data.shape import Normalization
-    from . import skeletonize
-
+    seed = check_seed(seed, "--seed")
     points, normals, mesh = load_point_input(path, num_points=num_points, seed=seed)
     if not np.isfinite(points).all():
         raise SkellabError(f"{path}: points contain NaN or infinite coordinates")
@@ -76,6 +107,6 @@ def skeletonize_file(
     if mesh is not None:
         mesh_n = mesh.copy()
         mesh_n.vertices = norm.apply(mesh.vertices)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     skel = skeletonize(p, n, method=method, k=k, generator=gen, device=device, mesh=mesh_n)
     return skel.to("cpu").transformed(norm.center, norm.scale)

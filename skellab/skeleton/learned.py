@@ -36,7 +36,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +46,13 @@ import torch.nn.functional as F
 from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
+from ..weights import weights_path
 from .ops import farthest_point_sampling, gather, knn, pairwise_sq_dist
 from .types import Skeleton
 
 CHECKPOINT_FORMAT = "skellab.learned_skeleton/1"
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "skeleton_learned.pt"
+#: optimisation fields that older checkpoints stored in the model config (now :class:`skellab.train.EngineConfig`)
+LEGACY_FIELDS = ("lr", "steps", "batch_size", "grad_clip")
 SPHERE_DIRECTIONS = tuple((x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1))  # × 1/√3
 
 
@@ -67,26 +69,16 @@ class LearnedSkeletonConfig:
     weight_p2s: float = 0.3  # weight of the point-to-sphere loss
     weight_radius: float = 0.4  # weight of the radius loss (−mean r)
     weight_inside: float = 1.0  # weight of the inside loss (needs training normals; 0 = paper)
-    lr: float = 2e-3  # Adam learning rate (cosine-decayed to 5% over ``steps``)
-    steps: int = 1000  # optimisation steps
-    batch_size: int = 2  # clouds per step
-    grad_clip: float = 1.0  # max global gradient norm
     augment_rotation: bool = True  # random rotation of each training cloud (then re-normalised)
 
     def __post_init__(self) -> None:
         if self.radius_mode not in ("clearance", "point2skeleton"):
             raise SkellabError(f"radius_mode must be 'clearance' or 'point2skeleton', got {self.radius_mode!r}")
-        for name in ("k", "num_points", "width", "knn", "steps", "batch_size"):
+        for name in ("k", "num_points", "width", "knn"):
             if int(getattr(self, name)) < 1:
                 raise SkellabError(f"LearnedSkeletonConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.knn >= self.num_points:
             raise SkellabError(f"knn ({self.knn}) must be smaller than num_points ({self.num_points})")
-
-
-def tiny_config(**overrides: Any) -> LearnedSkeletonConfig:
-    """A seconds-fast preset for tests and CI (K=32, N=256, width 16)."""
-    base = dict(k=32, num_points=256, width=16, knn=8, steps=30, batch_size=2)
-    return LearnedSkeletonConfig(**{**base, **overrides})
 
 
 class EdgeConv(nn.Module):
@@ -225,72 +217,6 @@ def renormalize(points: torch.Tensor) -> torch.Tensor:
     return centred / centred.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
-def training_clouds(shapes: Sequence[Any], *, num_points: int, seed: int) -> torch.Tensor:
-    """Oriented surface samples (S, num_points, 6) float32 from Shapes or trimeshes: xyz, outward normal.
-
-    Shape ``i`` is sampled with seed ``seed + i``; pass clouds with more points than the
-    model's ``num_points`` so that :func:`train_learned` draws a fresh subset every step.
-    """
-    from ..data.sampling import sample_surface  # imported here: data depends on trimesh/igl
-
-    if len(shapes) == 0:
-        raise SkellabError("training_clouds needs at least one shape")
-    samples = [np.concatenate(sample_surface(s, num_points, seed=seed + i), axis=1) for i, s in enumerate(shapes)]
-    return torch.from_numpy(np.stack(samples))
-
-
-def train_learned(
-    data: torch.Tensor | np.ndarray | Callable[[int, torch.Generator], torch.Tensor],
-    *,
-    config: LearnedSkeletonConfig | None = None,
-    generator: torch.Generator,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-    model: PointSkeletonNet | None = None,
-    on_step: Callable[[int, PointSkeletonNet, dict[str, list[float]]], None] | None = None,
-) -> tuple[PointSkeletonNet, dict[str, list[float]]]:
-    """Train a :class:`PointSkeletonNet` on surface point clouds (self-supervised).
-
-    data : training clouds (S, N0, 3) in the normalised frame with N0 ≥ ``num_points``, or
-        (S, N0, 6) with outward unit normals in channels 3:6 (enables the inside loss); each
-        step draws ``batch_size`` clouds and a random ``num_points`` subset of each. Or a
-        function ``(step, generator) -> (B, num_points, 3 or 6)`` producing batches.
-    generator : a CPU ``torch.Generator``; it drives batch sampling, augmentation and init.
-    model : continue training this model (architecture fields must match ``config``).
-    on_step : called as ``on_step(step, model, history)`` after every step (live plots,
-        periodic checkpoints); the model is in train mode while it runs.
-    returns : the trained model (eval mode, on ``device``) and a history of per-step losses
-        ``{"total", "sample", "p2s", "radius", "inside"}`` (lists of floats) plus ``"seconds"``.
-    """
-    from ..train.engine import EngineConfig, fit
-    from ..train.tasks import CloudSkeletonTask
-
-    cfg = config or (model.config if model is not None else LearnedSkeletonConfig())
-    if model is not None:
-        arch = ("k", "num_points", "width", "knn", "radius_mode")
-        diff = [f for f in arch if getattr(model.config, f) != getattr(cfg, f)]
-        if diff:
-            raise SkellabError(f"train_learned: model and config disagree on architecture fields {diff}")
-        model.config = cfg  # the checkpoint records the latest training recipe
-    clouds = None
-    if not callable(data):
-        clouds = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data).float().cpu()
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    task = CloudSkeletonTask(clouds, cfg, seed=seed, batch_fn=data if callable(data) else None, model=model)
-    engine = EngineConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="cosine",
-                          lr_final_fraction=0.05, grad_clip=cfg.grad_clip or None, seed=seed)
-    history: dict[str, list[float]] = {"total": [], "sample": [], "p2s": [], "radius": [], "inside": []}
-    def hook(step: int, row: dict[str, float]) -> None:
-        for name in history:
-            history[name].append(float(row["loss" if name == "total" else name]))
-        if on_step is not None:
-            on_step(step, task.live_model, history)
-
-    result = fit(task, engine, device=device, progress=progress, callback=hook)
-    history["seconds"] = [result.seconds]
-    return result.model.eval(), history
-
-
 def save_checkpoint(
     model: PointSkeletonNet, path: str | os.PathLike, *, metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
@@ -328,10 +254,12 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, device: str | torc
         ``skellab/weights/skeleton_learned.pt``. Raises :class:`SkellabError` for a missing or
         unreadable file, a wrong format tag, an unknown config, or weights that don't fit.
     """
-    path = Path(path) if path is not None else SHIPPED_CHECKPOINT
+    path = Path(path) if path is not None else weights_path("skeleton_learned")
     payload = read_checkpoint(path, format=CHECKPOINT_FORMAT, kind="learned-skeleton")
     raw = payload.get("config")
     known = {f.name for f in fields(LearnedSkeletonConfig)}
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in LEGACY_FIELDS}
     if not isinstance(raw, dict) or set(raw) - known:
         raise SkellabError(f"{path}: checkpoint config has unknown fields {sorted(set(raw or {}) - known)}")
     model = PointSkeletonNet(config=LearnedSkeletonConfig(**raw))
@@ -365,15 +293,17 @@ def skeletonize_learned(
 
     points : (N, 3) or (B, N, 3) surface points in the normalised frame; resampled to the
         model's ``num_points`` (FPS down, random repeats up, seeded by ``generator``).
-    k : must be ``None`` or the model's K (the network predicts a fixed number of spheres).
+    k : number of spheres, at most the model's K (``None``: all K). The network predicts K spheres;
+        fewer are chosen from them by farthest-point sampling on the centres (deterministic).
     checkpoint : a path, a loaded model, or ``None`` for the shipped weights.
     returns : one :class:`Skeleton` (centres (K, 3), radii (K,), no edges) for (N, 3) input,
         else a list of B. Runs under ``torch.no_grad`` (use the model directly for gradients).
     """
     model = checkpoint if isinstance(checkpoint, PointSkeletonNet) else load_checkpoint(checkpoint, device="cpu")
     cfg = model.config
-    if k is not None and int(k) != cfg.k:
-        raise SkellabError(f"this learned-skeleton model predicts k={cfg.k} spheres; k={k} was requested")
+    if k is not None and not 1 <= int(k) <= cfg.k:
+        raise SkellabError(f"this learned-skeleton model predicts {cfg.k} spheres: ask for k between 1 and {cfg.k}, "
+                           f"not {k}")
     pts = torch.as_tensor(np.asarray(points) if isinstance(points, np.ndarray) else points).float()
     single = pts.ndim == 2
     if single:
@@ -387,7 +317,10 @@ def skeletonize_learned(
     with torch.no_grad():
         x = _resample(pts.cpu(), cfg.num_points, generator).to(dev)
         centers, radii, _ = model(x)
-    meta = {"k": cfg.k, "num_points": cfg.num_points, "input_points": int(pts.shape[1]),
-            "radius_mode": cfg.radius_mode}  # fmt: skip
+        if k is not None and int(k) < cfg.k:  # fewer spheres: an even spread of the predicted ones
+            keep = farthest_point_sampling(centers, int(k))  # deterministic (starts at sphere 0)
+            centers, radii = gather(centers, keep), torch.gather(radii, 1, keep)
+    meta = {"k": int(centers.shape[1]), "predicted": cfg.k, "num_points": cfg.num_points,
+            "input_points": int(pts.shape[1]), "radius_mode": cfg.radius_mode}  # fmt: skip
     out = [Skeleton(centers=c.cpu(), radii=r.cpu(), method="learned", meta=dict(meta)) for c, r in zip(centers, radii)]
     return out[0] if single else out

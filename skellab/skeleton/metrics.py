@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import igl
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -138,8 +139,6 @@ def skeleton_metrics(
         cd = chamfer_points(c, axis_points(true_axis, step=axis_step))
         out.update(cd_skeleton_to_axis=cd["a_to_b"], cd_axis_to_skeleton=cd["b_to_a"], cd_axis_mean=cd["mean"])
     if mesh is not None:
-        import igl
-
         v = np.asarray(mesh.vertices, dtype=np.float64)
         f = np.asarray(mesh.faces, dtype=np.int64)
         out["inside_fraction"] = float((igl.winding_number(v, f, c) > 0.5).mean())

@@ -25,12 +25,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import igl  # imported here: libigl is only needed by mesh-based code paths
 import numpy as np
 import scipy.ndimage as ndi
 import scipy.sparse as sp
 import torch
 import trimesh
 from scipy.sparse.csgraph import dijkstra
+from skimage.morphology import (
+    skeletonize,  # imported here: heavy, only this path needs it
+)
 
 from ..errors import SkellabError
 from .ops import farthest_point_sampling
@@ -117,8 +121,6 @@ def voxelize(
 
 def igl_winding(vertices: np.ndarray, faces: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Generalised winding number (q,) of (q, 3) ``queries`` w.r.t. the triangle mesh (libigl)."""
-    import igl  # imported here: libigl is only needed by mesh-based code paths
-
     return igl.fast_winding_number(
         np.ascontiguousarray(vertices, np.float64),
         np.ascontiguousarray(faces, np.int64),
@@ -194,7 +196,6 @@ def skeletonize_thinning(
     if overrides:
         cfg = ThinningConfig(**{**asdict(cfg), **overrides})
     vertices, faces = _as_mesh(mesh_or_points)
-    from skimage.morphology import skeletonize  # imported here: heavy, only this path needs it
 
     # Lee's thinning can collapse a symmetric voxelisation to a point or nothing (skimage
     # issue #3757); a sub-voxel shift of the grid breaks the symmetry. Keep the first attempt

@@ -34,8 +34,6 @@ At the end the inference checkpoint (EMA weights when EMA is on) is exported to
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
 import json
 import math
 import os
@@ -50,19 +48,40 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, save_bytes
 from ..errors import SkellabError
-from ..runtime import atomic_path, resolve_device
+from ..runtime import atomic_path
+from .distributed import DistContext
+from .logs import RunLog, read_log
+from .sampling import StepSampler, derive_seed
 
 __all__ = [
     "EngineConfig", "TrainingTask", "StepSampler", "DistContext", "FitResult", "fit", "read_log",
-    "derive_seed", "TRAIN_STATE_VERSION",
+    "derive_seed", "TRAIN_STATE_VERSION", "StopTraining", "ema_update",
 ]
 
 TRAIN_STATE_VERSION = 1
 SCHEDULES = ("linear", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
+
+
+class StopTraining(Exception):
+    """Raise from a :func:`fit` callback to end training after the current step (e.g. a compute budget).
+
+    Only for in-memory runs (``out=None``): the result holds the steps done, with the EMA weights.
+    """
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """One step of the exponential moving average of the weights, with the decay warmed up as
+    ``min(decay, (1 + step) / (10 + step))`` (0-based ``step``)."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - d)
 
 
 @dataclass(frozen=True)
@@ -161,119 +180,6 @@ class TrainingTask:
         raise NotImplementedError
 
 
-# ---------------------------------------------------------------------- seeding and sampling
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from a tuple of ints/strings (stable across runs, processes and platforms)."""
-    h = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-class StepSampler:
-    """Global batch ``step`` → dataset indices, and this process's share of it.
-
-    The index stream is the concatenation of per-epoch permutations ``randperm(n)`` seeded with
-    ``seed + epoch``; global batch ``s`` is stream positions ``[s·B, (s+1)·B)`` (so a batch can
-    straddle two epochs and ``n < B`` works). Process ``rank`` of ``world`` takes positions
-    ``rank::world``. A pure function of ``(seed, step)``: nothing to save for resuming.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1) -> None:
-        if num_items < 1:
-            raise SkellabError("the training set is empty")
-        if batch_size % world:
-            raise SkellabError(f"batch size {batch_size} is not divisible by the {world} processes")
-        self.n, self.batch, self.seed, self.rank, self.world = int(num_items), int(batch_size), int(seed), rank, world
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
-        return self._perms[epoch]
-
-    def global_batch(self, step: int) -> list[tuple[int, int]]:
-        """(index, epoch) of every sample of global batch ``step``."""
-        out = []
-        for p in range(step * self.batch, (step + 1) * self.batch):
-            epoch, pos = divmod(p, self.n)
-            out.append((self._perm(epoch)[pos], epoch))
-        return out
-
-    def local_batch(self, step: int) -> tuple[list[tuple[int, int]], list[int]]:
-        """This process's (index, epoch) items and their positions in the global batch."""
-        items = self.global_batch(step)
-        positions = list(range(self.rank, self.batch, self.world))
-        return [items[p] for p in positions], positions
-
-
-# ---------------------------------------------------------------------- distributed
-@dataclass
-class DistContext:
-    """Rank / world of this process; a process group is created for ``WORLD_SIZE`` > 1."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @classmethod
-    def from_env(cls, device: str | torch.device = "auto") -> "DistContext":
-        """Join the ``torchrun`` process group described by the environment (a no-op when not launched so)."""
-        import torch.distributed as dist
-
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), local, False)
-        want_cuda = str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
-        backend = "nccl" if want_cuda else "gloo"
-        if want_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-        return cls(rank, world, local, True)
-
-    def device(self, device: str | torch.device) -> torch.device:
-        dev = resolve_device(device)
-        if self.active and dev.type == "cuda":
-            return torch.device("cuda", self.local_rank)
-        return dev
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def mean(self, values: list[float], device: torch.device) -> list[float]:
-        """All-reduce mean of a list of floats (identity for one process)."""
-        if not self.active or not values:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return (t / self.world).tolist()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
 class _LossModule(nn.Module):
     """``forward(batch) -> loss dict``: lets DistributedDataParallel see one forward per step."""
 
@@ -284,71 +190,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         return self._task.compute_loss(self.model, batch)
-
-
-# ---------------------------------------------------------------------- logs
-class _Logs:
-    """CSV (one row per step, rank 0) + optional TensorBoard scalars."""
-
-    def __init__(self, out: Path | None, enabled: bool, resume_step: int) -> None:
-        self.path = None if out is None else out / "log.csv"
-        self.enabled = enabled and out is not None
-        self.fields: list[str] | None = None
-        self.rows: list[dict[str, Any]] = []
-        self.tb = None
-        if not self.enabled:
-            return
-        if self.path.is_file():  # keep the rows up to the checkpoint we resume from, drop the rest
-            old = read_log(self.path)
-            keep = [r for r in old if int(r["step"]) <= resume_step] if resume_step else []
-            self.rows = keep
-            if keep:
-                self.fields = list(old[0].keys())
-            with atomic_path(self.path) as tmp:
-                self._write_all(tmp, keep)
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
-        except Exception:  # noqa: BLE001  (ImportError, or tensorboard present but broken)
-            SummaryWriter = None
-        if SummaryWriter is not None:
-            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
-
-    def _write_all(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        with open(path, "w", newline="") as fh:
-            if rows:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-                w.writeheader()
-                w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if not self.enabled:
-            return
-        if self.fields is None or set(row) - set(self.fields):
-            self.fields = list(dict.fromkeys([*(self.fields or []), *row]))
-            with atomic_path(self.path) as tmp:  # new columns (first validation): rewrite with the wider header
-                self._write_all(tmp, [{k: r.get(k, "") for k in self.fields} for r in self.rows])
-        else:
-            with open(self.path, "a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and v == v:
-                    self.tb.add_scalar(k, v, int(row["step"]))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a ``log.csv`` as dicts of floats (``step`` as int; empty cells → NaN)."""
-    rows = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows.append({k: (int(v) if k == "step" else float(v) if v not in ("", None) else float("nan"))
-                         for k, v in r.items()})
-    return rows
 
 
 # ---------------------------------------------------------------------- checkpoint state
@@ -470,8 +311,6 @@ def fit(
 
 
 def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, resume, progress, callback) -> FitResult:
-    from tqdm.auto import tqdm
-
     dev = dctx.device(device)
     if dctx.active and dev.type == "cpu":  # share the cores between the processes
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", dctx.world))))
@@ -528,14 +367,12 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
 
     wrapped: nn.Module = _LossModule(task, model)
     if dctx.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         wrapped = DDP(wrapped, device_ids=[dev.index] if dev.type == "cuda" else None,
                       find_unused_parameters=task.find_unused_parameters)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
     autocast = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     sampler = StepSampler(task.num_items(), cfg.batch_size, seed=cfg.seed, rank=dctx.rank, world=dctx.world)
-    logs = _Logs(run, dctx.is_main, start)
+    logs = RunLog(run, dctx.is_main, start)
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         export = ema if ema is not None else model
@@ -562,6 +399,7 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
     bar = tqdm(range(start, cfg.steps), desc=task.name, disable=not (progress and dctx.is_main),
                initial=start, total=cfg.steps)
     model.train()
+    stopped_at = None
     for step in bar:
         _seed_step(derive_seed(cfg.seed, "step", step), dev)  # dropout etc.: a function of the step alone
         items, positions = sampler.local_batch(step)
@@ -576,10 +414,7 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
         opt.step()
         sched.step()
         if ema is not None:
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up of the EMA decay
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+            ema_update(ema, model, cfg.ema_decay, step)
         names = sorted(losses)
         values = dctx.mean([float(losses[k].detach().float()) for k in names], dev)
         row: dict[str, Any] = {"step": step + 1, "epoch": items[0][1] if items else 0,
@@ -599,17 +434,22 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
             if progress:
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
             if callback is not None:
-                callback(step, row)
+                try:
+                    callback(step, row)
+                except StopTraining:
+                    stopped_at = step + 1
         if run is not None and (last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
             if dctx.is_main:
                 tail = [r["loss"] for r in logs.rows[-50:]]
                 save(step + 1, {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()})
             dctx.barrier()
+        if stopped_at is not None:
+            break
     logs.close()
     final = ema if ema is not None else model
     final.eval()
     seconds = time.perf_counter() - t0
-    result = FitResult(final, logs.rows, cfg.steps, seconds, run, start)
+    result = FitResult(final, logs.rows, stopped_at or cfg.steps, seconds, run, start)
     if run is not None and dctx.is_main:
         tail = [r["loss"] for r in logs.rows[-50:]]
         metrics = {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()}

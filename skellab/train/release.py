@@ -17,12 +17,11 @@ import torch
 
 from ..errors import SkellabError
 from ..runtime import atomic_path
+from ..weights import WEIGHTS_DIR
 from .engine import read_log
 from .tasks import file_sha256
 
-__all__ = ["WEIGHTS_DIR", "release_weights", "add_metrics"]
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+__all__ = ["release_weights", "add_metrics"]
 
 
 def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,

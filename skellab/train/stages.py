@@ -1,4 +1,4 @@
-"""Stage presets and the whole pipeline: learned skeleton → autoencoder → latents → diffusion.
+"""Stage runners and the whole pipeline: learned skeleton → autoencoder → latents → diffusion (presets: :mod:`.presets`).
 
 A *run folder* holds one sub-folder per stage::
 
@@ -15,101 +15,38 @@ config=RUN/skeleton/model.pt)``).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import save_bytes
+from ..autoencoder import CHECKPOINT_FORMAT as AUTOENCODER_FORMAT
+from ..autoencoder import Latent, encode_shapes, load_autoencoder
+from ..checkpoint import read_checkpoint, save_bytes
+from ..data.medsdf import MedSDF
+from ..diffusion import CHECKPOINT_FORMAT as DIFFUSION_FORMAT
+from ..diffusion import (
+    LatentDiffusion,
+    LatentNormalizer,
+    TokenDenoiser,
+    diffusion_payload,
+    make_scheduler,
+)
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
-from .engine import EngineConfig, FitResult, fit
-from .tasks import AutoencoderTask, DenoisingTask, SkeletonTask, dataset_fingerprint, file_sha256
+from ..skeleton import METHODS as SKELETON_METHODS
+from .engine import FitResult, fit
+from .presets import PRESETS, STAGES, stage_config
+from .tasks import (
+    AutoencoderTask,
+    DenoisingTask,
+    SkeletonTask,
+    dataset_fingerprint,
+    file_sha256,
+)
 
-__all__ = ["STAGES", "PRESETS", "stage_config", "train_stage", "precompute_latents", "run_pipeline", "PipelineResult"]
-
-STAGES = ("skeleton", "autoencoder", "diffusion")
-PRESETS = ("tiny", "default")
-
-
-def _engine_presets() -> dict[str, dict[str, EngineConfig]]:
-    return {
-        "skeleton": {
-            "tiny": EngineConfig(steps=30, batch_size=2, lr=2e-3, schedule="cosine", lr_final_fraction=0.05,
-                                 val_every=15, checkpoint_every=10),
-            "default": EngineConfig(steps=600, batch_size=2, lr=1e-3, schedule="cosine", lr_final_fraction=0.05,
-                                    val_every=100, checkpoint_every=50),
-        },
-        "autoencoder": {
-            "tiny": EngineConfig(steps=50, batch_size=2, lr=2e-3, warmup=5, val_every=25, checkpoint_every=10),
-            "default": EngineConfig(steps=1200, batch_size=4, lr=5e-4, warmup=50, val_every=100,
-                                    checkpoint_every=100),
-        },
-        "diffusion": {
-            "tiny": EngineConfig(steps=60, batch_size=8, lr=2e-3, warmup=5, schedule="cosine",
-                                 lr_final_fraction=0.1, ema_decay=0.99, val_every=30, checkpoint_every=20),
-            "default": EngineConfig(steps=4000, batch_size=32, lr=1e-3, warmup=100, schedule="cosine",
-                                    lr_final_fraction=0.1, ema_decay=0.999, val_every=250, checkpoint_every=250),
-        },
-    }
-
-
-def _model_preset(stage: str, preset: str) -> Any:
-    if stage == "skeleton":
-        from ..skeleton.learned import LearnedSkeletonConfig
-
-        if preset == "tiny":  # k matches the tiny autoencoder's 64 tokens
-            return LearnedSkeletonConfig(k=64, num_points=256, width=16, knn=8, batch_size=2, steps=30)
-        return LearnedSkeletonConfig(k=256, num_points=2048, width=32, knn=12, lr=1e-3, steps=600, batch_size=2)
-    if stage == "autoencoder":
-        from ..autoencoder.train import default_config, tiny_config
-
-        return (tiny_config if preset == "tiny" else default_config)()
-    from ..diffusion.denoiser import DenoiserConfig
-
-    return DenoiserConfig.tiny()  # token_dim / num_classes are set from the autoencoder
-
-
-def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> tuple[Any, EngineConfig]:
-    """(model config, :class:`EngineConfig`) of a stage preset; ``overrides`` may name fields of either.
-
-    Unknown stage, preset or field → :class:`SkellabError`.
-    """
-    if stage not in STAGES:
-        raise SkellabError(f"unknown stage {stage!r}: use {', '.join(STAGES)}")
-    if preset not in PRESETS:
-        raise SkellabError(f"unknown preset {preset!r}: use {' or '.join(PRESETS)}")
-    engine = _engine_presets()[stage][preset]
-    model = _model_preset(stage, preset)
-    efields = {f.name for f in fields(EngineConfig)}
-    eo = {k: v for k, v in overrides.items() if k in efields}
-    mo = {k: v for k, v in overrides.items() if k not in efields}
-    engine = engine.replace(**eo)
-    if stage == "autoencoder":
-        from ..autoencoder.train import TrainConfig
-
-        m, t = model
-        mk, tk = {f.name for f in fields(m)}, {f.name for f in fields(TrainConfig)}
-        bad = sorted(set(mo) - mk - tk)
-        if bad:
-            raise SkellabError(f"unknown {stage} config field(s): {', '.join(bad)}")
-        m = m.replace(**{k: v for k, v in mo.items() if k in mk})
-        t = TrainConfig(**{**asdict(t), **{k: v for k, v in mo.items() if k in tk},
-                           "steps": engine.steps, "batch_size": engine.batch_size, "lr": engine.lr,
-                           "warmup": engine.warmup, "lr_final_fraction": engine.lr_final_fraction,
-                           "grad_clip": engine.grad_clip or 0.0, "val_every": engine.val_every,
-                           "checkpoint_every": engine.checkpoint_every})
-        return (m, t), engine
-    mk = {f.name for f in fields(model)}
-    bad = sorted(set(mo) - mk)
-    if bad:
-        raise SkellabError(f"unknown {stage} config field(s): {', '.join(bad)}")
-    model = replace(model, **mo)
-    if stage == "skeleton":  # the learned config carries its own copy of the optimisation fields
-        model = replace(model, steps=engine.steps, batch_size=engine.batch_size, lr=engine.lr,
-                        grad_clip=engine.grad_clip or 0.0)
-    return model, engine
+__all__ = ["STAGES", "PRESETS", "train_stage", "precompute_latents", "run_pipeline", "PipelineResult"]
 
 
 # ---------------------------------------------------------------------- latents
@@ -122,8 +59,6 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
     dataset (manifest fingerprint). Returns ``{"train": Latent, "val": Latent | None, "ids", "val_ids",
     "classes", "autoencoder_sha256", "data"}``.
     """
-    from ..autoencoder import Latent, encode_shapes, load_autoencoder
-
     ae_sha = file_sha256(autoencoder_path)
     fp = dataset_fingerprint(data)
     cache = None if out is None else Path(out) / "latents.pt"
@@ -137,8 +72,6 @@ def precompute_latents(autoencoder_path: str | os.PathLike, data: str | os.PathL
         except Exception:  # noqa: BLE001  (a stale or damaged cache is recomputed)
             pass
     ae = load_autoencoder(autoencoder_path, device=device)
-    from ..data.medsdf import MedSDF
-
     store = MedSDF.open(data)
     kw = dict(skeleton_cache=skeleton_cache, progress=progress)  # the skeleton method comes from the checkpoint
     train, ids = encode_shapes(ae, store, split="train", **kw)
@@ -163,11 +96,7 @@ class _LatentTask(DenoisingTask):
 
     def __init__(self, autoencoder_path: Path, data: Path, config: Any, scheduler: Any, *, seed: int,
                  skeleton_cache: Path | None) -> None:
-        from ..autoencoder.train import CHECKPOINT_FORMAT as AE_FORMAT
-        from ..checkpoint import read_checkpoint
-        from ..diffusion.train import CHECKPOINT_FORMAT
-
-        ae = read_checkpoint(autoencoder_path, format=AE_FORMAT, kind="autoencoder")
+        ae = read_checkpoint(autoencoder_path, format=AUTOENCODER_FORMAT, kind="autoencoder")
         try:
             ae_cfg = ae["config"]
             token_dim = 4 + int(ae_cfg["feature_dim"])
@@ -182,17 +111,13 @@ class _LatentTask(DenoisingTask):
         super().__init__(torch.empty(0), None, scheduler, self._new_model, class_dropout=cfg.class_dropout, seed=seed,
                          config={"model": cfg.to_dict(), "autoencoder_sha256": self.ae_sha[:16]},
                          fingerprint=f"{dataset_fingerprint(data)}-{self.ae_sha[:16]}",
-                         payload_fn=self._payload, checkpoint_format=CHECKPOINT_FORMAT)
+                         payload_fn=self._payload, checkpoint_format=DIFFUSION_FORMAT)
         self.normalizer = None
 
     def _new_model(self):
-        from ..diffusion.denoiser import TokenDenoiser
-
         return TokenDenoiser(config=self.model_config)
 
     def prepare(self, out, device, dist, progress) -> None:
-        from ..diffusion.sampling import LatentNormalizer
-
         if self.normalizer is not None:
             return
         lat = precompute_latents(self.autoencoder_path, self.data_root, out, device=device, progress=progress,
@@ -207,8 +132,6 @@ class _LatentTask(DenoisingTask):
         self.latent_count = int(train.tokens.shape[0])
 
     def _payload(self, model, *, step, metrics):
-        from ..diffusion.train import LatentDiffusion, diffusion_payload
-
         info = {"step": step, "metrics": metrics,
                 "train": {"autoencoder_sha256": self.ae_sha, "num_latents": self.latent_count,
                           "cpu_seconds": metrics.get("cpu_seconds"), "wall_seconds": metrics.get("wall_seconds")}}
@@ -261,28 +184,26 @@ def train_stage(
     overrides["seed"] = int(seed)
     run = Path(out)
     stage_dir = run / stage
-    model_cfg, engine = stage_config(stage, preset, **overrides)
+    cfg = stage_config(stage, preset, **overrides)
     resolve_device(device)
     if stage == "skeleton":
-        task = SkeletonTask(data, model_cfg, seed=seed)
+        task = SkeletonTask(data, cfg.model, seed=seed)
     elif stage == "autoencoder":
-        m, t = model_cfg
-        if skeleton_method not in ("medial", "learned", "contraction", "thinning"):
+        if skeleton_method not in SKELETON_METHODS:
             raise SkellabError(f"unknown skeleton method {skeleton_method!r}")
-        t = type(t)(**{**asdict(t), "skeleton_method": skeleton_method})
         ck = None
         if skeleton_method == "learned":
             ck = Path(skeleton_checkpoint) if skeleton_checkpoint is not None else run / "skeleton" / "model.pt"
-        task = AutoencoderTask(data, m, t, seed=seed, skeleton_checkpoint=ck)
+        model = cfg.model.replace(skeleton_method=skeleton_method, skeleton_checkpoint=None if ck is None else str(ck))
+        task = AutoencoderTask(data, model, cfg.sampling, seed=seed, val_batch_size=cfg.engine.batch_size)
     else:
-        from ..diffusion.schedulers import make_scheduler
-
         ae_path = Path(autoencoder) if autoencoder is not None else run / "autoencoder" / "model.pt"
         if not ae_path.is_file():
             raise SkellabError(f"autoencoder checkpoint not found: {ae_path} (train it first with "
                                f"`skellab train autoencoder --out {run}` or pass --autoencoder)")
         skel_cache = (run / "autoencoder" / "skeletons.npz") if autoencoder is None else stage_dir / "skeletons.npz"
-        task = _LatentTask(ae_path, data, model_cfg, make_scheduler("edm"), seed=seed, skeleton_cache=skel_cache)
+        task = _LatentTask(ae_path, data, cfg.model, make_scheduler("edm"), seed=seed, skeleton_cache=skel_cache)
+    engine = cfg.engine
     return fit(task, engine, out=stage_dir, device=device, resume=resume, progress=progress, callback=callback)
 
 

@@ -22,8 +22,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SkellabError
+from ..autoencoder import CHECKPOINT_FORMAT as AUTOENCODER_FORMAT
+from ..autoencoder import (
+    AutoencoderConfig,
+    SkeletalAutoencoder,
+    autoencoder_payload,
+    skeletons_for,
+)
+from ..data.dataset import MedSDFDataset, SDFBatchConfig
+from ..data.medsdf import MedSDF
 from ..data.medsdf import sha256_file as file_sha256
+from ..errors import SkellabError
+from ..skeleton.learned import CHECKPOINT_FORMAT as SKELETON_FORMAT
+from ..skeleton.learned import (
+    LearnedSkeletonConfig,
+    PointSkeletonNet,
+    random_rotations,
+    renormalize,
+    skeleton_losses,
+)
 from .engine import DistContext, TrainingTask, derive_seed
 
 __all__ = ["CloudSkeletonTask", "SkeletonTask", "AutoencoderTask", "DenoisingTask", "dataset_fingerprint", "file_sha256"]
@@ -52,13 +69,11 @@ class CloudSkeletonTask(TrainingTask):
 
     name = "skeleton"
 
-    def __init__(self, clouds: torch.Tensor | None, config: Any, *, seed: int = 0,
+    def __init__(self, clouds: torch.Tensor | None, config: LearnedSkeletonConfig, *, seed: int = 0,
                  val_clouds: torch.Tensor | None = None,
                  batch_fn: Callable[[int, torch.Generator], torch.Tensor] | None = None,
                  model: nn.Module | None = None) -> None:
-        from ..skeleton.learned import CHECKPOINT_FORMAT
-
-        self.checkpoint_format = CHECKPOINT_FORMAT
+        self.checkpoint_format = SKELETON_FORMAT
         self.config, self.seed = config, int(seed)
         self.clouds, self.val_clouds, self.batch_fn, self._model = clouds, val_clouds, batch_fn, model
         if clouds is not None:
@@ -81,13 +96,9 @@ class CloudSkeletonTask(TrainingTask):
         return 1 if self.clouds is None else int(self.clouds.shape[0])
 
     def build_model(self) -> nn.Module:
-        from ..skeleton.learned import PointSkeletonNet
-
         return self._model if self._model is not None else PointSkeletonNet(config=self.config)
 
     def _item(self, cloud: torch.Tensor, g: torch.Generator, rotate: bool) -> torch.Tensor:
-        from ..skeleton.learned import random_rotations, renormalize
-
         sub = cloud[torch.randperm(cloud.shape[0], generator=g)[: self.config.num_points]]
         if not rotate:
             return sub
@@ -103,8 +114,6 @@ class CloudSkeletonTask(TrainingTask):
         return torch.stack(rows).to(device, torch.float32)
 
     def compute_loss(self, model, batch):
-        from ..skeleton.learned import skeleton_losses
-
         points = batch[..., :3]
         normals = batch[..., 3:6] if batch.shape[-1] == 6 else None
         centers, radii, _ = model(points)
@@ -129,9 +138,8 @@ class CloudSkeletonTask(TrainingTask):
 class SkeletonTask(CloudSkeletonTask):
     """:class:`CloudSkeletonTask` on the stored surface samples (points + normals) of a MedSDF train split."""
 
-    def __init__(self, root: str | os.PathLike, config: Any, *, seed: int = 0, max_cloud_points: int = 8192) -> None:
-        from ..data.medsdf import MedSDF
-
+    def __init__(self, root: str | os.PathLike, config: LearnedSkeletonConfig, *, seed: int = 0,
+                 max_cloud_points: int = 8192) -> None:
         super().__init__(None, config, seed=seed)
         self.root = Path(root)
         self.store = MedSDF.open(root)
@@ -166,30 +174,35 @@ class SkeletonTask(CloudSkeletonTask):
 
 # ---------------------------------------------------------------------- autoencoder
 class AutoencoderTask(TrainingTask):
-    """The skeletal latent autoencoder on a MedSDF folder (recipe in :mod:`skellab.autoencoder.train`)."""
+    """The skeletal latent autoencoder on a MedSDF folder.
+
+    Skeletons are computed once per shape with the method of ``model_config`` (its
+    ``skeleton_method`` / ``skeleton_checkpoint``) from a fixed subset of the stored surface
+    points, and cached; each step draws a fresh random subset of every shape's surface points
+    and SDF queries (``sampling``), encodes, decodes and minimises the truncated-SDF MSE (+ the
+    skeleton constraint).
+    """
 
     name = "autoencoder"
 
-    def __init__(self, root: str | os.PathLike, model_config: Any, train_config: Any, *, seed: int = 0,
-                 skeleton_checkpoint: str | os.PathLike | None = None) -> None:
-        from ..autoencoder.train import CHECKPOINT_FORMAT
-        from ..data.dataset import MedSDFDataset, SDFBatchConfig
-        from ..data.medsdf import MedSDF
-
-        self.checkpoint_format = CHECKPOINT_FORMAT
-        self.root, self.seed, self.train_config = Path(root), int(seed), train_config
+    def __init__(self, root: str | os.PathLike, model_config: AutoencoderConfig, sampling: Any, *, seed: int = 0,
+                 val_batch_size: int = 4) -> None:
+        self.checkpoint_format = AUTOENCODER_FORMAT
+        self.root, self.seed, self.sampling = Path(root), int(seed), sampling
+        self.val_batch_size = max(1, int(val_batch_size))
         self.store = MedSDF.open(root)
         self.classes = self.store.classes
         self.model_config = model_config.replace(num_classes=len(self.classes))
-        self.skeleton_checkpoint = None if skeleton_checkpoint is None else Path(skeleton_checkpoint)
-        if train_config.skeleton_method == "learned" and self.skeleton_checkpoint is not None \
+        ck = self.model_config.skeleton_checkpoint
+        self.skeleton_checkpoint = None if ck is None else Path(ck)
+        if self.model_config.skeleton_method == "learned" and self.skeleton_checkpoint is not None \
                 and not self.skeleton_checkpoint.is_file():
             raise SkellabError(f"learned-skeleton checkpoint not found: {self.skeleton_checkpoint} "
                                f"(train it first: skellab train skeleton)")
         self._skeleton_sha = None if self.skeleton_checkpoint is None \
             else file_sha256(self.skeleton_checkpoint)[:16]  # read once: config_dict() runs at every checkpoint
-        bc = SDFBatchConfig(num_surface=self.model_config.num_surface, num_queries=train_config.num_queries,
-                            near_fraction=train_config.near_fraction)
+        bc = SDFBatchConfig(num_surface=self.model_config.num_surface, num_queries=sampling.num_queries,
+                            near_fraction=sampling.near_fraction)
         self.ds = MedSDFDataset(root, split="train", config=bc, seed=seed)
         try:
             self.val = MedSDFDataset(root, split="val", config=bc, seed=seed + 1)
@@ -198,9 +211,8 @@ class AutoencoderTask(TrainingTask):
         self.skel: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def config_dict(self) -> dict[str, Any]:
-        tc = {k: v for k, v in asdict(self.train_config).items()
-              if k in ("num_queries", "near_fraction", "skeleton_method")}
-        return {"model": self.model_config.to_dict(), "data": tc, "skeleton_checkpoint_sha256": self._skeleton_sha}
+        model = {k: v for k, v in self.model_config.to_dict().items() if k != "skeleton_checkpoint"}  # path-free
+        return {"model": model, "data": asdict(self.sampling), "skeleton_checkpoint_sha256": self._skeleton_sha}
 
     def data_fingerprint(self) -> str:
         return dataset_fingerprint(self.root)
@@ -209,20 +221,16 @@ class AutoencoderTask(TrainingTask):
         return len(self.ds)
 
     def prepare(self, out, device, dist: DistContext, progress: bool) -> None:
-        from ..autoencoder.train import skeletons_for
-
         if self.skel is not None:
             return
         ids = self.ds.ids + (self.val.ids if self.val is not None else [])
         self.skel = skeletons_for(self.store, ids, k=self.model_config.num_tokens,
                                   num_surface=self.model_config.num_surface,
-                                  method=self.train_config.skeleton_method,
+                                  method=self.model_config.skeleton_method,
                                   cache=None if out is None else out / "skeletons.npz", progress=progress,
                                   skeleton_config=None if self.skeleton_checkpoint is None else str(self.skeleton_checkpoint))
 
     def build_model(self) -> nn.Module:
-        from ..autoencoder.model import SkeletalAutoencoder
-
         return SkeletalAutoencoder(config=self.model_config, classes=self.classes)
 
     def _batch(self, ds, items: Sequence[tuple[int, int]], device) -> dict[str, Any]:
@@ -248,7 +256,7 @@ class AutoencoderTask(TrainingTask):
         if self.val is None:
             return {}
         model.eval()
-        bs = max(1, self.train_config.batch_size)
+        bs = self.val_batch_size
         losses, weights = [], []
         for s in range(0, len(self.val), bs):
             items = [(i, 0) for i in range(s, min(s + bs, len(self.val)))]
@@ -257,11 +265,7 @@ class AutoencoderTask(TrainingTask):
         return {"sdf": float(np.average(losses, weights=weights))}
 
     def payload(self, model, *, step, metrics):
-        from ..autoencoder.train import autoencoder_payload
-
-        train = {**asdict(self.train_config),
-                 "skeleton_checkpoint": None if self.skeleton_checkpoint is None else str(self.skeleton_checkpoint)}
-        return autoencoder_payload(model, train_config=train, step=step, metrics=metrics)
+        return autoencoder_payload(model, train_config={"sampling": asdict(self.sampling)}, step=step, metrics=metrics)
 
 
 # ---------------------------------------------------------------------- denoising

@@ -11,11 +11,24 @@ from typing import Any
 
 import numpy as np
 import torch
+import trimesh
 
-from ..autoencoder.model import Latent, SkeletalAutoencoder, sphere_union_sdf
+from ..autoencoder import Latent, SkeletalAutoencoder, sphere_union_sdf
 from ..errors import SkellabError
+from ..interpolation import interpolate_latents
+from ..meshing import (
+    check_resolution,
+    count_components,
+    decode_grid_guided,
+    decode_mesh,
+    decode_points,
+    extract_mesh,
+)
+from ..skeleton.graph import skeleton_edges
+from .k3d_views import PALETTE, _k3d, _new_plot
+from .widgets import _ipywidgets
 
-__all__ = ["edit_sphere", "interpolation_widget", "sdf_function", "skeleton_explorer", "token_view"]
+__all__ = ["InterpolationWidget", "edit_sphere", "interpolation_widget", "sdf_function", "skeleton_explorer", "token_view"]
 
 SDF_SOURCES = ("decoder", "prior")
 
@@ -40,7 +53,6 @@ def token_view(latent: Latent, *, channel: int = 0, plot: Any = None, opacity: f
     F = latent.features.shape[-1]
     if not 0 <= int(channel) < F:
         raise SkellabError(f"feature channel must be in [0, {F}), got {channel}")
-    from .k3d_views import _k3d, _new_plot
 
     k3d = _k3d()
     cmap = getattr(k3d.colormaps.matplotlib_color_maps, color_map, None)
@@ -68,7 +80,6 @@ def sdf_function(model: SkeletalAutoencoder, latent: Latent, *, source: str = "d
     _single(latent)
     if source not in SDF_SOURCES:
         raise SkellabError(f"source must be one of {', '.join(SDF_SOURCES)}, got {source!r}")
-    from ..meshing import decode_points
 
     tau = float(model.config.truncation)
 
@@ -83,162 +94,150 @@ def sdf_function(model: SkeletalAutoencoder, latent: Latent, *, source: str = "d
     return evaluate
 
 
-def _ipywidgets() -> Any:
-    from .widgets import _ipywidgets as load
-
-    return load()
-
-
-def interpolation_widget(
-    model: SkeletalAutoencoder,
-    latents: Mapping[str, Latent],
-    *,
-    steps: int = 11,
-    preview_resolution: int = 24,
-    full_resolution: int = 96,
-    initial: tuple[str, str] | None = None,
-    cache_size: int = 64,
-    height: int = 420,
-) -> Any:
+class InterpolationWidget:
     """Pick two shapes, drag t: the decoded mesh of the token-matched blend, updated in place.
 
-    model       : the autoencoder that made ``latents`` (eval mode)
-    latents     : ``{name: Latent (1, K, 4 + F)}``, at least one entry
-    steps       : slider positions; the interpolated latents of each pair are computed once
-                  (:func:`skellab.interpolation.interpolate_latents`, tokens matched)
-    preview_resolution : grid per axis decoded while the slider moves
-    full_resolution    : grid per axis decoded by the "refine" button, on a new pair and at build
-    returns     : an ``ipywidgets.VBox`` with attributes ``slider`` (FloatSlider over t,
-                  ``continuous_update``), ``dropdown_a``, ``dropdown_b``, ``refine`` (Button),
-                  ``status`` (Label), ``plot`` (k3d), ``mesh`` (its k3d mesh, updated in place),
-                  ``state`` (dict: pair, t, resolution, watertight, components, message),
-                  ``blends`` (the per-pair interpolated latents computed so far) and the
-                  methods ``set_t(t, full=False)``, ``set_pair(a, b)``, ``refine_now()``.
+    Build with :func:`interpolation_widget`; display it in a notebook like any widget. Parts:
+    ``slider`` (FloatSlider over t, ``continuous_update``), ``dropdown_a``, ``dropdown_b``,
+    ``refine`` (Button), ``status`` (Label), ``plot`` (k3d), ``mesh`` (its k3d mesh, updated in
+    place) and ``box`` (the VBox holding them). State: ``state`` (pair, t, resolution, watertight,
+    components, message), ``blends`` (per-pair interpolated latents computed so far).
     Same shape twice or an empty selection shows a message in ``status`` and never raises;
     a blend with no surface at the chosen grid keeps the previous mesh and says so.
     """
-    if not latents:
-        raise SkellabError("interpolation_widget needs at least one latent")
-    names = list(latents)
-    for n in names:
-        _single(latents[n], f"latents[{n!r}]")
-    if int(steps) < 2:
-        raise SkellabError(f"steps must be >= 2, got {steps}")
-    for r in (preview_resolution, full_resolution):
-        if not isinstance(r, (int, np.integer)) or not 8 < int(r) <= 512:
-            raise SkellabError(f"grid resolutions must be integers in (8, 512], got {r!r}")
-    if initial is not None and any(n not in latents for n in initial):
-        raise SkellabError(f"initial pair {initial} is not among the latents: {', '.join(names)}")
-    import trimesh
 
-    from ..interpolation import interpolate_latents
-    from ..meshing import decode_grid_guided, extract_mesh
-    from .k3d_views import PALETTE, _k3d
+    def __init__(self, model: SkeletalAutoencoder, latents: Mapping[str, Latent], *, steps: int = 11,
+                 preview_resolution: int = 24, full_resolution: int = 96, initial: tuple[str, str] | None = None,
+                 cache_size: int = 64, height: int = 420) -> None:
+        if not latents:
+            raise SkellabError("interpolation_widget needs at least one latent")
+        self.names = list(latents)
+        for n in self.names:
+            _single(latents[n], f"latents[{n!r}]")
+        if int(steps) < 2:
+            raise SkellabError(f"steps must be >= 2, got {steps}")
+        for r in (preview_resolution, full_resolution):
+            check_resolution(r)
+        if initial is not None and any(n not in latents for n in initial):
+            raise SkellabError(f"initial pair {initial} is not among the latents: {', '.join(self.names)}")
+        widgets, k3d = _ipywidgets(), _k3d()
+        self.model, self.latents, self.steps = model, latents, int(steps)
+        self.preview_resolution, self.full_resolution = int(preview_resolution), int(full_resolution)
+        self.cache_size = int(cache_size)
+        self.blends: dict[tuple[str, str], Latent] = {}  # (a, b) → (steps, K, D) interpolated latents
+        self._meshes: dict[tuple[str, str, int, int], tuple] = {}  # (a, b, step, R) → (V, F, watertight, components)
+        self.state: dict[str, Any] = {"pair": None, "t": 0.0, "resolution": None, "watertight": None,
+                                      "components": None, "message": ""}
+        self._quiet = False  # True while set_pair changes both dropdowns (one decode, not two)
+        a0, b0 = initial if initial is not None else (self.names[0], self.names[1 if len(self.names) > 1 else 0])
+        v0, f0, *_ = self._decode(a0, b0, 0, self.full_resolution)
+        self.plot = k3d.plot(height=height, grid_visible=False, menu_visibility=False)
+        self.mesh = k3d.mesh(v0, f0, color=PALETTE["mesh"], flat_shading=False, name="interpolated")
+        self.plot += self.mesh
+        options = [(n, n) for n in self.names]
+        self.dropdown_a = widgets.Dropdown(options=options, value=a0, description="organ A")
+        self.dropdown_b = widgets.Dropdown(options=options, value=b0, description="organ B")
+        self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=1.0 / (self.steps - 1), description="t",
+                                          continuous_update=True, readout_format=".2f")
+        self.refine = widgets.Button(description=f"refine ({self.full_resolution}³)",
+                                     tooltip="decode at full resolution")
+        self.status = widgets.Label(value="")
+        self.slider.observe(lambda _change: self._show(False), names="value")
+        self.dropdown_a.observe(self._on_pair, names="value")
+        self.dropdown_b.observe(self._on_pair, names="value")
+        self.refine.on_click(lambda _button: self._show(True))
+        self.box = widgets.VBox([widgets.HBox([self.dropdown_a, self.dropdown_b]),
+                                 widgets.HBox([self.slider, self.refine]), self.status, self.plot])
+        self._show(True)
 
-    widgets, k3d = _ipywidgets(), _k3d()
-    steps = int(steps)
-    a0, b0 = initial if initial is not None else (names[0], names[1] if len(names) > 1 else names[0])
-    blends: dict[tuple[str, str], Latent] = {}  # (a, b) → (steps, K, D) interpolated latents
-    meshes: dict[tuple[str, str, int, int], tuple] = {}  # (a, b, step, R) → (V, F, watertight, components)
-    state: dict[str, Any] = {"pair": None, "t": 0.0, "resolution": None, "watertight": None,
-                             "components": None, "message": ""}
+    # ------------------------------------------------------------------ notebook display
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
 
-    def pair_latents(a: str, b: str) -> Latent:
-        if (a, b) not in blends:
-            blends[(a, b)] = interpolate_latents(latents[a], latents[b], steps)
-        return blends[(a, b)]
+        display(self.box)
 
-    def decode(a: str, b: str, i: int, R: int) -> tuple:
-        i = 0 if a == b else i  # one shape: nothing to blend
-        key = (a, b, i, R)
-        if key not in meshes:
-            lat = pair_latents(a, b)[i] if a != b else latents[a]
-            v, f = extract_mesh(decode_grid_guided(model, lat, R))  # SkellabError: no surface
-            tm = trimesh.Trimesh(v, f, process=False)
-            comps = len(trimesh.graph.connected_components(tm.face_adjacency, nodes=np.arange(len(f)), min_len=1))
-            if len(meshes) >= cache_size:
-                meshes.pop(next(iter(meshes)))
-            meshes[key] = (v.astype(np.float32), f.astype(np.uint32), bool(tm.is_watertight), comps)
-        return meshes[key]
-
-    v0, f0, *_ = decode(a0, b0, 0, int(full_resolution))
-    plot = k3d.plot(height=height, grid_visible=False, menu_visibility=False)
-    mesh = k3d.mesh(v0, f0, color=PALETTE["mesh"], flat_shading=False, name="interpolated")
-    plot += mesh
-    options = [(n, n) for n in names]
-    dropdown_a = widgets.Dropdown(options=options, value=a0, description="organ A")
-    dropdown_b = widgets.Dropdown(options=options, value=b0, description="organ B")
-    slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=1.0 / (steps - 1), description="t",
-                                 continuous_update=True, readout_format=".2f")
-    refine = widgets.Button(description=f"refine ({int(full_resolution)}³)", tooltip="decode at full resolution")
-    status = widgets.Label(value="")
-
-    def show(full: bool) -> None:
-        a, b = dropdown_a.value, dropdown_b.value
-        t = float(slider.value)
-        state.update(pair=(a, b), t=t)
-        if a is None or b is None:
-            state["message"] = status.value = "pick two organs (one of the dropdowns is empty)"
-            return
-        R = int(full_resolution if full else preview_resolution)
-        i = round(t * (steps - 1))
-        same = a == b
-        try:
-            v, f, watertight, comps = decode(a, b, i, R)
-        except SkellabError as exc:
-            state["message"] = status.value = f"t = {t:.2f}: nothing to mesh at {R}³ ({exc}); previous mesh kept"
-            return
-        with mesh.hold_sync():  # one message: vertices and indices stay consistent in the browser
-            mesh.vertices, mesh.indices = v, f
-        state.update(resolution=R, watertight=watertight, components=comps)
-        flags = f"{'watertight' if watertight else 'NOT watertight'}, {comps} component{'s' if comps != 1 else ''}"
-        kind = "full" if full else "preview"
-        prefix = f"same organ twice ({a}): pick two different shapes · " if same else ""
-        state["message"] = status.value = f"{prefix}t = {t:.2f} · {kind} {R}³ · {len(f)} faces · {flags}"
-
-    def set_t(t: float, full: bool = False) -> None:
+    # ------------------------------------------------------------------ public actions
+    def set_t(self, t: float, full: bool = False) -> None:
         """Move the slider to ``t`` (snapped to the nearest step) and decode (preview unless ``full``)."""
         t = float(np.clip(t, 0.0, 1.0))
-        snapped = round(t * (steps - 1)) / (steps - 1)
-        if abs(float(slider.value) - snapped) > 1e-9:
-            slider.value = snapped  # the observer decodes the preview
+        snapped = round(t * (self.steps - 1)) / (self.steps - 1)
+        if abs(float(self.slider.value) - snapped) > 1e-9:
+            self.slider.value = snapped  # the observer decodes the preview
         if full:
-            show(True)
-        elif abs(state["t"] - snapped) > 1e-9 or state["resolution"] is None:
-            show(False)
+            self._show(True)
+        elif abs(self.state["t"] - snapped) > 1e-9 or self.state["resolution"] is None:
+            self._show(False)
 
-    def set_pair(a: str | None, b: str | None) -> None:
+    def set_pair(self, a: str | None, b: str | None) -> None:
         """Select two shapes by name (``None``: empty selection) and decode at full resolution."""
-        unknown = [n for n in (a, b) if n is not None and n not in latents]
+        unknown = [n for n in (a, b) if n is not None and n not in self.latents]
         if unknown:
-            raise SkellabError(f"unknown shape {unknown[0]!r}; choose from: {', '.join(names)}")
-        box._quiet = True
+            raise SkellabError(f"unknown shape {unknown[0]!r}; choose from: {', '.join(self.names)}")
+        self._quiet = True
         try:
-            dropdown_a.value, dropdown_b.value = a, b
+            self.dropdown_a.value, self.dropdown_b.value = a, b
         finally:
-            box._quiet = False
-        show(True)
+            self._quiet = False
+        self._show(True)
 
-    def on_slider(change: dict) -> None:
-        show(False)
+    def refine_now(self) -> None:
+        """Decode the current blend at full resolution."""
+        self._show(True)
 
-    def on_pair(change: dict) -> None:
-        if not getattr(box, "_quiet", False):
-            show(True)
+    # ------------------------------------------------------------------ internals
+    def _pair_latents(self, a: str, b: str) -> Latent:
+        if (a, b) not in self.blends:
+            self.blends[(a, b)] = interpolate_latents(self.latents[a], self.latents[b], self.steps)
+        return self.blends[(a, b)]
 
-    slider.observe(on_slider, names="value")
-    dropdown_a.observe(on_pair, names="value")
-    dropdown_b.observe(on_pair, names="value")
-    refine.on_click(lambda _button: show(True))
+    def _decode(self, a: str, b: str, i: int, R: int) -> tuple:
+        i = 0 if a == b else i  # one shape: nothing to blend
+        key = (a, b, i, R)
+        if key not in self._meshes:
+            lat = self._pair_latents(a, b)[i] if a != b else self.latents[a]
+            v, f = extract_mesh(decode_grid_guided(self.model, lat, R))  # SkellabError: no surface
+            watertight = bool(trimesh.Trimesh(v, f, process=False).is_watertight)
+            if len(self._meshes) >= self.cache_size:
+                self._meshes.pop(next(iter(self._meshes)))
+            self._meshes[key] = (v.astype(np.float32), f.astype(np.uint32), watertight, count_components(v, f))
+        return self._meshes[key]
 
-    box = widgets.VBox([widgets.HBox([dropdown_a, dropdown_b]), widgets.HBox([slider, refine]), status, plot])
-    box._quiet = False
-    box.slider, box.dropdown_a, box.dropdown_b, box.refine = slider, dropdown_a, dropdown_b, refine
-    box.status, box.plot, box.mesh, box.state = status, plot, mesh, state
-    box.set_t, box.set_pair, box.refine_now = set_t, set_pair, lambda: show(True)
-    box.blends = blends
-    show(True)
-    return box
+    def _on_pair(self, _change: dict) -> None:
+        if not self._quiet:
+            self._show(True)
+
+    def _show(self, full: bool) -> None:
+        a, b = self.dropdown_a.value, self.dropdown_b.value
+        t = float(self.slider.value)
+        self.state.update(pair=(a, b), t=t)
+        if a is None or b is None:
+            self.state["message"] = self.status.value = "pick two organs (one of the dropdowns is empty)"
+            return
+        R = self.full_resolution if full else self.preview_resolution
+        i = round(t * (self.steps - 1))
+        try:
+            v, f, watertight, comps = self._decode(a, b, i, R)
+        except SkellabError as exc:
+            self.state["message"] = self.status.value = f"t = {t:.2f}: nothing to mesh at {R}³ ({exc}); previous mesh kept"
+            return
+        with self.mesh.hold_sync():  # one message: vertices and indices stay consistent in the browser
+            self.mesh.vertices, self.mesh.indices = v, f
+        self.state.update(resolution=R, watertight=watertight, components=comps)
+        flags = f"{'watertight' if watertight else 'NOT watertight'}, {comps} component{'s' if comps != 1 else ''}"
+        prefix = f"same organ twice ({a}): pick two different shapes · " if a == b else ""
+        self.state["message"] = self.status.value = (
+            f"{prefix}t = {t:.2f} · {'full' if full else 'preview'} {R}³ · {len(f)} faces · {flags}")
+
+
+def interpolation_widget(model: SkeletalAutoencoder, latents: Mapping[str, Latent], **options: Any) -> InterpolationWidget:
+    """An :class:`InterpolationWidget` over ``latents`` (``{name: Latent (1, K, 4 + F)}``, decoded by ``model``).
+
+    options : ``steps`` (slider positions; the interpolated latents of each pair are computed once,
+              tokens matched), ``preview_resolution`` (grid while the slider moves), ``full_resolution``
+              (the "refine" button, a new pair, the first view), ``initial`` (a pair of names),
+              ``cache_size``, ``height``.
+    """
+    return InterpolationWidget(model, latents, **options)
 
 
 def edit_sphere(latent: Latent, index: int, *, scale: float = 1.0,
@@ -270,11 +269,6 @@ def skeleton_explorer(model: SkeletalAutoencoder, latent: Latent, *, preview_res
     (Checkboxes), ``.refine``, ``.status``, ``.plot``, ``.mesh`` and ``.edited`` (the current
     edited latent). Objects are updated in place, never rebuilt.
     """
-    from ..meshing import decode_mesh
-    from ..skeleton.graph import skeleton_edges
-    from .k3d_views import PALETTE, _k3d
-    from .widgets import _ipywidgets
-
     _single(latent)
     widgets, k3d = _ipywidgets(), _k3d()
     centers = latent.centers[0].detach().float().cpu()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SkellabError
+from ..runtime import atomic_path
 
 PALETTE = {"mesh": 0xE8A87C, "points": 0x41B3A3, "spheres": 0xC38D9E, "graph": 0x1F3A5F}
 
@@ -69,7 +70,5 @@ def skeleton_view(centers: np.ndarray, radii: np.ndarray | None = None, edges: n
 
 def snapshot_html(plot: Any, path: str | os.PathLike) -> None:
     """Write the plot as a self-contained offline HTML file (k3d snapshot)."""
-    from ..runtime import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(plot.get_snapshot())

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import SkellabError
+from ..train import read_log
 from .plots import _plt
 
 __all__ = ["training_curves", "mesh_gallery"]
@@ -23,8 +24,6 @@ STAGE_ORDER = ("skeleton", "autoencoder", "diffusion")
 
 def _rows(source: Any) -> list[dict[str, Any]]:
     """Log rows from a ``log.csv`` path, a list of row dicts, or anything with ``.history`` (FitResult)."""
-    from ..train import read_log
-
     if isinstance(source, (str, os.PathLike)):
         return read_log(source)
     return list(getattr(source, "history", source))

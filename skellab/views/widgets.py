@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import SkellabError
+from .k3d_views import PALETTE, _k3d, points_view
 
 
 def _ipywidgets() -> Any:
@@ -33,7 +34,6 @@ def history_scrubber(
     if not frames:
         raise SkellabError("history_scrubber needs at least one frame")
     widgets = _ipywidgets()
-    from .k3d_views import PALETTE, _k3d, points_view
 
     k3d = _k3d()
     plot = k3d.plot(height=height, grid_visible=False, menu_visibility=False)

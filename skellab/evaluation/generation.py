@@ -3,7 +3,7 @@
 The library behind ``skellab evaluate``::
 
     results = evaluate_generation("/tmp/medsdf-mini", split="test", n=2)
-    print(format_table(results))
+    print(generation_table(results))
 
 What is compared, per organ class of the reference split (MedSDF's test fold by default):
 
@@ -33,7 +33,6 @@ the numbers are noisy: 1-NNA on 2 + 2 shapes can only be 0, 0.25, 0.5, 0.75 or 1
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -44,30 +43,27 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .baselines.point_diffusion import (
+from ..baselines.point_diffusion import (
     PointDenoiser,
     PointDenoiserConfig,
     PointDiffusion,
     load_point_diffusion,
     save_point_diffusion,
 )
-from .data.medsdf import MedSDF
-from .diffusion import fit_denoiser, make_scheduler
-from .errors import SkellabError
-from .generation import DEFAULT_DIFFUSION_WEIGHTS, decode_organ, generate_from_models, load_generation_models
-from .metrics import betti_error, generation_metrics, sample_points
-from .runtime import make_generator
+from ..data.medsdf import MedSDF
+from ..diffusion import make_scheduler
+from ..errors import SkellabError
+from ..generation import decode_organ, generate_from_models, load_generation_models
+from ..metrics import betti_error, generation_metrics, sample_points
+from ..runtime import make_generator
+from ..tables import format_table
+from ..train.engine import EngineConfig, StopTraining
+from ..train.recipes import fit_denoiser
+from ..weights import weights_info, weights_path
 
-__all__ = ["ABLATION_WEIGHTS", "METRIC_KEYS", "train_baseline", "evaluate_generation", "format_table",
-           "shipped_results"]
+__all__ = ["METRIC_KEYS", "train_baseline", "evaluate_generation", "generation_table", "shipped_results"]
 
-_WEIGHTS = Path(__file__).resolve().parent / "weights"
-ABLATION_WEIGHTS = (_WEIGHTS / "autoencoder_surface.pt", _WEIGHTS / "diffusion_surface.pt")
 METRIC_KEYS = ("mmd_cd_x1e3", "cov_cd", "1nna_cd", "mmd_emd_x1e2", "cov_emd", "1nna_emd", "betti_error")
-
-
-class _BudgetSpent(Exception):
-    """Raised from the training callback when the compute budget is used up."""
 
 
 # ---------------------------------------------------------------------- the baseline
@@ -104,26 +100,19 @@ def train_baseline(store: MedSDF | str | os.PathLike, classes: Sequence[str], *,
     ci = torch.tensor([list(classes).index(store.record(i)["class"]) for i in ids])
     cfg = config or PointDenoiserConfig.tiny(num_classes=len(classes))
     model = PointDenoiser(config=cfg)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
     sched = make_scheduler("edm")
     losses: list[float] = []
     c0, w0 = time.process_time(), time.perf_counter()
 
-    def _callback(step: int, loss: float) -> None:  # EMA of the weights, and the budget check
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+    def _budget(step: int, loss: float) -> None:
         losses.append(loss)
         if time.process_time() - c0 >= cpu_seconds:
-            raise _BudgetSpent
+            raise StopTraining
 
-    try:
-        fit_denoiser(model, clouds, ci, sched, steps=max_steps, batch_size=batch_size, lr=lr,
-                     class_dropout=cfg.class_dropout, generator=make_generator(seed), warmup=100,
-                     ema_decay=None, progress=progress, desc="point diffusion", callback=_callback)
-    except _BudgetSpent:
-        pass
+    engine = EngineConfig(steps=max_steps, batch_size=batch_size, lr=lr, warmup=100, schedule="constant",
+                          ema_decay=ema_decay)
+    ema, _ = fit_denoiser(model, clouds, ci, sched, engine, class_dropout=cfg.class_dropout,
+                          generator=make_generator(seed), progress=progress, desc="point diffusion", callback=_budget)
     train = {"steps": len(losses), "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
              "cpu_seconds": time.process_time() - c0, "wall_seconds": time.perf_counter() - w0,
              "cpu_budget_seconds": float(cpu_seconds), "torch_threads": torch.get_num_threads(),
@@ -267,7 +256,7 @@ def evaluate_generation(
         },
         "setup": {"n_per_class": n, "num_points": num_points, "emd_points": emd_points, "resolution": resolution,
                   "steps": steps, "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
-                  "diffusion_checkpoint": str(diffusion_checkpoint or DEFAULT_DIFFUSION_WEIGHTS),
+                  "diffusion_checkpoint": str(diffusion_checkpoint or weights_path("diffusion")),
                   "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                   "reference_seconds": time.perf_counter() - t0},
         "methods": methods,
@@ -316,7 +305,8 @@ def _evaluate_point_model(base: PointDiffusion, refs, ref_pts, ref_meshes, *, nu
 
 
 def _ablation(paths, refs, ref_pts, ref_meshes, **kw) -> dict[str, Any]:
-    ae_path, diff_path = paths if paths is not None else ABLATION_WEIGHTS
+    ae_path, diff_path = paths if paths is not None else (weights_path("autoencoder_surface"),
+                                                          weights_path("diffusion_surface"))
     if not (Path(ae_path).is_file() and Path(diff_path).is_file()):
         return {"available": False,
                 "reason": f"no surface-token (SPSDF) ablation checkpoints: expected {ae_path} and {diff_path}; "
@@ -330,32 +320,33 @@ def _ablation(paths, refs, ref_pts, ref_meshes, **kw) -> dict[str, Any]:
     return out
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The macro-averaged table as aligned text (one row per method)."""
+def generation_table(results: dict[str, Any]) -> str:
+    """The macro-averaged table of :func:`evaluate_generation` as aligned text (one row per method)."""
     heads = ["method", "MMD-CD x1e3", "COV-CD", "1-NNA-CD", "MMD-EMD x1e2", "COV-EMD", "1-NNA-EMD", "Betti err"]
     rows = []
     for name, m in results["methods"].items():
         if m.get("available") is False:
             rows.append([name] + ["n/a"] * (len(heads) - 1))
-            continue
-        mac = m["macro"]
-        rows.append([name] + ["-" if mac[k] is None else f"{mac[k]:.3f}" for k in METRIC_KEYS])
-    widths = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in [heads] + rows]
+        else:
+            rows.append([name] + [m["macro"][k] for k in METRIC_KEYS])
     s = results["setup"]
-    lines.append(f"{results.get('dataset_name') or results['dataset']} / {results['split']}: "
-                 f"{sum(results['reference_counts'].values())} references in {len(results['classes'])} classes; "
-                 f"{s['num_points']} points (EMD: {s['emd_points']}), normalised frame; per-class metrics, "
-                 "mean over classes")
-    return "\n".join(lines)
+    return format_table(rows, heads) + "\n" + (
+        f"{results.get('dataset_name') or results['dataset']} / {results['split']}: "
+        f"{sum(results['reference_counts'].values())} references in {len(results['classes'])} classes; "
+        f"{s['num_points']} points (EMD: {s['emd_points']}), normalised frame; per-class metrics, mean over classes")
 
 
 def shipped_results(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The table measured when the shipped diffusion model was released (``weights/diffusion.json``,
     ``metrics.evaluation``), in the format of :func:`evaluate_generation`."""
-    p = Path(path) if path is not None else _WEIGHTS / "diffusion.json"
+    if path is None:
+        p, index = weights_path("diffusion").with_suffix(".json"), weights_info("diffusion")
+    else:
+        p = Path(path)
     try:
-        return json.loads(p.read_text())["metrics"]["evaluation"]
+        if path is not None:
+            index = json.loads(p.read_text())
+        return index["metrics"]["evaluation"]
     except FileNotFoundError as exc:
         raise SkellabError(f"{p}: not found") from exc
     except (ValueError, KeyError, TypeError) as exc:

@@ -1,7 +1,7 @@
 """Reconstruction quality of an autoencoder on a MedSDF split (METHOD §9).
 
-Each shape is encoded (first ``num_surface`` stored surface points + its medial
-skeleton), decoded on a guided grid, meshed, and compared with the stored mesh on
+Each shape is encoded (first ``num_surface`` stored surface points + the skeleton of the
+model's own method), decoded on a guided grid, meshed, and compared with the stored mesh on
 ``n`` area-uniform surface samples each, in the per-shape **normalised frame**
 (bbox centre 0, max |coordinate| = 1). The same is done for the union of the
 skeletal spheres alone (the decoder's prior), so a table shows what the network adds.
@@ -17,27 +17,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..autoencoder import SkeletalAutoencoder, encode_shapes
 from ..data.medsdf import MedSDF
 from ..errors import SkellabError
+from ..meshing import decode_grid_guided, extract_mesh, sphere_union_mesh
 from ..metrics.reconstruction import reconstruction_metrics
-from .model import SkeletalAutoencoder
-from .train import encode_shapes
 
-__all__ = ["evaluate_autoencoder", "sphere_union_mesh"]
+__all__ = ["evaluate_autoencoder"]
 
 KEYS = ("cd_pointflow", "cd_paper", "emd", "hausdorff", "f1@0.02", "f1@0.06")
-
-
-def sphere_union_mesh(centers: torch.Tensor, radii: torch.Tensor, resolution: int = 128,
-                      box: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
-    """Mesh of the union of spheres (K, 3), (K,) by marching cubes on a dense grid (normalised frame)."""
-    from ..autoencoder.model import sphere_union_sdf
-    from ..data.sampling import grid_points
-    from ..meshing import extract_mesh  # lazy: meshing imports this package
-
-    g = torch.as_tensor(grid_points(resolution, box), dtype=torch.float32)[None]
-    sdf = sphere_union_sdf(g, centers.reshape(1, -1, 3).float(), radii.reshape(1, -1).float())
-    return extract_mesh(sdf[0].numpy().reshape((resolution,) * 3), box=box)
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -67,8 +55,6 @@ def evaluate_autoencoder(
     sampling noise below which no reconstruction can score (CD ≈ point spacing).
     Keys of each metric dict: cd_pointflow, cd_paper, emd, hausdorff, f1@0.02, f1@0.06.
     """
-    from ..meshing import decode_grid_guided, extract_mesh  # lazy: meshing imports this package
-
     with_prior = with_prior and model.config.sphere_prior  # surface-point tokens have no sphere union
     store = MedSDF.open(dataset_root)
     ids = list(ids) if ids is not None else store.ids(split=split)

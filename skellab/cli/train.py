@@ -8,6 +8,10 @@ import json
 import os
 from typing import Any, Sequence
 
+import torch
+
+from ..train.stages import train_stage
+from .common import Parser, positive_int, run_command
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -21,7 +25,7 @@ def _override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def add_train_arguments(p: argparse.ArgumentParser, positive_int) -> None:
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=["skeleton", "autoencoder", "diffusion", "all"],
                    help="what to train ('all': [skeleton →] autoencoder → diffusion)")
     p.add_argument("--data", required=True, help="MedSDF dataset folder")
@@ -42,12 +46,8 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .stages import train_stage
-
     overrides = dict(args.overrides)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     stages = [args.stage] if args.stage != "all" else (
         (["skeleton"] if args.skeleton_method == "learned" else []) + ["autoencoder", "diffusion"])
@@ -72,9 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m skellab.train STAGE --data DIR --out RUN ...`` (what ``torchrun`` launches)."""
-    from ..cli import _Parser, _positive_int, run_command
-
-    p = _Parser(prog="python -m skellab.train", description="train a skellab stage (torchrun-compatible)")
-    add_train_arguments(p, _positive_int)
+    p = Parser(prog="python -m skellab.train", description="train a skellab stage (torchrun-compatible)")
+    add_train_arguments(p)
     args = p.parse_args(argv)
     return run_command(run_train, args)

@@ -10,33 +10,30 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from .errors import SkellabError
+from .. import __version__
+from ..data.build import build_dataset, import_files, merge_shards
+from ..data.checks import check_dataset
+from ..data.medsdf import MedSDF
+from ..demo import DemoConfig, run_demo
+from ..diffusion import load_diffusion
+from ..errors import SkellabError
+from ..evaluation import evaluate_generation, generation_table
+from ..generation import generate_organs, list_organs, load_keep, write_generated
+from ..meshing import export_mesh
+from ..pipeline import export_reconstruction, interpolate_files, reconstruct_file
+from ..runtime import atomic_path
+from ..skeleton.io import skeletonize_file
+from .common import Parser, positive_int, run_command
+from .train import add_train_arguments, run_train
 
-EXIT_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own behaviour, kept terse)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+__all__ = ["build_parser", "main"]
 
 
 # ---------------------------------------------------------------- data
 def _cmd_data_build(args: argparse.Namespace) -> int:
-    from .data.build import build_dataset
 
     t0 = time.perf_counter()
     path = build_dataset(
@@ -52,14 +49,12 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_merge(args: argparse.Namespace) -> int:
-    from .data.build import merge_shards
 
     print(f"wrote {merge_shards(args.dir)}")
     return 0
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
-    from .data.medsdf import MedSDF
 
     ds = MedSDF.open(args.dir)
     summary = ds.summary()
@@ -80,7 +75,6 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.checks import check_dataset
 
     report = check_dataset(args.dir, samples_per_shape=args.samples, progress=not args.quiet)
     print(json.dumps(report, indent=1))
@@ -89,7 +83,6 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
-    from .data.build import import_files
 
     ids = import_files(args.files, organ=args.organ, out=args.out, label=args.label,
                        license=args.license, workers=args.workers, progress=not args.quiet)
@@ -99,7 +92,6 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- skeletonize
 def _cmd_skeletonize(args: argparse.Namespace) -> int:
-    from .skeleton.io import skeletonize_file
 
     skel = skeletonize_file(args.input, method=args.method, k=args.points, seed=args.seed, device=args.device)
     skel.save(args.out)
@@ -109,7 +101,6 @@ def _cmd_skeletonize(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- autoencoder
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .pipeline import export_reconstruction, reconstruct_file
 
     t0 = time.perf_counter()
     rec = reconstruct_file(args.input, checkpoint=args.checkpoint, resolution=args.resolution,
@@ -121,8 +112,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    from .meshing import export_mesh
-    from .pipeline import interpolate_files
 
     steps = interpolate_files(args.a, args.b, steps=args.steps, checkpoint=args.checkpoint,
                               resolution=args.resolution, seed=args.seed, device=args.device)
@@ -138,15 +127,25 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
 
     run_demo(args.out, config=DemoConfig(resolution=args.resolution, seed=args.seed, snapshots=not args.no_snapshots))
     return 0
 
 
 # ---------------------------------------------------------------- generation and evaluation
+def _indices(text: str) -> list[int]:
+    """``"0-40,50"`` → [0, 1, …, 40, 50]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise SkellabError(f"--keep-tokens expects indices like 0-40,50, got {text!r}") from None
+    return out
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import generate_organs, list_organs, write_generated
 
     if args.list_organs:
         print("\n".join(list_organs(args.checkpoint)))
@@ -154,10 +153,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.organ is None or args.out is None:
         raise SkellabError("generate needs --organ NAME and --out DIR (or --list-organs)")
     t0 = time.perf_counter()
+    keep = None
+    if args.keep is not None:
+        diffusion = load_diffusion(args.checkpoint)
+        keep = load_keep(args.keep, diffusion.num_tokens, diffusion.denoiser.config.token_dim,
+                         indices=_indices(args.keep_tokens) if args.keep_tokens else None)
+    elif args.keep_tokens:
+        raise SkellabError("--keep-tokens needs --keep FILE")
     organs = generate_organs(args.organ, args.n, steps=args.steps, guidance=args.guidance, seed=args.seed,
                              scheduler=args.scheduler, resolution=args.resolution,
                              diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
-                             device=args.device)
+                             device=args.device, keep=keep)
     paths = write_generated(organs, args.out)
     for g, path in zip(organs, paths[::2]):
         flags = "watertight" if g.watertight else "NOT watertight"
@@ -169,8 +175,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_generation, format_table
-    from .runtime import atomic_path
 
     results = evaluate_generation(
         args.data, split=args.split, n=args.n, num_points=args.points, emd_points=min(args.emd_points, args.points),
@@ -180,24 +184,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
-    print(format_table(results))
+    print(generation_table(results))
     print(f"wrote {args.out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="skellab", description="Skeletal latent diffusion for 3D medical shapes.")
-    parser.add_argument("--version", action="version", version=f"skellab {__import__('skellab').__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="skellab", description="Skeletal latent diffusion for 3D medical shapes.")
+    parser.add_argument("--version", action="version", version=f"skellab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     data = sub.add_parser("data", help="build, inspect and extend MedSDF datasets")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
     dsub.required = True
     b = dsub.add_parser("build", help="build a MedSDF dataset from a preset (tiny, mini)")
     b.add_argument("--preset", default="mini", help="tiny (seconds, for tests) or mini (MedSDF-mini)")
     b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    b.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     b.add_argument("--shard", default=None, help="i/n: build only shard i of n (then `skellab data merge`)")
     b.add_argument("--grid", type=int, default=0, help="also store an R^3 SDF grid (0: none)")
     b.add_argument("--overwrite", action="store_true", help="rebuild over an existing dataset")
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_data_info)
     c = dsub.add_parser("check", help="re-verify meshes and SDF signs (exact winding number)")
     c.add_argument("dir")
-    c.add_argument("--samples", type=_positive_int, default=2000, help="SDF samples checked per shape")
+    c.add_argument("--samples", type=positive_int, default=2000, help="SDF samples checked per shape")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
     im = dsub.add_parser("import", help="add your own meshes or label volumes to a dataset")
@@ -222,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", required=True, help="dataset folder (created if absent)")
     im.add_argument("--label", type=int, default=None, help="label value to extract from label volumes")
     im.add_argument("--license", default="user-provided", help="licence of the imported data")
-    im.add_argument("--workers", type=_positive_int, default=1)
+    im.add_argument("--workers", type=positive_int, default=1)
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(func=_cmd_data_import)
 
@@ -230,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="mesh file, or point cloud (.npy (N,3) / (N,6) with normals, .ply points)")
     s.add_argument("--out", required=True, help="output .npz (centers, radii, edges, method), input's coordinates")
     s.add_argument("--method", default="medial", help="medial (default), contraction, learned or thinning")
-    s.add_argument("--points", type=_positive_int, default=256, help="number of skeletal spheres K")
+    s.add_argument("--points", type=positive_int, default=256, help="number of skeletal spheres K")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.set_defaults(func=_cmd_skeletonize)
@@ -276,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped weights)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     gen.add_argument("--list-organs", action="store_true", help="print the organ classes, one per line, and exit")
+    gen.add_argument("--keep", default=None, metavar="FILE",
+                     help="complete an edited organ: keep the tokens of FILE (organ_XX_latent.npz: tokens; "
+                          "organ_XX_skeleton.npz or an edited skeleton: only xyz + r) and let diffusion finish the rest")
+    gen.add_argument("--keep-tokens", default=None, metavar="I-J,K",
+                     help="with --keep: keep only these token indices (e.g. a branch: 0-40)")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="MMD / COV / 1-NNA / Betti table: skellab vs point diffusion vs ablation")
@@ -283,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output JSON")
     ev.add_argument("--split", default="test", help="reference split: test (default), val, train or all")
     ev.add_argument("--n", type=int, default=2, help="at most N reference shapes per class")
-    ev.add_argument("--points", type=_positive_int, default=2048, help="surface points per shape (CD)")
-    ev.add_argument("--emd-points", type=_positive_int, default=512, help="points per shape for EMD")
+    ev.add_argument("--points", type=positive_int, default=2048, help="surface points per shape (CD)")
+    ev.add_argument("--emd-points", type=positive_int, default=512, help="points per shape for EMD")
     ev.add_argument("--resolution", type=int, default=96, help="marching-cubes grid of generated meshes")
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
     ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
@@ -298,10 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress messages")
     ev.set_defaults(func=_cmd_evaluate)
 
-    from .train.cli import add_train_arguments, run_train
 
     tr = sub.add_parser("train", help="train a stage (skeleton, autoencoder, diffusion) or all; resumable, torchrun-ready")
-    add_train_arguments(tr, _positive_int)
+    add_train_arguments(tr)
     tr.set_defaults(func=run_train)
     return parser
 
@@ -310,25 +318,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_command(args.func, args)
-
-
-def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; bad input → one line ``skellab: error: …`` and exit status 2, never a traceback."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            return func(args)
-    except SkellabError as exc:
-        print(f"skellab: error: {exc}", file=sys.stderr)
-    except FileNotFoundError as exc:
-        print(f"skellab: error: file not found: {exc.filename or exc}", file=sys.stderr)
-    except (OSError, MemoryError) as exc:
-        print(f"skellab: error: {exc.__class__.__name__}: {exc}".splitlines()[0], file=sys.stderr)
-    except KeyboardInterrupt:
-        print("skellab: interrupted", file=sys.stderr)
-        return 130
-    return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

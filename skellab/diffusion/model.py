@@ -1,0 +1,133 @@
+"""The latent diffusion model as one object, and its checkpoints (format ``skellab.diffusion/1``).
+
+A plain dict, ``torch.load(weights_only=True)``-safe::
+
+    {"format": "skellab.diffusion/1", "config": asdict(DenoiserConfig), "state_dict": ...,
+     "normalizer": {"mean": (D,), "std": (D,)}, "scheduler": scheduler.config,
+     "classes": [...] | None, "num_tokens": K, "step": int, "metrics": {...}, "train": {...}}
+
+Training lives in :mod:`skellab.train` (``skellab train diffusion``, :func:`skellab.train.train_diffusion`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import read_checkpoint, write_checkpoint
+from ..errors import SkellabError
+from ..runtime import resolve_device
+from ..weights import weights_path
+from .denoiser import DenoiserConfig, TokenDenoiser
+from .inpainting import inpaint_latents
+from .sampling import LatentNormalizer, sample_latents
+from .schedulers import make_scheduler
+
+__all__ = ["CHECKPOINT_FORMAT", "LatentDiffusion", "diffusion_payload", "save_diffusion", "load_diffusion"]
+
+CHECKPOINT_FORMAT = "skellab.diffusion/1"
+
+
+@dataclass
+class LatentDiffusion:
+    """Everything needed to sample latents: network, scheduler, normalizer, class names.
+
+    denoiser   : :class:`TokenDenoiser` (eval mode) working on standardised tokens
+    scheduler  : the scheduler it was trained with (a DDPM-trained one may be swapped for DDIM)
+    normalizer : maps standardised tokens back to latent units
+    classes    : class names, ``classes[i]`` ↔ class index i (None: unnamed / unconditional)
+    num_tokens : K of the training latents (the default number of tokens to sample)
+    info       : ``step``, ``metrics``, ``train`` from training or the checkpoint
+    """
+
+    denoiser: TokenDenoiser
+    scheduler: Any
+    normalizer: LatentNormalizer
+    classes: list[str] | None = None
+    num_tokens: int = 256
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def class_id(self, name_or_index: str | int) -> int:
+        """Class index of a class name (or an index, checked)."""
+        n = self.denoiser.config.num_classes
+        if isinstance(name_or_index, str):
+            if not self.classes or name_or_index not in self.classes:
+                raise SkellabError(f"unknown class {name_or_index!r}; known: {', '.join(self.classes or [])}")
+            return self.classes.index(name_or_index)
+        if not 0 <= int(name_or_index) < n:
+            raise SkellabError(f"class index {name_or_index} out of range [0, {n})")
+        return int(name_or_index)
+
+    def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = 2.0,
+               steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
+               return_trajectory: bool = False):
+        """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units)."""
+        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
+            class_index = self.class_id(class_index)
+        return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
+                              class_index=class_index, guidance=guidance, steps=steps, generator=generator,
+                              normalizer=self.normalizer, return_trajectory=return_trajectory)
+
+    def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
+                 class_index: int | str | torch.Tensor | None = None, guidance: float = 2.0, steps: int | None = None,
+                 resample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+        """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
+        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
+            class_index = self.class_id(class_index)
+        return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
+                               guidance=guidance, steps=steps, resample=resample, generator=generator,
+                               normalizer=self.normalizer)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
+                      metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``skellab.diffusion/1`` checkpoint dict (config, normalizer, scheduler, classes embedded)."""
+    info = diffusion.info or {}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": diffusion.denoiser.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in diffusion.denoiser.state_dict().items()},
+        "normalizer": diffusion.normalizer.to_dict(),
+        "scheduler": dict(diffusion.scheduler.config),
+        "classes": list(diffusion.classes) if diffusion.classes else None,
+        "num_tokens": int(diffusion.num_tokens),
+        "step": int(step if step is not None else info.get("step", 0)),
+        "metrics": dict(metrics if metrics is not None else info.get("metrics", {})),
+        "train": info.get("train"),
+    }
+
+
+def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
+                   metrics: dict[str, Any] | None = None) -> Path:
+    """Write a ``skellab.diffusion/1`` checkpoint atomically (config, normalizer, scheduler embedded)."""
+    write_checkpoint(path, diffusion_payload(diffusion, step=step, metrics=metrics))
+    return Path(path)
+
+
+def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> LatentDiffusion:
+    """Rebuild a :class:`LatentDiffusion` from its checkpoint alone (default: the shipped ``weights_path("diffusion")``).
+
+    A missing or corrupt file, another format, or weights that do not fit the stored
+    config → :class:`SkellabError`.
+    """
+    p = Path(path) if path is not None else weights_path("diffusion")
+    ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="diffusion")
+    try:
+        cfg = DenoiserConfig.from_dict(ckpt["config"])
+        normalizer = LatentNormalizer.from_dict(ckpt["normalizer"])
+        sched = make_scheduler(**ckpt["scheduler"])
+    except (KeyError, TypeError) as exc:
+        raise SkellabError(f"{p}: checkpoint config, normalizer or scheduler is missing or malformed") from exc
+    model = TokenDenoiser(config=cfg)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise SkellabError(f"{p}: checkpoint weights do not fit its config (other architecture?)") from exc
+    info = {k: ckpt.get(k) for k in ("step", "metrics", "train")}
+    return LatentDiffusion(model.to(resolve_device(device)).eval(), sched, normalizer, ckpt.get("classes"),
+                           int(ckpt.get("num_tokens", 256)), info)

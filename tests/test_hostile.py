@@ -1,0 +1,528 @@
+"""Hostile input, concurrency and interruption on the data side (issue 15).
+
+A table of cases — (input, command, expected exit code, message fragment, files that must
+stay unchanged) — runs through the CLI in-process (``main``: the same exit codes and stderr
+as the entry point, without paying torch's import per case); cases that could hang (FIFOs),
+races and SIGKILLs run the real entry point ``python -m skellab.cli`` as subprocesses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import trimesh
+from conftest import run_cli
+
+import skellab
+from skellab import SkellabError
+from skellab.data.medsdf import MedSDF, read_manifest
+
+_CODE = Path(skellab.__file__).resolve().parents[1]  # subprocesses run the same skellab as this process
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_CODE), os.environ.get("PYTHONPATH", "")]),
+       "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "skellab.cli", *map(str, args)], env=ENV, cwd=_CODE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _snapshot(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (folders recursively; hidden files included, except the
+    empty lock file ``DIR/.lock`` that any writer creates before it even reads the manifest)."""
+    out = {}
+    for p in paths:
+        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()) if p.exists() else []
+        for f in files:
+            if f.name == ".lock" and f.stat().st_size == 0:
+                continue
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2, (code, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert fragment.lower() in lines[0].lower(), lines[0]
+
+
+# ------------------------------------------------------------------ fixtures: a 2-shape dataset
+@pytest.fixture(scope="module")
+def small_ds(tiny_dataset, tmp_path_factory) -> Path:
+    """The first two shapes of the tiny dataset, as a dataset of their own."""
+    dst = tmp_path_factory.mktemp("hostile") / "small"
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    manifest["shapes"] = manifest["shapes"][:2]
+    manifest["classes"] = sorted({r["class"] for r in manifest["shapes"]})
+    for rec in manifest["shapes"]:
+        for entry in rec["files"].values():
+            (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tiny_dataset / entry["path"], dst / entry["path"])
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    assert MedSDF.open(dst).verify_all() == 4
+    return dst
+
+
+@pytest.fixture
+def ds(small_ds, tmp_path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(small_ds, root)
+    return root
+
+
+def _edit_manifest(root: Path, edit: Callable[[dict], None]) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    edit(m)
+    (root / "manifest.json").write_text(json.dumps(m, indent=1))
+
+
+def _edit_samples(root: Path, edit: Callable[[dict], None]) -> None:
+    """Rewrite the first shape's sample archive and give the manifest its new checksum."""
+    m = json.loads((root / "manifest.json").read_text())
+    entry = m["shapes"][0]["files"]["samples"]
+    with np.load(root / entry["path"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (root / entry["path"]).write_bytes(buf.getvalue())
+    entry["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(m, indent=1))
+
+
+def _mesh(path: Path, scale: float = 10.0, offset: float = 0.0) -> Path:
+    """An icosphere written with full float64 precision (OBJ) or as the format stores it."""
+    m = trimesh.creation.icosphere(subdivisions=2)
+    v = m.vertices * scale + offset
+    if path.suffix == ".obj":
+        path.write_text("".join(f"v {float(a)!r} {float(b)!r} {float(c)!r}\n" for a, b, c in v)
+                        + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in m.faces))
+    else:
+        trimesh.Trimesh(v, m.faces, process=False).export(path)
+    return path
+
+
+def _gifti(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
+    nib = pytest.importorskip("nibabel")
+    img = nib.gifti.GiftiImage(darrays=[
+        nib.gifti.GiftiDataArray(vertices.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
+        nib.gifti.GiftiDataArray(faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")])
+    nib.save(img, str(path))
+    return path
+
+
+def _ico():
+    return trimesh.creation.icosphere(subdivisions=1, radius=10.0)
+
+
+def _cloud(n: int) -> np.ndarray:
+    p = np.random.default_rng(0).normal(size=(n, 3))
+    return p / np.linalg.norm(p, axis=1, keepdims=True) * [30.0, 20.0, 10.0]
+
+
+# ------------------------------------------------------------------ the table
+@dataclasses.dataclass
+class Case:
+    name: str
+    setup: Callable[[Path, Path], list]  # (tmp, dataset copy) → CLI arguments
+    code: int  # expected exit status
+    fragment: str = ""  # expected in the one-line error (code 2)
+    unchanged: tuple[str, ...] = ("ds",)  # paths under tmp that must keep every byte
+
+
+def _man(edit):
+    def setup(tmp, root):
+        _edit_manifest(root, edit)
+        return ["data", "info", root, "--verify"]
+    return setup
+
+
+def _npz(edit):
+    def setup(tmp, root):
+        _edit_samples(root, edit)
+        return ["data", "info", root, "--verify"]
+    return setup
+
+
+def _pop(rec, *keys):
+    for k in keys[:-1]:
+        rec = rec[k]
+    rec.pop(keys[-1])
+
+
+def _shard_like(tmp, root):
+    shutil.copy(root / "manifest.json", root / "manifest.shard-0-of-1.json")
+    return ["data", "merge", root]
+
+
+def _import(make: Callable[[Path], Path]):
+    def setup(tmp, root):
+        return ["data", "import", make(tmp), "--class", "liver", "--out", root, "--quiet"]
+    return setup
+
+
+def _skel(make: Callable[[Path], Path], *extra):
+    def setup(tmp, root):
+        return ["skeletonize", make(tmp), "--out", tmp / "out" / "s.npz", "--points", "32", "--device", "cpu", *extra]
+    return setup
+
+
+def _npy(name, array):
+    def make(tmp):
+        np.save(tmp / name, array)
+        return tmp / name
+    return make
+
+
+CASES = [
+    # manifests with the right format tag but wrong content
+    Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
+    Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
+    Case("fold out of range", _man(lambda m: m["shapes"][1].update(fold=6)), 2, "field 'fold'"),
+    Case("no samples sha256", _man(lambda m: _pop(m["shapes"][0], "files", "samples", "sha256")), 2,
+         "files.samples.sha256"),
+    Case("duplicate ids", _man(lambda m: m["shapes"].append(dict(m["shapes"][0]))), 2, "duplicate shape id"),
+    Case("path outside dataset", _man(lambda m: m["shapes"][0]["files"]["mesh"].update(path="../../etc/passwd")), 2,
+         "relative path inside the dataset"),
+    Case("sample_config not a mapping", _man(lambda m: m.update(sample_config=5)), 2, "sample_config"),
+    # sample archives with the right checksum but the wrong content
+    Case("npz without sdf_values", _npz(lambda a: a.pop("sdf_values")), 2, "'sdf_values'"),
+    Case("npz without surface_normals", _npz(lambda a: a.pop("surface_normals")), 2, "'surface_normals'"),
+    Case("npz complex sdf", _npz(lambda a: a.update(sdf_values=a["sdf_values"].astype(np.complex64))), 2, "complex"),
+    Case("npz wrong shape", _npz(lambda a: a.update(sdf_points=a["sdf_points"][:, :2])), 2, "'sdf_points' has shape"),
+    # merge and shards
+    Case("merge a non-shard manifest", _shard_like, 2, "not a shard manifest"),
+    Case("merge without shards", lambda tmp, root: ["data", "merge", root], 2, "no shard manifests"),
+    Case("shard over a dataset", lambda tmp, root: ["data", "build", "--preset", "tiny", "--shard", "0/2", "--out", root],
+         2, "already holds"),
+    # imported meshes
+    Case("gifti 4-column triangles", _import(lambda t: _gifti(t / "f4.gii", _ico().vertices,
+                                                               np.c_[_ico().faces, _ico().faces[:, 0]])),
+         2, "TRIANGLE array has shape (80, 4)"),
+    Case("gifti 2-column points", _import(lambda t: _gifti(t / "v2.gii", _ico().vertices[:, :2], _ico().faces)),
+         2, "POINTSET array has shape (42, 2)"),
+    Case("float32 mesh lost at 1e11", _import(lambda t: _mesh(t / "far.stl", 1.0, 1e11)), 2,
+         "move it towards the origin"),
+    Case("bad sample_config in manifest", lambda tmp, root: (
+        _edit_manifest(root, lambda m: m["sample_config"].update(near_samples="x")),
+        ["data", "import", _mesh(tmp / "ok.obj"), "--class", "liver", "--out", root, "--quiet"])[1],
+         2, "field 'near_samples' must be an integer"),
+    # meshes at extreme scales and offsets are valid: they are normalised, not refused
+    Case("mesh at 1e12 scale", _import(lambda t: _mesh(t / "huge.ply", 1e12)), 0, unchanged=()),
+    Case("mesh at 1e-12 scale", _import(lambda t: _mesh(t / "minute.ply", 1e-12)), 0, unchanged=()),
+    Case("mesh offset 1e11", _import(lambda t: _mesh(t / "offset.obj", 1.0, 1e11)), 0, unchanged=()),
+    # point clouds for skeletonize
+    Case("empty npy", _skel(_npy("empty.npy", np.zeros((0, 3)))), 2, "empty"),
+    Case("string npy", _skel(_npy("text.npy", np.array([["a", "b", "c"]] * 40))), 2, "holds no coordinates"),
+    Case("complex npy", _skel(_npy("cplx.npy", _cloud(400) + 1j)), 2, "complex"),
+    Case("negative seed", _skel(_npy("c.npy", _cloud(400)), "--seed", "-1"), 2, "--seed must be an integer"),
+    Case("overflowing seed", _skel(_npy("c.npy", _cloud(400)), "--seed", str(2**70)), 2, "--seed must be an integer"),
+    Case("249-character output name", lambda tmp, root: ["skeletonize", _npy("c.npy", _cloud(400))(tmp), "--out",
+                                                         tmp / ("s" * 245 + ".npz"), "--points", "32", "--device", "cpu"],
+         0, unchanged=()),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_case(case: Case, ds, tmp_path):
+    args = case.setup(tmp_path, ds)
+    before = _snapshot(*(tmp_path / p for p in case.unchanged))
+    code, _, err = run_cli(*args)
+    if case.code == 0:
+        assert code == 0, err
+    else:
+        _one_line_error(code, err, case.fragment)
+    assert _snapshot(*(tmp_path / p for p in case.unchanged)) == before, "files changed"
+
+
+def test_imports_at_extreme_scales_are_normalised(ds, tmp_path):
+    for name, scale, offset in (("huge.ply", 1e12, 0.0), ("minute.ply", 1e-12, 0.0), ("offset.obj", 1.0, 1e11)):
+        code, _, err = run_cli("data", "import", _mesh(tmp_path / name, scale, offset), "--class", "liver",
+                               "--out", ds, "--quiet")
+        assert code == 0, err
+        rec = MedSDF.open(ds).record(f"liver_{Path(name).stem}")
+        assert np.isclose(rec["normalization"]["scale"], scale, rtol=1e-5)
+        assert np.isclose(rec["normalization"]["center"][0], offset, rtol=1e-9, atol=1e-9 * scale)
+    assert MedSDF.open(ds).verify_all() == 10
+
+
+@pytest.mark.parametrize("argv", [["skeletonize", "{fifo}", "--out", "{tmp}/s.npz", "--device", "cpu"],
+                                  ["data", "import", "{fifo}", "--class", "liver", "--out", "{tmp}/ds"]])
+def test_fifo_input_is_refused_not_read(tmp_path, argv):
+    fifo = tmp_path / "cloud.npy"
+    os.mkfifo(fifo)
+    proc = _cli(*[a.format(fifo=fifo, tmp=tmp_path) for a in argv])
+    try:
+        _, err = proc.communicate(timeout=120)  # before the fix: blocked on open() forever
+    finally:
+        proc.kill()
+    _one_line_error(proc.returncode, err, "FIFO")
+
+
+def test_point_clouds_are_subsampled_like_meshes(tmp_path):
+    from skellab.skeleton.io import load_point_input
+
+    np.save(tmp_path / "big.npy", np.c_[_cloud(200_000), _cloud(200_000)])
+    a, na, _ = load_point_input(tmp_path / "big.npy", num_points=2560, seed=3)
+    b, nb, _ = load_point_input(tmp_path / "big.npy", num_points=2560, seed=3)
+    c, _, _ = load_point_input(tmp_path / "big.npy", num_points=2560, seed=4)
+    assert a.shape == na.shape == (2560, 3) and np.array_equal(a, b) and np.array_equal(na, nb)
+    assert not np.array_equal(a, c)
+    small, _, _ = load_point_input(_npy("small.npy", _cloud(500))(tmp_path), num_points=2560)
+    assert small.shape == (500, 3)
+
+
+# ------------------------------------------------------------------ transactions
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_merge_keeps_existing_records_and_overwrite_replaces_them(ds):
+    m = read_manifest(ds)
+    keep, shard_rec = m["shapes"]
+    shard = {k: v for k, v in m.items() if k != "shapes"}
+    shard_rec = {k: v for k, v in shard_rec.items() if k != "fold"}
+    _edit_manifest(ds, lambda mm: mm.update(shapes=[keep]))  # a user import made while the shards ran
+    (ds / "manifest.shard-0-of-1.json").write_text(json.dumps({**shard, "shard": [0, 1], "shapes": [shard_rec]}))
+    code, _, err = run_cli("data", "merge", ds)
+    assert code == 0, err
+    assert [r["id"] for r in read_manifest(ds)["shapes"]] == sorted([keep["id"], shard_rec["id"]])
+    assert MedSDF.open(ds).verify_all() == 4 and not list(ds.glob("manifest.shard-*"))
+
+    (ds / "manifest.shard-0-of-1.json").write_text(  # a shard of a rebuild (--overwrite) replaces the dataset
+        json.dumps({**shard, "shard": [0, 1], "overwrite": True, "shapes": [shard_rec]}))
+    assert run_cli("data", "merge", ds)[0] == 0
+    assert [r["id"] for r in read_manifest(ds)["shapes"]] == [shard_rec["id"]]
+    assert not (ds / keep["files"]["samples"]["path"]).exists()  # the replaced shape's files went with it
+
+
+def test_orphans_and_stale_temps_are_reported_and_removed(ds):
+    from skellab.runtime import _temp_prefix
+
+    stray = ds / "samples" / "liver_lost.npz"
+    stray.write_bytes(b"half of an interrupted import")
+    stale = ds / (_temp_prefix(ds / "manifest.json").replace(f"-{os.getpid()}.", f"-{_dead_pid()}.")
+                  + "abcdefgh.tmp.json")
+    stale.write_text("{")
+    code, out, err = run_cli("data", "info", ds, "--json")
+    assert code == 0 and json.loads(out)["orphaned_files"] == 2, err
+    code, out, err = run_cli("data", "check", ds, "--samples", "50", "--quiet")
+    report = json.loads(out)
+    assert sorted(report["orphaned_files"]) == sorted(["samples/liver_lost.npz", stale.name])
+    assert not stray.exists() and not stale.exists()
+    assert MedSDF.open(ds).verify_all() == 4
+
+
+def test_stale_temp_of_a_killed_writer_is_cleaned_on_the_next_write(tmp_path):
+    from skellab.runtime import _temp_prefix, atomic_path
+
+    final = tmp_path / "model.pt"
+    stale = tmp_path / (_temp_prefix(final).replace(f"-{os.getpid()}.", f"-{_dead_pid()}.") + "abcdefgh.tmp.pt")
+    stale.write_bytes(b"x" * 100)
+    live = tmp_path / (_temp_prefix(final) + "zzzzzzzz.tmp.pt")  # a running writer's (ours): kept
+    live.write_bytes(b"y")
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"new")
+    assert final.read_bytes() == b"new" and not stale.exists() and live.exists()
+
+
+def test_file_lock_serialises_and_times_out(tmp_path):
+    from skellab.runtime import file_lock
+
+    with file_lock(tmp_path / ".lock"):
+        with pytest.raises(SkellabError, match="still locked"):
+            with file_lock(tmp_path / ".lock", timeout=0.2):
+                pass
+    with file_lock(tmp_path / ".lock", timeout=0.2):
+        pass
+
+
+def test_concurrent_imports_lose_nothing(ds, tmp_path):
+    names = ["a", "b", "c"]
+    meshes = [_mesh(tmp_path / f"{n}.obj", 10.0 + i) for i, n in enumerate(names)]
+    procs = [_cli("data", "import", m, "--class", "liver", "--out", ds, "--quiet") for m in meshes]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    ds_read = MedSDF.open(ds)
+    assert {f"liver_{n}" for n in names} <= set(ds_read.ids()) and len(ds_read) == 5
+    assert ds_read.verify_all() == 10 and ds_read.orphans() == []
+
+
+def _kill_when_new_file(proc: subprocess.Popen, folder: Path, before: set[str], timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as it has written a new file into ``folder`` (mid-transaction)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if {p.name for p in folder.iterdir()} - before:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the command finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill9_during_build_overwrite_leaves_the_dataset_intact(ds):
+    before = _snapshot(ds / "manifest.json")
+    samples = ds / "samples"
+    # another grid resolution: every new sample file differs from the current one
+    proc = _cli("data", "build", "--preset", "tiny", "--grid", "16", "--overwrite", "--out", ds, "--quiet")
+    _kill_when_new_file(proc, samples, {p.name for p in samples.iterdir()})
+    assert _snapshot(ds / "manifest.json") == before
+    assert MedSDF.open(ds).verify_all() == 4  # before the fix: checksum mismatch
+    code, out, err = run_cli("data", "check", ds, "--samples", "50", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["orphaned_files"] and MedSDF.open(ds).orphans() == []
+
+
+@pytest.mark.slow
+def test_kill9_during_import_leaves_the_dataset_intact(ds, tmp_path):
+    before = _snapshot(ds / "manifest.json")
+    ids = set(MedSDF.open(ds).ids())
+    proc = _cli("data", "import", _mesh(tmp_path / "x.obj"), "--class", "liver", "--out", ds, "--quiet")
+    _kill_when_new_file(proc, ds / "meshes", {p.name for p in (ds / "meshes").iterdir()})
+    # the kill lands between the first new file and the manifest's rename, or (on a loaded machine)
+    # just after the rename: either way the dataset is whole — the old one, or the old one plus the shape
+    committed = _snapshot(ds / "manifest.json") != before
+    store = MedSDF.open(ds)
+    assert store.verify_all() == 2 * len(store)
+    assert set(store.ids()) == ids if not committed else (ids < set(store.ids()) and len(store) == len(ids) + 1)
+    code, _, err = run_cli("data", "import", tmp_path / "x.obj", "--class", "liver", "--out", ds, "--quiet")
+    assert code == 0, err  # the killed import's files were cleaned up, not mistaken for the shape
+    assert len(MedSDF.open(ds)) == len(ids) + 1 + committed and MedSDF.open(ds).orphans() == []
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_build_workers_die_with_their_parent(tmp_path):
+    proc = _cli("data", "build", "--preset", "tiny", "--workers", "2", "--out", tmp_path / "ds", "--quiet")
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and (tmp_path / "ds" / "samples").exists():
+            break
+        time.sleep(0.1)
+    assert len(workers) >= 2, "no worker processes seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    survivors = [w for w in workers if _alive(w)]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, "workers outlived their killed parent"
+
+
+# ------------------------------------------------------------------ schema helpers for config loaders
+@dataclasses.dataclass(frozen=True)
+class _ToyConfig:
+    num_tokens: int = 256  # K
+    encoder_width: int = 128
+    lr: float = 1e-3
+    batch_size: int = 8
+    classes: tuple[str, ...] | None = None
+    use_normals: bool = True
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"encoder_width": "abc"}, "field 'encoder_width' must be an integer, got 'abc'"),
+    ({"num_tokens": "abc"}, "field 'num_tokens' must be an integer"),
+    ({"num_tokens": 10**9}, "field 'num_tokens' must be in 1..65536"),
+    ({"classes": 5}, "field 'classes' must be a list of str, got 5"),
+    ({"classes": ["liver", 3]}, "field 'classes'[1] must be a string"),
+    ({"lr": float("nan")}, "field 'lr' must be a finite number"),
+    ({"use_normals": 1}, "field 'use_normals' must be true or false"),
+    ({"num_heads": 4}, "unknown config field 'num_heads'"),
+    ([1, 2], "config must be a mapping"),
+])
+def test_validate_config_names_the_field(data, fragment):
+    from skellab.schema import SIZE_RANGE, validate_config
+
+    with pytest.raises(SkellabError) as info:
+        validate_config(_ToyConfig, data, where="ae.pt: config",
+                        ranges={"num_tokens": SIZE_RANGE, "encoder_width": SIZE_RANGE})
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("ae.pt: config")
+
+
+def test_validate_config_and_overrides_accept_good_values(tmp_path):
+    from skellab.checkpoint import read_checkpoint, write_checkpoint
+    from skellab.schema import apply_overrides, validate_config
+
+    cfg = validate_config(_ToyConfig, {"num_tokens": 64, "classes": ["liver", "kidney"], "lr": 1})
+    assert cfg == _ToyConfig(num_tokens=64, classes=("liver", "kidney"), lr=1.0)
+    cfg = apply_overrides(cfg, ["batch_size=16", "lr=3e-4", "use_normals=false"])
+    assert (cfg.batch_size, cfg.lr, cfg.use_normals) == (16, 3e-4, False)
+    for bad, fragment in ((["batch_size=abc"], "'batch_size' must be an integer"), (["lr=nan"], "finite"),
+                          (["lr"], "expected key=value"), (["epochs=3"], "unknown field 'epochs'")):
+        with pytest.raises(SkellabError, match=fragment):
+            apply_overrides(cfg, bad)
+    path = write_checkpoint(tmp_path / "m.pt", {"format": "toy/1", "config": {"encoder_width": "abc"}})
+    assert read_checkpoint(path, format="toy/1", kind="toy")["config"] == {"encoder_width": "abc"}
+    with pytest.raises(SkellabError, match="m.pt: config: field 'encoder_width'"):
+        read_checkpoint(path, format="toy/1", kind="toy", config_class=_ToyConfig)
+
+
+def test_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):
+    from skellab.checkpoint import read_checkpoint
+
+    os.mkfifo(tmp_path / "model.pt")
+    with pytest.raises(SkellabError, match="FIFO"):
+        read_checkpoint(tmp_path / "model.pt", format="toy/1", kind="toy")
+
+
+def test_dataset_with_a_bad_sample_config_is_one_line(ds):
+    from skellab.data.dataset import MedSDFDataset
+
+    _edit_manifest(ds, lambda m: m["sample_config"].pop("near_samples") and m["sample_config"].update(box="wide"))
+    with pytest.raises(SkellabError, match="field 'box' must be a number"):
+        MedSDFDataset(ds, split="all")
+
+
+def test_check_points_refuses_complex_and_text():
+    import torch
+
+    from skellab.skeleton import check_points
+
+    for bad in (_cloud(300) + 1j, torch.zeros(300, 3, dtype=torch.complex64)):
+        with pytest.raises(SkellabError, match="real coordinates"):
+            check_points(bad, k=8)
+    with pytest.raises(SkellabError, match=r"shape \(N, 3\)"):
+        check_points(np.array([["a", "b", "c"]] * 300), k=8)
