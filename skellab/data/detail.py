@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
-from skimage.measure import marching_cubes
 
 from ..errors import SkellabError
 from ..runtime import numpy_rng
@@ -64,8 +63,8 @@ from .procedural import (
     _COLON_LAYOUT,
     _jsonable,
     _kidney,
-    _largest_component,
     _liver,
+    _mesh_volume,
     _skeleton,
     register_family,
 )
@@ -309,15 +308,7 @@ def _mesh(fld: Field, config: DetailConfig) -> tuple[np.ndarray, np.ndarray, dic
     border = np.concatenate([vol[[0, -1]].ravel(), vol[:, [0, -1]].ravel(), vol[:, :, [0, -1]].ravel()])
     if (border <= 0).any():
         raise SkellabError("detail family: the shape reaches the grid border (bounds too small) — a bug")
-    vol[vol == 0.0] = 1e-9 * voxel
-    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(voxel,) * 3, gradient_direction="descent")
-    verts = verts.astype(np.float64) + origin
-    faces = _largest_component(faces.astype(np.int64), len(verts))
-    used = np.unique(faces)
-    remap = np.full(len(verts), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    grid = {"voxel": voxel, "dims": [int(d) for d in dims], "origin": [float(o) for o in origin]}
-    return verts[used], remap[faces], grid
+    return _mesh_volume(vol, origin, voxel)
 
 
 def _medial_sheet(fld: Field, verts: np.ndarray, scale: float, step: float) -> GroundTruthSkeleton:

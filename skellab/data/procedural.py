@@ -366,6 +366,11 @@ def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndar
     dims = np.ceil(((hi - lo) / voxel + 1 + 2 * config.margin_voxels) / block).astype(int) * block
     origin = 0.5 * (lo + hi) - 0.5 * (dims - 1) * voxel
     vol = sdf.evaluate_grid(origin=origin, voxel=voxel, dims=tuple(int(d) for d in dims), block=block)
+    return _mesh_volume(vol, origin, voxel)
+
+
+def _mesh_volume(vol: np.ndarray, origin: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Marching cubes of a sampled field (negative inside) → largest component's (vertices, faces), grid record."""
     vol[vol == 0.0] = 1e-9 * voxel  # no exact zeros: they make zero-area triangles
     # skimage's "descent" orientation gives outward faces for an SDF that is negative inside
     verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(voxel,) * 3, gradient_direction="descent")
@@ -374,7 +379,7 @@ def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndar
     used = np.unique(faces)
     remap = np.full(len(verts), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    grid = {"voxel": voxel, "dims": [int(d) for d in dims], "origin": [float(o) for o in origin]}
+    grid = {"voxel": voxel, "dims": [int(d) for d in vol.shape], "origin": [float(o) for o in origin]}
     return verts[used], remap[faces], grid
 
 
