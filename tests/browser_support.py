@@ -324,7 +324,10 @@ def distinct_colours(png: bytes) -> int:
 _PROMPTS_JS = """() => {
   const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
   if (!nb) return {prompts: [], errors: [], dialogs: []};
-  const prompts = [...nb.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
+  // cells whose source is collapsed (the notebooks' hidden exercise solutions) show no prompt: skip them;
+  // Run All halts at an error, so the visible cells after them prove they ran
+  const prompts = [...nb.querySelectorAll('.jp-CodeCell')].filter(c => !c.querySelector('.jp-InputPlaceholder'))
+      .map(c => (c.querySelector('.jp-InputPrompt') || {textContent: ''}).textContent.trim());
   // JupyterLab renders error outputs as stderr text; keep the tracebacks.
   const errors = [...nb.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
       .map(e => e.textContent).filter(t => t.includes('Traceback (most recent call last)'))
@@ -470,7 +473,8 @@ def drive_widget_notebook(
 
     source = ROOT / notebook
     copied = prepare_notebook(source, lab.root, parameters)
-    n_code = sum(c["cell_type"] == "code" for c in json.loads(copied.read_text())["cells"])
+    n_code = sum(c["cell_type"] == "code" and not c.get("metadata", {}).get("jupyter", {}).get("source_hidden")
+                 for c in json.loads(copied.read_text())["cells"])
     stem = copied.stem
     try:
         page.goto(lab.url(f"lab/tree/{copied.name}"), timeout=60_000)
