@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", type=Path, help="folder of already executed notebooks to use where present")
     ap.add_argument("--keep-executed", type=Path, help="also copy the executed notebooks into this folder")
     args = ap.parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # the kernels must show figures inline even where a headless shell exports MPLBACKEND=Agg (CI does)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     with tempfile.TemporaryDirectory(prefix="skellab-site-") as tmp:
         work = Path(tmp)
         src = work / "src"

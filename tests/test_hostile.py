@@ -402,7 +402,10 @@ def test_kill9_during_import_leaves_the_dataset_intact(ds, tmp_path):
     store = MedSDF.open(ds)
     assert store.verify_all() == 2 * len(store)
     assert set(store.ids()) == ids if not committed else (ids < set(store.ids()) and len(store) == len(ids) + 1)
-    code, _, err = run_cli("data", "import", tmp_path / "x.obj", "--class", "liver", "--out", ds, "--quiet")
+    again = tmp_path / ("y.obj" if committed else "x.obj")  # a committed x is in the dataset: import another
+    if committed:
+        _mesh(again)
+    code, _, err = run_cli("data", "import", again, "--class", "liver", "--out", ds, "--quiet")
     assert code == 0, err  # the killed import's files were cleaned up, not mistaken for the shape
     assert len(MedSDF.open(ds)) == len(ids) + 1 + committed and MedSDF.open(ds).orphans() == []
 

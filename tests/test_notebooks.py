@@ -119,8 +119,11 @@ def test_heavy_notebooks_check_their_dataset_first():
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tiny_dataset, tmp_path, tmp_path_factory):
+def test_notebook_runs(path, tiny_dataset, tmp_path, tmp_path_factory, monkeypatch):
     papermill = pytest.importorskip("papermill")
+    # figures inline, as a reader's Jupyter shows them (CI exports MPLBACKEND=Agg, which would drop them
+    # from the outputs the site reuses)
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     executed = tmp_path / f"{path.stem}.executed.ipynb"
     papermill.execute_notebook(
         str(path), str(executed), parameters=notebook_parameters(path, tiny_dataset),
