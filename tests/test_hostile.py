@@ -188,7 +188,57 @@ def _npy(name, array):
     return make
 
 
+def _tampered(name: str, edit: Callable[[dict], None], tmp: Path) -> Path:
+    """A copy of the shipped checkpoint ``name`` with ``edit`` applied to its payload."""
+    import torch
+
+    from skellab.weights import weights_path
+
+    payload = torch.load(weights_path(name), map_location="cpu", weights_only=True)
+    edit(payload)
+    out = tmp / f"{name}_bad.pt"
+    torch.save(payload, out)
+    return out
+
+
+def _ae_ckpt(edit):
+    def setup(tmp, root):
+        return ["reconstruct", _mesh(tmp / "in.obj"), "--out", tmp / "out.ply", "--resolution", "16",
+                "--checkpoint", _tampered("autoencoder", edit, tmp)]
+    return setup
+
+
+def _diff_ckpt(edit):
+    def setup(tmp, root):
+        return ["generate", "--list-organs", "--checkpoint", _tampered("diffusion", edit, tmp)]
+    return setup
+
+
 CASES = [
+    # checkpoints with the right format tag but wrong config types or sizes
+    Case("ae encoder_width text", _ae_ckpt(lambda c: c["config"].update(encoder_width="abc")), 2,
+         "field 'encoder_width' must be an integer, got 'abc'"),
+    Case("ae classes is a number", _ae_ckpt(lambda c: c.update(classes=5)), 2,
+         "field 'classes' must be a list of str, got 5"),
+    Case("ae num_tokens 1e9", _ae_ckpt(lambda c: c["config"].update(num_tokens=10**9)), 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("ae width that the weights do not fit", _ae_ckpt(lambda c: c["config"].update(encoder_width=60000)), 2,
+         "do not fit its config"),
+    Case("ae state_dict not a dict", _ae_ckpt(lambda c: c.update(state_dict=[1, 2])), 2, "state_dict"),
+    Case("diffusion num_tokens text", _diff_ckpt(lambda c: c.update(num_tokens="abc")), 2,
+         "field 'num_tokens' must be an integer, got 'abc'"),
+    Case("diffusion num_tokens 1e9", _diff_ckpt(lambda c: c.update(num_tokens=10**9)), 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("diffusion width 1e9", _diff_ckpt(lambda c: c["config"].update(width=10**9)), 2,
+         "field 'width' must be in 1..65536"),
+    Case("diffusion classes is a number", _diff_ckpt(lambda c: c.update(classes=5)), 2,
+         "field 'classes' must be a list of str"),
+    Case("diffusion 1e9-step chain", _diff_ckpt(lambda c: c.update(scheduler={"name": "ddpm",
+                                                                              "num_train_timesteps": 10**9})), 2,
+         "num_steps must be an integer in 1..100000"),
+    Case("diffusion normalizer of another width", _diff_ckpt(
+        lambda c: c["normalizer"].update(mean=c["normalizer"]["mean"][:3], std=c["normalizer"]["std"][:3])), 2,
+         "the normalizer has 3 channels"),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
@@ -492,6 +542,68 @@ def test_validate_config_and_overrides_accept_good_values(tmp_path):
     assert read_checkpoint(path, format="toy/1", kind="toy")["config"] == {"encoder_width": "abc"}
     with pytest.raises(SkellabError, match="m.pt: config: field 'encoder_width'"):
         read_checkpoint(path, format="toy/1", kind="toy", config_class=_ToyConfig)
+
+
+def test_shipped_weights_load_unchanged_through_the_checks(tmp_path):
+    """Every shipped checkpoint passes the config checks and gives the outputs it gave before them."""
+    import torch
+
+    from skellab.autoencoder import load_autoencoder
+    from skellab.diffusion import load_diffusion
+    from skellab.skeleton.learned import load_checkpoint
+    from skellab.weights import weights_path
+
+    ae = load_autoencoder()
+    raw = torch.load(weights_path("autoencoder"), map_location="cpu", weights_only=True)
+    assert all(torch.equal(v, raw["state_dict"][k]) for k, v in ae.state_dict().items())
+    diff = load_diffusion()
+    assert diff.num_tokens == 256 and diff.classes and "kidney" in diff.classes
+    assert load_checkpoint().config.k == 256
+    load_diffusion(weights_path("diffusion_surface"))
+    load_autoencoder(weights_path("autoencoder_surface"))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["config"].update(width="abc"), "field 'width' must be an integer"),
+    (lambda c: c["config"].update(k=10**9), "field 'k' must be in 1..4096"),
+    (lambda c: c["config"].update(radius_mode=3), "field 'radius_mode' must be a string"),
+    (lambda c: c["config"].update(width=64), "do not fit its config"),
+])
+def test_learned_skeleton_checkpoint_config_is_checked(tmp_path, edit, fragment):
+    from skellab.skeleton.learned import load_checkpoint
+
+    with pytest.raises(SkellabError, match=fragment) as info:
+        load_checkpoint(_tampered("skeleton_learned", edit, tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["config"].update(width="abc"), "field 'width' must be an integer"),
+    (lambda c: c["config"].update(depth=10**9), "field 'depth' must be in 1..65536"),
+    (lambda c: c.update(num_points="abc"), "field 'num_points' must be an integer"),
+    (lambda c: c.update(classes=5), "field 'classes' must be a list of str"),
+])
+def test_point_diffusion_checkpoint_config_is_checked(tmp_path, edit, fragment):
+    import torch
+
+    from skellab.baselines.point_diffusion import (
+        PointDenoiser,
+        PointDenoiserConfig,
+        PointDiffusion,
+        load_point_diffusion,
+        save_point_diffusion,
+    )
+    from skellab.diffusion import make_scheduler
+
+    cfg = PointDenoiserConfig(width=16, depth=1, time_embed_dim=8, num_classes=2)
+    good = save_point_diffusion(tmp_path / "pd.pt", PointDiffusion(PointDenoiser(config=cfg), make_scheduler("edm"),
+                                                                   ["a", "b"], 64))
+    assert load_point_diffusion(good).num_points == 64
+    payload = torch.load(good, weights_only=True)
+    edit(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match=fragment):
+        load_point_diffusion(tmp_path / "bad.pt")
 
 
 def test_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):
