@@ -239,6 +239,18 @@ CASES = [
     Case("diffusion normalizer of another width", _diff_ckpt(
         lambda c: c["normalizer"].update(mean=c["normalizer"]["mean"][:3], std=c["normalizer"]["std"][:3])), 2,
          "the normalizer has 3 channels"),
+    # skellab train --set: type- and range-checked before anything is written
+    Case("train --set batch_size=abc", lambda tmp, root: ["train", "autoencoder", "--data", root, "--out", tmp / "run",
+                                                          "--device", "cpu", "--set", "batch_size=abc"], 2,
+         "field 'batch_size' must be an integer, got 'abc'"),
+    Case("train --set lr=nan", lambda tmp, root: ["train", "diffusion", "--data", root, "--out", tmp / "run",
+                                                  "--device", "cpu", "--set", "lr=nan"], 2,
+         "field 'lr' must be a finite number"),
+    Case("train --set num_tokens=1e9", lambda tmp, root: ["train", "autoencoder", "--data", root, "--out", tmp / "run",
+                                                          "--set", "num_tokens=1000000000"], 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("train negative seed", lambda tmp, root: ["train", "skeleton", "--data", root, "--out", tmp / "run",
+                                                   "--seed", "-3"], 2, "field 'seed' must be in"),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 from typing import Any, Sequence
@@ -14,15 +13,12 @@ from ..train.stages import train_stage
 from .common import Parser, positive_int, run_command
 
 
-def _override(text: str) -> tuple[str, Any]:
+def _override(text: str) -> tuple[str, str]:
+    """``FIELD=VALUE`` → (field, value text); the preset parses and checks the text against the field's type."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare string such as schedule=cosine
-    return key.strip(), value
+    return key.strip(), raw
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
