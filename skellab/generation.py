@@ -241,7 +241,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
         for j, i in enumerate(todo):
             try:
                 g = decode_organ(autoencoder, latents[j], organ=organ, index=i, resolution=resolution,
-                                 largest_component=largest_component, seed=seed + i)
+                                 largest_component=largest_component, seed=(seed + i) % 2**32)
             except SkellabError:  # the decoded SDF has no surface: draw this organ again
                 failed.append(i)
                 continue

@@ -20,6 +20,7 @@ from .data.shape import Normalization, Shape
 from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
+from .runtime import check_seed
 
 
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:
@@ -51,6 +52,7 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
                      device: str = "cpu") -> Reconstruction:
     """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units."""
     check_resolution(resolution)  # before loading anything
+    seed = check_seed(seed)
     model = load_autoencoder(checkpoint, device=device)
     shape = load_shape_file(path, organ=organ or "unknown")
     latent = encode_shape(model, shape, seed=seed, organ=organ)
@@ -71,6 +73,7 @@ def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int 
     if not isinstance(steps, int) or steps < 2:
         raise SkellabError(f"steps must be an integer >= 2, got {steps!r}")
     check_resolution(resolution)  # before loading anything
+    seed = check_seed(seed)
     model = load_autoencoder(checkpoint, device=device)
     shape_a = load_shape_file(a, organ="unknown")
     shape_b = load_shape_file(b, organ="unknown")

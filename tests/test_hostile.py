@@ -250,7 +250,14 @@ CASES = [
                                                           "--set", "num_tokens=1000000000"], 2,
          "field 'num_tokens' must be in 1..4096"),
     Case("train negative seed", lambda tmp, root: ["train", "skeleton", "--data", root, "--out", tmp / "run",
-                                                   "--seed", "-3"], 2, "field 'seed' must be in"),
+                                                   "--seed", "-3"], 2, "--seed must be an integer"),
+    # seeds of every command: checked before anything is loaded
+    Case("reconstruct negative seed", lambda tmp, root: ["reconstruct", _mesh(tmp / "in.obj"), "--out", tmp / "o.ply",
+                                                         "--seed", "-1"], 2, "--seed must be an integer in 0..4294967295"),
+    Case("generate overflowing seed", lambda tmp, root: ["generate", "--organ", "kidney", "--out", tmp / "g",
+                                                         "--seed", str(2**64)], 2, "--seed must be an integer"),
+    Case("interpolate text seed", lambda tmp, root: ["interpolate", _mesh(tmp / "a.obj"), _mesh(tmp / "b.obj"),
+                                                     "--out", tmp / "i", "--seed", "x"], 2, "--seed must be an integer"),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
@@ -616,6 +623,54 @@ def test_point_diffusion_checkpoint_config_is_checked(tmp_path, edit, fragment):
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(SkellabError, match=fragment):
         load_point_diffusion(tmp_path / "bad.pt")
+
+
+def test_unexpected_exceptions_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    import argparse
+
+    from skellab.cli import run_command
+
+    def bug(args):
+        raise ValueError("shapes (3,) and (4,)\nnot aligned")
+
+    assert run_command(bug, argparse.Namespace()) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skellab: internal error: ValueError: shapes (3,) and (4,)")
+    assert "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError):
+        run_command(bug, argparse.Namespace(debug=True))
+    for argv in (["--debug", "skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz"],
+                 ["skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz", "--debug"],
+                 ["data", "info", tmp_path / "nothing", "--debug"]):
+        with pytest.raises(SkellabError):  # --debug: the exception propagates (the entry point prints its traceback)
+            run_cli(*argv)
+    code, _, err = run_cli("skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz")
+    _one_line_error(code, err, "not found")
+
+
+def test_corrupt_skeleton_cache_is_recomputed(small_ds, tmp_path):
+    from skellab.autoencoder.encode import skeletons_for
+
+    store = MedSDF.open(small_ds)
+    ids = store.ids()
+    fresh = skeletons_for(store, ids, k=16, num_surface=256)
+    cache = tmp_path / "run" / "skeletons.npz"
+    cache.parent.mkdir()
+    for garbage in (b"PK\x03\x04 not really a zip", b""):
+        cache.write_bytes(garbage)
+        with pytest.warns(UserWarning, match="skeleton cache .* is unreadable"):
+            got = skeletons_for(store, ids, k=16, num_surface=256, cache=cache)
+        assert all(np.array_equal(got[i][0], fresh[i][0]) and np.array_equal(got[i][1], fresh[i][1]) for i in ids)
+        with np.load(cache) as z:  # rewritten whole and readable again
+            assert len(z.files) == 2 * len(ids)
+    with np.load(cache) as z:  # entries of the wrong shape or with NaNs: recomputed, not used
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.endswith("/c"))
+    arrays[key] = arrays[key][:3]
+    arrays[key.replace("/c", "/r")] = np.full(16, np.nan, np.float32)
+    np.savez(cache, **arrays)
+    got = skeletons_for(store, ids, k=16, num_surface=256, cache=cache)
+    assert all(np.array_equal(got[i][0], fresh[i][0]) for i in ids)
 
 
 def test_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):

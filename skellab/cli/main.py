@@ -1,7 +1,9 @@
 """The ``skellab`` command line: a thin layer over the library.
 
-Every command reports bad input as one line ``skellab: error: …`` on stderr and
-exits with status 2 (argparse usage errors too), never with a traceback.
+Every command reports an expected failure (bad input, a missing, corrupt or foreign file, a full
+disk) as one line ``skellab: error: …`` on stderr and exits with status 2 (argparse usage errors
+too); an unexpected exception (a bug) is one line ``skellab: internal error: …``, exit status 1.
+``--debug`` (before or after the command name) shows the Python traceback instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..meshing import export_mesh
 from ..pipeline import export_reconstruction, interpolate_files, reconstruct_file
 from ..runtime import atomic_path
 from ..skeleton.io import skeletonize_file
-from .common import Parser, positive_int, run_command
+from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
 from .train import add_train_arguments, run_train
 
 __all__ = ["build_parser", "main"]
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz (centers, radii, edges, method), input's coordinates")
     s.add_argument("--method", default="medial", help="medial (default), contraction, learned or thinning")
     s.add_argument("--points", type=positive_int, default=256, help="number of skeletal spheres K")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.set_defaults(func=_cmd_skeletonize)
 
@@ -245,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
     r.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: shipped weights)")
     r.add_argument("--organ", default=None, help="organ class for class-conditioned models")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.set_defaults(func=_cmd_reconstruct)
 
@@ -256,14 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--out", required=True, help="output folder (step_XX.ply)")
     it.add_argument("--resolution", type=int, default=96, help="marching-cubes grid (8 < R <= 512)")
     it.add_argument("--checkpoint", default=None)
-    it.add_argument("--seed", type=int, default=0)
+    it.add_argument("--seed", type=seed_arg, default=0)
     it.add_argument("--device", default="cpu")
     it.set_defaults(func=_cmd_interpolate)
 
     d = sub.add_parser("demo", help="the whole pipeline on the shipped weights, written as an offline gallery")
     d.add_argument("--out", default="skellab-demo", help="output folder (index.html, meshes, renders)")
     d.add_argument("--resolution", type=int, default=96, help="marching-cubes grid")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_arg, default=0)
     d.add_argument("--no-snapshots", action="store_true", help="skip the interactive k3d HTML files")
     d.set_defaults(func=_cmd_demo)
 
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default=None, help="output folder (organ_XX.ply + organ_XX_skeleton.npz, normalised frame)")
     gen.add_argument("--steps", type=int, default=20, help="sampler steps (EDM Heun: 2*steps-1 network calls)")
     gen.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (>= 0)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=seed_arg, default=0)
     gen.add_argument("--scheduler", default="edm", help="edm (Heun), ddim (deterministic Euler) or ddpm")
     gen.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
     gen.add_argument("--checkpoint", default=None, help="diffusion checkpoint (default: shipped weights)")
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=96, help="marching-cubes grid of generated meshes")
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
     ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--baseline-seconds", type=float, default=None,
                     help="baseline training budget in CPU seconds (default: the diffusion model's, i.e. matched)")
@@ -311,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage (skeleton, autoencoder, diffusion) or all; resumable, torchrun-ready")
     add_train_arguments(tr)
     tr.set_defaults(func=run_train)
+    add_debug_flag(parser)
     return parser
 
 
