@@ -7,6 +7,7 @@ meshes mapped back to original units, so outputs overlay the inputs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
 from .runtime import check_seed
+
+#: the names ``skellab interpolate`` writes (what ``--overwrite`` may replace)
+STEP_NAME = re.compile(r"^step_\d+\.ply$")
 
 
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:

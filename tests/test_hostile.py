@@ -177,8 +177,23 @@ def _import(make: Callable[[Path], Path]):
 
 def _skel(make: Callable[[Path], Path], *extra):
     def setup(tmp, root):
-        return ["skeletonize", make(tmp), "--out", tmp / "out" / "s.npz", "--points", "32", "--device", "cpu", *extra]
+        args = ["skeletonize", make(tmp), "--out", tmp / "out" / "s.npz", "--points", "32", "--device", "cpu"]
+        for flag, value in zip(extra[::2], extra[1::2]):
+            value = value.format(tmp=tmp)
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        return args
     return setup
+
+
+def _old_outputs(folder: Path, pattern: str, n: int) -> Path:
+    """``folder`` holding ``n`` files named like a previous run's outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / pattern.format(i)).write_bytes(f"old output {i}".encode())
+    return folder
 
 
 def _npy(name, array):
@@ -258,6 +273,36 @@ CASES = [
                                                          "--seed", str(2**64)], 2, "--seed must be an integer"),
     Case("interpolate text seed", lambda tmp, root: ["interpolate", _mesh(tmp / "a.obj"), _mesh(tmp / "b.obj"),
                                                      "--out", tmp / "i", "--seed", "x"], 2, "--seed must be an integer"),
+    # outputs never destroy inputs or mix with old outputs
+    Case("reconstruct onto its input", lambda tmp, root: ["reconstruct", _mesh(tmp / "v.ply"), "--out", tmp / "v.ply"],
+         2, "the output is the input", unchanged=("v.ply",)),
+    Case("reconstruct onto a link to its input", lambda tmp, root: (
+        _mesh(tmp / "v.ply"), (tmp / "link.ply").symlink_to(tmp / "v.ply"),
+        ["reconstruct", tmp / "v.ply", "--out", tmp / "link.ply"])[2], 2, "the output is the input",
+         unchanged=("v.ply",)),
+    Case("reconstruct to a .txt", lambda tmp, root: ["reconstruct", _mesh(tmp / "v.ply"), "--out", tmp / "v.txt"],
+         2, "unsupported mesh format '.txt'"),
+    Case("skeletonize to a .ply name", _skel(_npy("c.npy", _cloud(400)), "--out", "{tmp}/s.ply"), 2,
+         "a skeleton is written as .npz"),
+    Case("generate into a folder of old organs", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}.ply", 3), ["generate", "--organ", "liver", "--n", "1", "--out", tmp / "G"])[1],
+         2, "not empty (3 entries); pass --overwrite", unchanged=("G",)),
+    Case("generate --overwrite over a folder with other files", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}.ply", 2), (tmp / "G" / "notes.txt").write_text("mine"),
+        ["generate", "--organ", "liver", "--n", "1", "--out", tmp / "G", "--overwrite"])[2],
+         2, "holds 'notes.txt', which this command does not write", unchanged=("G",)),
+    Case("generate into the folder of its --keep file", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}_latent.npz", 1),
+        ["generate", "--organ", "liver", "--out", tmp / "G", "--keep", tmp / "G" / "organ_00_latent.npz",
+         "--overwrite"])[1], 2, "holds the input", unchanged=("G",)),
+    Case("interpolate into a folder of old steps", lambda tmp, root: (
+        _old_outputs(tmp / "D", "step_{:02d}.ply", 4),
+        ["interpolate", _mesh(tmp / "a.obj"), _mesh(tmp / "b.obj"), "--out", tmp / "D"])[1],
+         2, "not empty (4 entries)", unchanged=("D",)),
+    Case("generate with another autoencoder", lambda tmp, root: [
+        "generate", "--organ", "liver", "--out", tmp / "G", "--autoencoder",
+        Path(skellab.__file__).parent / "weights" / "autoencoder_surface.pt"], 2,
+         "not the autoencoder this diffusion model was trained with", unchanged=("G",)),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
@@ -699,3 +744,82 @@ def test_check_points_refuses_complex_and_text():
             check_points(bad, k=8)
     with pytest.raises(SkellabError, match=r"shape \(N, 3\)"):
         check_points(np.array([["a", "b", "c"]] * 300), k=8)
+
+
+# ------------------------------------------------------------------ folder outputs and bounded generation
+FAST_GEN = ["--resolution", "24", "--steps", "2"]
+
+
+def test_generate_overwrite_replaces_the_folder_whole(tmp_path):
+    out = _old_outputs(tmp_path / "G", "organ_{:02d}.ply", 3)
+    (out / "organ_01_skeleton.npz").write_bytes(b"old")
+    code, stdout, err = run_cli("generate", "--organ", "liver", "--n", "1", "--out", out, "--overwrite", *FAST_GEN)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["organ_00.ply", "organ_00_latent.npz", "organ_00_skeleton.npz"]
+    assert b"old output" not in (out / "organ_00.ply").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
+
+
+def _kill_when_temp_folder_fills(proc: subprocess.Popen, final: Path, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` once its temporary sibling folder of ``final`` holds a written file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.") and p.is_dir()]
+        if any(f.suffix != ".tmp" and not f.name.startswith(".") for t in temps for f in t.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("command", ["generate", "interpolate"])
+def test_kill9_during_a_folder_output_leaves_the_previous_output_intact(tmp_path, command):
+    if command == "generate":
+        out, pattern = tmp_path / "G", "organ_{:02d}.ply"
+        argv = ["generate", "--organ", "kidney", "--n", "40", *FAST_GEN]
+    else:
+        out, pattern = tmp_path / "D", "step_{:02d}.ply"
+        argv = ["interpolate", _mesh(tmp_path / "a.obj"), _mesh(tmp_path / "b.obj", 14.0), "--steps", "12",
+                "--resolution", "24"]
+    _old_outputs(out, pattern, 3)
+    before = _snapshot(out)
+    proc = _cli(*argv, "--out", out, "--overwrite")
+    _kill_when_temp_folder_fills(proc, out)
+    assert _snapshot(out) == before  # before the fix: new files written over the old ones, one by one
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert leftovers  # the killed run's temp folder ...
+    code, _, err = run_cli(*(argv[:-4] if command == "generate" else argv), "--n" if command == "generate" else "--steps",
+                           "2", *(FAST_GEN if command == "generate" else ["--resolution", "24"]), "--out", out,
+                           "--overwrite")
+    assert code == 0, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]  # ... is swept on the next run
+    assert len(list(out.iterdir())) == (6 if command == "generate" else 2)
+
+
+def test_generation_is_batched_and_a_function_of_the_seed():
+    import torch
+
+    from skellab.diffusion import sample_latents
+    from skellab.generation import generate_from_models, load_generation_models, sampling_scheduler
+    from skellab.runtime import make_generator
+
+    diff, ae = load_generation_models()
+    one = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False)  # n <= 16: one batch, as before
+    ref = sample_latents(diff.denoiser, sampling_scheduler(diff, "edm"), num=3, num_tokens=diff.num_tokens,
+                         class_index=diff.class_id("kidney"), guidance=2.0, steps=2, generator=make_generator(5),
+                         normalizer=diff.normalizer)
+    assert torch.equal(one.tokens, ref)
+    a = generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False, batch_size=2)
+    b = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False, batch_size=2)
+    assert a.tokens.shape[0] == 5 and torch.equal(a.tokens[:2], b.tokens[:2])  # organ i does not depend on n
+    assert torch.allclose(a.tokens[2], b.tokens[2], atol=1e-3)  # (up to rounding: batches of 2 and of 1)
+    assert torch.equal(a.tokens, generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False,
+                                                      batch_size=2).tokens)
+    tokens = torch.zeros(diff.num_tokens, diff.denoiser.config.token_dim)
+    mask = torch.zeros(diff.num_tokens, dtype=torch.bool)
+    mask[:8] = True
+    tokens[:8, 3] = 0.05
+    kept = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=1, decode=False, batch_size=2,
+                                keep=(tokens, mask[:, None].expand(-1, tokens.shape[1]).clone()))
+    assert kept.tokens.shape[0] == 3 and torch.allclose(kept.tokens[:, :8], tokens[:8].expand(3, -1, -1))
