@@ -823,3 +823,33 @@ def test_generation_is_batched_and_a_function_of_the_seed():
     kept = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=1, decode=False, batch_size=2,
                                 keep=(tokens, mask[:, None].expand(-1, tokens.shape[1]).clone()))
     assert kept.tokens.shape[0] == 3 and torch.allclose(kept.tokens[:, :8], tokens[:8].expand(3, -1, -1))
+
+
+def _two_bodies(path: Path, second_radius: float = 8.0) -> Path:
+    a = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    b = trimesh.creation.icosphere(subdivisions=3, radius=second_radius)
+    b.apply_translation([30.0, 0.0, 0.0])
+    trimesh.util.concatenate([a, b]).export(path)
+    return path
+
+
+def test_reconstruct_keeps_every_body(tmp_path):
+    src = _two_bodies(tmp_path / "pair.ply")
+    code, out, err = run_cli("reconstruct", src, "--out", tmp_path / "rec.ply", "--resolution", "40")
+    assert code == 0, err
+    assert "2 separate bodies" in out and "warning" not in err
+    rec = trimesh.load(tmp_path / "rec.ply", process=False)
+    parts = sorted(rec.split(only_watertight=False), key=lambda m: m.centroid[0])
+    assert len(parts) == 2  # before the fix: one body (volume 4.25 of 8.31)
+    assert np.allclose(parts[0].centroid, [0, 0, 0], atol=1.5) and np.allclose(parts[1].centroid, [30, 0, 0], atol=1.5)
+    vin = trimesh.load(src, process=False).volume
+    assert abs(rec.volume / vin - 1) < 0.2
+
+
+def test_reconstruct_warns_about_dropped_bodies(tmp_path):
+    src = _two_bodies(tmp_path / "speck.ply", second_radius=0.5)  # 0.0125 % of the volume
+    code, _, err = run_cli("reconstruct", src, "--out", tmp_path / "rec.ply", "--resolution", "24")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skellab: warning: speck.ply: 1 of 2 separate bodies dropped")
+    assert "0.012% of the volume" in lines[0]

@@ -129,7 +129,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     rec = reconstruct_file(args.input, checkpoint=args.checkpoint, resolution=args.resolution,
                            organ=args.organ, seed=args.seed, device=args.device)
     export_reconstruction(rec, args.out)
-    print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces "
+    bodies = f", {rec.bodies} separate bodies" if rec.bodies > 1 else ""
+    print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces{bodies} "
           f"(input units, {time.perf_counter() - t0:.1f} s)")
     return 0
 
