@@ -90,10 +90,11 @@ def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
 
 
-def _temp_prefix(final: Path) -> str:
-    """``.NAME.<host>-<pid>.``, with NAME shortened so that the whole temp name fits in 255 bytes."""
+def _temp_prefix(final: Path, extra: int = 0) -> str:
+    """``.NAME.<host>-<pid>.``, with NAME shortened so that the whole temp name (plus ``extra`` bytes of
+    further suffix) fits in 255 bytes."""
     tail = f".{_host_tag()}-{os.getpid()}."
-    room = _NAME_MAX - len(tail) - 1 - 8 - len(".tmp") - len(final.suffix.encode())  # 8: mkstemp's random part
+    room = _NAME_MAX - len(tail) - 1 - 8 - len(".tmp") - len(final.suffix.encode()) - extra  # 8: mkstemp's random
     name = final.name
     while len(name.encode()) > room:
         name = name[:-1]
@@ -417,9 +418,10 @@ def replace_folder(path: str | os.PathLike, *, overwrite: bool = False, owned=No
     renames elsewhere (a writer killed between them has its previous folder restored next time).
     """
     final = Path(path)
-    existing = check_folder_output(final, overwrite=overwrite, owned=owned, what=what)
+    check_folder_output(final, overwrite=overwrite, owned=owned, what=what)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_folder_temps(final)
+    _sweep_folder_temps(final)  # may put back a previous folder that a killed swap left aside: check again
+    existing = check_folder_output(final, overwrite=overwrite, owned=owned, what=what)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -436,7 +438,8 @@ def replace_folder(path: str | os.PathLike, *, overwrite: bool = False, owned=No
             if _rename_exchange(tmp, final):
                 shutil.rmtree(tmp, ignore_errors=True)  # now the previous folder
             else:
-                old = tmp.with_name(tmp.name + ".old")
+                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(final, extra=4), suffix=".tmp.old", dir=final.parent))
+                os.rmdir(old)  # only its (unique) name is needed
                 os.rename(final, old)
                 os.rename(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)

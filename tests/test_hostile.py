@@ -303,6 +303,15 @@ CASES = [
         "generate", "--organ", "liver", "--out", tmp / "G", "--autoencoder",
         Path(skellab.__file__).parent / "weights" / "autoencoder_surface.pt"], 2,
          "not the autoencoder this diffusion model was trained with", unchanged=("G",)),
+    Case("249-character output folder", lambda tmp, root: [
+        "generate", "--organ", "liver", "--n", "1", "--resolution", "24", "--steps", "2", "--out", tmp / ("g" * 249)],
+         0, unchanged=()),
+    # demo: arguments checked before anything is written
+    Case("demo resolution 0", lambda tmp, root: ["demo", "--out", tmp / "demo", "--resolution", "0"], 2, "resolution",
+         unchanged=("demo",)),
+    Case("demo into a file", lambda tmp, root: ((tmp / "demo.txt").write_text("mine"),
+                                                ["demo", "--out", tmp / "demo.txt", "--resolution", "16"])[1], 2,
+         "not a folder", unchanged=("demo.txt",)),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
@@ -748,6 +757,26 @@ def test_check_points_refuses_complex_and_text():
 
 # ------------------------------------------------------------------ folder outputs and bounded generation
 FAST_GEN = ["--resolution", "24", "--steps", "2"]
+
+
+def test_folder_swap_without_rename_exchange_and_recovery(tmp_path, monkeypatch):
+    """Where the kernel cannot exchange two names, the swap is two renames; a writer killed between
+    them has its previous folder put back by the next run."""
+    from skellab import runtime
+
+    final = _old_outputs(tmp_path / ("d" * 250), "step_{:02d}.ply", 2)
+    monkeypatch.setattr(runtime, "_rename_exchange", lambda a, b: False)
+    with runtime.replace_folder(final, overwrite=True) as tmp:
+        (tmp / "step_00.ply").write_bytes(b"new")
+    assert [p.name for p in final.iterdir()] == ["step_00.ply"] and len(list(tmp_path.iterdir())) == 1
+    # a writer killed between the two renames: the previous folder sits under a temp name, none under the final one
+    old = tmp_path / (runtime._temp_prefix(final, extra=4).replace(f"-{os.getpid()}.", f"-{_dead_pid()}.")
+                      + "abcdefgh.tmp.old")
+    final.rename(old)
+    with runtime.replace_folder(final, overwrite=True) as tmp:
+        assert final.is_dir() and (final / "step_00.ply").read_bytes() == b"new"  # restored before anything else
+        (tmp / "step_00.ply").write_bytes(b"newer")
+    assert (final / "step_00.ply").read_bytes() == b"newer" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_generate_overwrite_replaces_the_folder_whole(tmp_path):
