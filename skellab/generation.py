@@ -271,7 +271,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
     Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
     (organ by organ, failed ones drawn again) and yielded before the next batch is sampled, so a
     caller that writes each organ and drops it (``skellab generate``) needs as much memory for
-    ``n = 2000`` as for 16. Deterministic in the seed; organ i does not depend on ``n`` (unless an
+    ``n = 2000`` as for 16 (on glibc, also call :func:`skellab.runtime.limit_heap_growth` once: the
+    default allocator otherwise fragments its heap organ after organ). Deterministic in the seed; organ i does not depend on ``n`` (unless an
     earlier batch needed redraws; up to float rounding when it falls in a smaller last batch), and
     for ``n <= batch_size`` the result is exactly that of the former one-batch sampling.
     """

@@ -195,6 +195,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def limit_heap_growth(mmap_threshold: int = 4 << 20) -> bool:
+    """Serve allocations of ``mmap_threshold`` bytes or more with ``mmap`` for the rest of the process (glibc).
+
+    glibc raises its mmap threshold each time a large mmapped block is freed, so in a long loop that
+    allocates and frees big tensors (generating organ after organ) those blocks end up on the heap,
+    which fragments and never shrinks: measured ~10 MB more peak RSS per generated organ. A fixed
+    threshold keeps that loop's memory flat. Returns False where it does not apply (not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, int(mmap_threshold)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 

@@ -41,6 +41,7 @@ from ..runtime import (
     atomic_path,
     check_folder_output,
     check_output_not_input,
+    limit_heap_growth,
     replace_folder,
 )
 from ..skeleton.io import skeletonize_file
@@ -183,6 +184,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_not_input(out, [args.keep, args.checkpoint, args.autoencoder], folder=True)
     check_folder_output(out, overwrite=args.overwrite, owned=GENERATED_NAME.match)  # before the work
+    limit_heap_growth()  # else the heap fragments organ after organ and memory grows with --n
     diffusion, autoencoder = load_generation_models(args.checkpoint, args.autoencoder, device=args.device)
     keep = None
     if args.keep is not None:
