@@ -789,12 +789,12 @@ def test_generate_overwrite_replaces_the_folder_whole(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
 
 
-def _kill_when_temp_folder_fills(proc: subprocess.Popen, final: Path, timeout: float = 240) -> None:
-    """SIGKILL ``proc`` once its temporary sibling folder of ``final`` holds a written file."""
+def _kill_when_temp_folder_fills(proc: subprocess.Popen, final: Path, files: bool, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` once its temporary sibling folder of ``final`` exists (``files``: holds a written file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         temps = [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.") and p.is_dir()]
-        if any(f.suffix != ".tmp" and not f.name.startswith(".") for t in temps for f in t.iterdir()):
+        if temps and not files or any(not f.name.startswith(".") for t in temps for f in t.iterdir()):
             break
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()[1]
@@ -814,7 +814,9 @@ def test_kill9_during_a_folder_output_leaves_the_previous_output_intact(tmp_path
     _old_outputs(out, pattern, 3)
     before = _snapshot(out)
     proc = _cli(*argv, "--out", out, "--overwrite")
-    _kill_when_temp_folder_fills(proc, out)
+    # generate writes organ by organ into the temp folder: killed after its first file; interpolate computes
+    # every step inside the temp folder's lifetime, then writes them in a blink: killed while it computes
+    _kill_when_temp_folder_fills(proc, out, files=command == "generate")
     assert _snapshot(out) == before  # before the fix: new files written over the old ones, one by one
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
     assert leftovers  # the killed run's temp folder ...

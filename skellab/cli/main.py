@@ -141,9 +141,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_not_input(out, [args.a, args.b, args.checkpoint], folder=True)
     check_folder_output(out, overwrite=args.overwrite, owned=STEP_NAME.match)  # before the work
-    steps = interpolate_files(args.a, args.b, steps=args.steps, checkpoint=args.checkpoint,
-                              resolution=args.resolution, seed=args.seed, device=args.device)
     with replace_folder(out, overwrite=args.overwrite, owned=STEP_NAME.match) as tmp:
+        steps = interpolate_files(args.a, args.b, steps=args.steps, checkpoint=args.checkpoint,
+                                  resolution=args.resolution, seed=args.seed, device=args.device)
         lines = []
         for i, (mesh, norm) in enumerate(steps):
             export_mesh(tmp / f"step_{i:02d}.ply", mesh.vertices, mesh.faces, normalization=norm)
