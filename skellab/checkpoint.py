@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -70,3 +70,41 @@ def checkpoint_config(payload: dict[str, Any], config_class: type, *, path: str 
         raise SkellabError(f"{path}: checkpoint has no {key!r} entry")
     return validate_config(config_class, payload[key], where=f"{path}: {key}", ranges=ranges,
                            allow_unknown=allow_unknown)
+
+
+def build_with_weights(build: Callable[[], torch.nn.Module], state_dict: Any, *,
+                       path: str | os.PathLike = "checkpoint", strict: bool = True) -> torch.nn.Module:
+    """``build()`` with ``state_dict`` loaded, checked before any real memory is allocated.
+
+    ``build`` (a function of no arguments that makes the model from an already validated config)
+    first runs on PyTorch's ``meta`` device: no storage, so even a config that asks for billions
+    of parameters costs nothing. Its parameter names and shapes must match ``state_dict``
+    (``strict``: the same names; else the checkpoint's must be a subset); otherwise a one-line
+    SkellabError names the first mismatch. Only then is the model built for real and loaded.
+    """
+    if not isinstance(state_dict, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise SkellabError(f"{path}: checkpoint weights are missing or malformed (state_dict)")
+    with torch.device("meta"):
+        shadow = build()
+    want = {k: tuple(v.shape) for k, v in shadow.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problem = None
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    if strict and missing:
+        problem = f"missing {missing[0]!r}"
+    elif unexpected:
+        problem = f"unexpected {unexpected[0]!r}"
+    else:
+        wrong = [k for k in want if k in got and want[k] != got[k]]
+        if wrong:
+            problem = f"{wrong[0]!r} is {list(got[wrong[0]])}, the config needs {list(want[wrong[0]])}"
+    if problem:
+        raise SkellabError(f"{path}: checkpoint weights do not fit its config (other architecture?): {problem}")
+    model = build()
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise SkellabError(f"{path}: checkpoint weights do not fit its config ({str(exc).splitlines()[0]})") from exc
+    return model

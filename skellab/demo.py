@@ -25,10 +25,10 @@ from .data.sampling import sample_surface
 from .errors import SkellabError
 from .generation import generate_organs
 from .interpolation import interpolate_meshes
-from .meshing import decode_mesh, export_mesh
+from .meshing import check_resolution, decode_mesh, export_mesh
 from .metrics import reconstruction_metrics
 from .pipeline import encode_shape
-from .runtime import atomic_path
+from .runtime import atomic_path, check_seed
 from .skeleton import skeletonize
 from .views import mesh_view, skeleton_view, snapshot_html
 from .views.render import render_png
@@ -44,6 +44,16 @@ class DemoConfig:
     generate_per_class: int = 2  # generated organs per class
     seed: int = 0  # every random draw
     snapshots: bool = True  # also write interactive k3d HTML snapshots
+
+    def __post_init__(self) -> None:  # every argument checked before the demo writes anything
+        check_resolution(self.resolution)
+        check_seed(self.seed)
+        for name, low in (("interpolation_steps", 2), ("generate_per_class", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SkellabError(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.generate_classes, str) or not all(isinstance(c, str) for c in self.generate_classes):
+            raise SkellabError(f"generate_classes must be a list of class names, got {self.generate_classes!r}")
 
 
 @dataclass
@@ -89,6 +99,9 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns the run facts (also written to ``out/demo.json``)."""
     out = Path(out)
+    DemoConfig(**config.__dict__)  # checked again: a config changed after it was made
+    if out.exists() and not out.is_dir():
+        raise SkellabError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     facts: dict[str, Any] = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}}

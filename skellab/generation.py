@@ -36,18 +36,27 @@ must match the training parameterisation:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import trimesh
 
 from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
-from .diffusion import LatentDiffusion, inpaint_latents, load_diffusion, make_scheduler, sample_latents
+from .diffusion import (
+    LatentDiffusion,
+    inpaint_latents,
+    load_diffusion,
+    make_scheduler,
+    sample_latents,
+)
 from .errors import SkellabError
 from .meshing import (
     cap_at_box,
@@ -60,11 +69,14 @@ from .meshing import (
 from .runtime import atomic_path, make_generator
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
+from .weights import weights_path
 
-__all__ = ["SAMPLERS", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
-           "decode_organ", "load_generation_models", "sampling_scheduler", "list_organs", "write_generated"]
+__all__ = ["SAMPLERS", "GENERATION_BATCH", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
+           "iter_generated",
+           "decode_organ", "load_generation_models", "check_autoencoder_pair", "GENERATED_NAME", "sampling_scheduler", "list_organs", "write_generated"]
 
 SAMPLERS = ("edm", "ddpm", "ddim")
+GENERATION_BATCH = 16  # organs sampled (then decoded one by one) at a time: memory does not grow with n
 
 
 @dataclass
@@ -106,17 +118,43 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
                            device: str | torch.device = "cpu") -> tuple[LatentDiffusion, SkeletalAutoencoder]:
     """The diffusion model and the autoencoder whose latents it was trained on (default: the shipped ones).
 
-    Missing or corrupt files, or a pair whose token shapes disagree → :class:`SkellabError`.
+    Missing or corrupt files, a pair whose token shapes disagree, or an autoencoder file other than
+    the one the diffusion checkpoint records (:func:`check_autoencoder_pair`) → :class:`SkellabError`.
     """
-    diff = load_diffusion(diffusion_checkpoint,
-                          device=device)
-    ae = load_autoencoder(autoencoder_checkpoint, device=device)
+    diff = load_diffusion(diffusion_checkpoint, device=device)
+    ae_path = Path(autoencoder_checkpoint) if autoencoder_checkpoint is not None else weights_path("autoencoder")
+    ae = load_autoencoder(ae_path, device=device)
+    check_autoencoder_pair(diff, ae_path)
     if diff.denoiser.config.token_dim != ae.config.token_dim:
         raise SkellabError(f"the diffusion model makes {diff.denoiser.config.token_dim}-number tokens but the "
                            f"autoencoder reads {ae.config.token_dim}: they were not trained together")
     if not diff.classes:
         raise SkellabError("the diffusion checkpoint has no class names: it cannot generate a named organ")
     return diff, ae
+
+
+def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | os.PathLike) -> None:
+    """Refuse an autoencoder file other than the one ``diffusion`` was trained on.
+
+    A diffusion model trained by ``skellab train`` records the sha256 of its autoencoder's file
+    (``info["train"]["autoencoder_sha256"]``, also in the shipped ``diffusion.pt``); another file →
+    one-line :class:`SkellabError` (its latents would decode to nonsense). Without a record: a warning.
+    """
+    train = diffusion.info.get("train") if isinstance(diffusion.info, dict) else None
+    recorded = train.get("autoencoder_sha256") if isinstance(train, dict) else None
+    p = Path(autoencoder_path)
+    if not isinstance(recorded, str) or len(recorded) < 12:
+        warnings.warn(f"the diffusion checkpoint does not record the autoencoder it was trained with; "
+                      f"cannot check that {p.name} is that one", stacklevel=3)
+        return
+    digest = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if not actual.startswith(recorded.lower()):
+        raise SkellabError(f"{p}: not the autoencoder this diffusion model was trained with (sha256 {actual[:12]}…, "
+                           f"the model records {recorded[:12]}…): pass that one as --autoencoder")
 
 
 def list_organs(checkpoint: str | os.PathLike | None = None) -> list[str]:
@@ -198,28 +236,93 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                          steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         resample: int = 4) -> list[GeneratedOrgan] | Latent:
+                         resample: int = 4, batch_size: int = GENERATION_BATCH) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
 
     keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
            keeps ``tokens[mask]`` and diffusion completes the rest (:func:`skellab.diffusion.inpaint_latents`,
            ``resample`` RePaint jumps per step; EDM only).
 
-    A sample whose decoded SDF has no surface is drawn again (up to ``max_attempts`` times,
-    from the same generator, so results stay a function of the seed; ``info["attempts"]``).
-    decode=False returns the sampled :class:`Latent` (n, K, 4 + F) only.
+    Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
+    decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow
+    with ``n``. A sample whose decoded SDF has no surface is drawn again (up to ``max_attempts``
+    times, from the same generator, so results stay a function of the seed; ``info["attempts"]``).
+    decode=False returns the sampled :class:`Latent` (n, K, 4 + F) only (sampled in the same batches).
     """
     _check_args(n, steps, guidance, scheduler, resolution)
+    if decode:
+        return list(iter_generated(diffusion, autoencoder, organ, n, steps=steps, guidance=guidance, seed=seed,
+                                   scheduler=scheduler, resolution=resolution, largest_component=largest_component,
+                                   max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise SkellabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
+                      resample=resample, generator=make_generator(seed))
+    return Latent.cat([sample(min(int(batch_size), n - s))[0] for s in range(0, n, int(batch_size))])
+
+
+def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
+                   steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
+                   resolution: int = 128, largest_component: bool = True, max_attempts: int = 3,
+                   keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
+                   batch_size: int = GENERATION_BATCH) -> Iterator[GeneratedOrgan]:
+    """:func:`generate_from_models`, organ by organ (index 0 … n − 1), in memory independent of ``n``.
+
+    Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
+    (organ by organ, failed ones drawn again) and yielded before the next batch is sampled, so a
+    caller that writes each organ and drops it (``skellab generate``) needs as much memory for
+    ``n = 2000`` as for 16 (on glibc, also call :func:`skellab.runtime.limit_heap_growth` once: the
+    default allocator otherwise fragments its heap organ after organ). Deterministic in the seed; organ i does not depend on ``n`` (unless an
+    earlier batch needed redraws; up to float rounding when it falls in a smaller last batch), and
+    for ``n <= batch_size`` the result is exactly that of the former one-batch sampling.
+    """
+    _check_args(n, steps, guidance, scheduler, resolution)
+    for name, value in (("batch_size", batch_size), ("max_attempts", max_attempts)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
+    sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
+                      resample=resample, generator=make_generator(seed))
+    for start in range(0, n, int(batch_size)):
+        todo = list(range(start, min(n, start + int(batch_size))))
+        latents, t_sample = sample(len(todo))
+        out: dict[int, GeneratedOrgan] = {}
+        for attempt in range(1, max_attempts + 1):
+            failed = []
+            for j, i in enumerate(todo):
+                try:
+                    g = decode_organ(autoencoder, latents[j], organ=organ, index=i, resolution=resolution,
+                                     largest_component=largest_component, seed=(seed + i) % 2**32)
+                except SkellabError:  # the decoded SDF has no surface: draw this organ again
+                    failed.append(i)
+                    continue
+                g.seconds = {"sample": t_sample, **g.seconds}
+                g.info.update(steps=int(steps), guidance=float(guidance), scheduler=scheduler, seed=int(seed),
+                              attempts=attempt)
+                out[i] = g
+            todo = failed
+            if not todo:
+                break
+            if attempt < max_attempts:  # fresh samples from the same generator: still a function of the seed
+                latents, t_sample = sample(len(todo))
+        if todo:
+            raise SkellabError(f"{len(todo)} sampled {organ} latent(s) decoded to no surface in {max_attempts} "
+                               "attempts (is the autoencoder the one the diffusion model was trained with?)")
+        del latents
+        for i in sorted(out):
+            yield out.pop(i)
+
+
+def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: float, scheduler: str,
+             keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator):
+    """``sample(num) → (Latent (num, K, D), seconds per organ)``, every draw from ``generator``."""
     if organ not in (diffusion.classes or []):
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.classes or [])}")
     ci = diffusion.class_id(organ)
     sampler = sampling_scheduler(diffusion, scheduler)
-    generator = make_generator(seed)
-
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 
-    def _sample(num: int) -> tuple[Latent, float]:
+    def sample(num: int) -> tuple[Latent, float]:
         t0 = time.perf_counter()
         if keep is None:
             tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
@@ -231,31 +334,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                                      generator=generator, normalizer=diffusion.normalizer)
         return Latent(tokens, torch.full((num,), ci, dtype=torch.long)), (time.perf_counter() - t0) / num
 
-    latents, t_sample = _sample(n)
-    if not decode:
-        return latents
-    out: list[GeneratedOrgan | None] = [None] * n
-    todo = list(range(n))
-    for attempt in range(1, max_attempts + 1):
-        failed = []
-        for j, i in enumerate(todo):
-            try:
-                g = decode_organ(autoencoder, latents[j], organ=organ, index=i, resolution=resolution,
-                                 largest_component=largest_component, seed=seed + i)
-            except SkellabError:  # the decoded SDF has no surface: draw this organ again
-                failed.append(i)
-                continue
-            g.seconds = {"sample": t_sample, **g.seconds}
-            g.info.update(steps=int(steps), guidance=float(guidance), scheduler=scheduler, seed=int(seed),
-                          attempts=attempt)
-            out[i] = g
-        todo = failed
-        if not todo:
-            return [g for g in out if g is not None]
-        if attempt < max_attempts:  # fresh samples from the same generator: still a function of the seed
-            latents, t_sample = _sample(len(todo))
-    raise SkellabError(f"{len(todo)} sampled {organ} latent(s) decoded to no surface in {max_attempts} attempts "
-                       "(is the autoencoder the one the diffusion model was trained with?)")
+    return sample
 
 
 def load_keep(path: str | os.PathLike, num_tokens: int, token_dim: int, *,
@@ -322,11 +401,12 @@ def generate_organs(
     largest_component: bool = True,
     device: str | torch.device = "cpu",
     keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int = GENERATION_BATCH,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
     organ      : a class name of the diffusion model (:func:`list_organs`)
-    n          : organs to generate (>= 1), sampled as one batch
+    n          : organs to generate (>= 1), sampled ``batch_size`` (16) at a time (:func:`iter_generated`)
     steps      : sampler steps (EDM Heun: 2·steps − 1 network calls; paper: 20)
     guidance   : classifier-free guidance weight w >= 0 (0: unconditional, 1: conditional, paper: 2.0)
     seed       : the result is a deterministic function of the seed (on a given machine and torch build)
@@ -341,7 +421,12 @@ def generate_organs(
     _check_args(n, steps, guidance, scheduler, resolution)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                                resolution=resolution, largest_component=largest_component, keep=keep)
+                                resolution=resolution, largest_component=largest_component, keep=keep,
+                                batch_size=batch_size)
+
+
+#: the names :func:`write_generated` writes (what ``skellab generate --overwrite`` may replace)
+GENERATED_NAME = re.compile(r"^organ_\d+(\.ply|_skeleton\.npz|_latent\.npz)$")
 
 
 def write_generated(organs: Sequence[GeneratedOrgan], out_dir: str | os.PathLike) -> list[Path]:

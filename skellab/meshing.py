@@ -42,7 +42,7 @@ from .data.shape import Normalization
 from .errors import SkellabError
 from .runtime import atomic_path, inference_autocast
 
-__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "decode_points", "decode_grid_dense", "decode_grid_guided",
+__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "check_mesh_path", "decode_points", "decode_grid_dense", "decode_grid_guided",
            "extract_mesh", "cap_at_box", "count_components", "sphere_union_mesh", "decode_mesh", "export_mesh"]
 
 MESH_FORMATS = (".ply", ".stl", ".obj")
@@ -283,6 +283,14 @@ def decode_mesh(model: SkeletalAutoencoder, latent: Latent, resolution: int = 12
     return extract_mesh(dec(model, latent, resolution, box=box), largest_component=largest_component)
 
 
+def check_mesh_path(path: str | os.PathLike) -> Path:
+    """``path`` if its suffix is a mesh format :func:`export_mesh` writes; else a one-line SkellabError."""
+    p = Path(path)
+    if p.suffix.lower() not in MESH_FORMATS:
+        raise SkellabError(f"{p}: unsupported mesh format {p.suffix!r}; use .ply, .stl or .obj")
+    return p
+
+
 def export_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
                 normalization: Normalization | None = None) -> Path:
     """Write a mesh as PLY, STL or OBJ (by suffix), atomically.
@@ -290,9 +298,7 @@ def export_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray
     vertices : (V, 3) normalised frame; with ``normalization`` they are mapped back to
                original units (``normalization.invert``) before writing.
     """
-    p = Path(path)
-    if p.suffix.lower() not in MESH_FORMATS:
-        raise SkellabError(f"{p}: unsupported mesh format {p.suffix!r}; use .ply, .stl or .obj")
+    p = check_mesh_path(path)
     v, f = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
         raise SkellabError(f"export_mesh needs vertices (V, 3) and a non-empty faces (F, 3), got {v.shape}, {f.shape}")

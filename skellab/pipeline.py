@@ -7,6 +7,8 @@ meshes mapped back to original units, so outputs overlay the inputs.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,10 @@ from .data.shape import Normalization, Shape
 from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
+from .runtime import check_seed
+
+#: the names ``skellab interpolate`` writes (what ``--overwrite`` may replace)
+STEP_NAME = re.compile(r"^step_\d+\.ply$")
 
 
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:
@@ -43,21 +49,73 @@ class Reconstruction:
     vertices: np.ndarray  # (V, 3) original units of the input
     faces: np.ndarray  # (F, 3)
     normalization: Normalization  # input units → normalised frame
-    latent: Latent  # batch-1 skeletal latent
+    latent: Latent  # skeletal latents, one per reconstructed body: (bodies, K, 4 + F)
+    bodies: int = 1  # separate bodies of the input that were reconstructed (their meshes are joined)
+    dropped: int = 0  # bodies too small to reconstruct (see :data:`MIN_BODY_FRACTION`)
+
+
+MAX_BODIES = 16  # separate bodies reconstructed from one file (each costs an encode and a decode)
+MIN_BODY_FRACTION = 0.001  # bodies below this fraction of the input's volume are dropped (with a warning)
+
+
+def _bodies(shape: Shape) -> tuple[list[Shape], int, float]:
+    """The separate bodies of ``shape`` as shapes of their own (each normalised on its own, largest first),
+    how many were dropped (too small, or beyond :data:`MAX_BODIES`) and the volume fraction they held."""
+    mesh = shape.to_trimesh()
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return [shape], 0, 0.0
+    volumes = np.array([abs(float(p.volume)) for p in parts])
+    total = float(volumes.sum()) or 1.0
+    order = np.argsort(-volumes, kind="stable")
+    kept: list[Shape] = []
+    dropped_volume = 0.0
+    for rank, i in enumerate(order):
+        part = parts[i]
+        if rank >= MAX_BODIES or volumes[i] / total < MIN_BODY_FRACTION:
+            dropped_volume += volumes[i]
+            continue
+        try:
+            kept.append(Shape.from_mesh(shape.normalization.invert(np.asarray(part.vertices)), np.asarray(part.faces),
+                                        shape_id=f"{shape.shape_id}_body{rank}", organ=shape.organ,
+                                        source=shape.source, license=shape.license))
+        except SkellabError:  # a body that is not a valid closed surface on its own
+            dropped_volume += volumes[i]
+    return kept, len(parts) - len(kept), dropped_volume / total
 
 
 def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
                      device: str = "cpu") -> Reconstruction:
-    """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units."""
+    """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units.
+
+    A file that holds several separate bodies (a pair of organs) is reconstructed body by body:
+    each is normalised, encoded and decoded on its own, mapped back to the input's units, and the
+    meshes are joined. Bodies under :data:`MIN_BODY_FRACTION` of the volume, or beyond
+    :data:`MAX_BODIES`, are dropped with a warning saying how many and how much volume.
+    """
     check_resolution(resolution)  # before loading anything
+    seed = check_seed(seed)
     model = load_autoencoder(checkpoint, device=device)
     shape = load_shape_file(path, organ=organ or "unknown")
-    latent = encode_shape(model, shape, seed=seed, organ=organ)
-    v, f = decode_mesh(model, latent, resolution, largest_component=True)
-    if len(f) == 0:
-        raise SkellabError(f"{Path(path).name}: the decoded SDF has no zero level set at resolution {resolution}")
-    return Reconstruction(shape.normalization.invert(v), f, shape.normalization, latent)
+    bodies, dropped, dropped_fraction = _bodies(shape)
+    if dropped:
+        warnings.warn(f"{Path(path).name}: {dropped} of {len(bodies) + dropped} separate bodies dropped (too small "
+                      f"or too many), {100 * dropped_fraction:.2g}% of the volume", stacklevel=2)
+    vertices, faces, latents = [], [], []
+    for body in bodies:
+        latent = encode_shape(model, body, seed=seed, organ=organ)
+        v, f = decode_mesh(model, latent, resolution, largest_component=True)
+        if len(f) == 0:
+            raise SkellabError(f"{Path(path).name}: the decoded SDF has no zero level set at resolution {resolution}")
+        if len(bodies) > 1:
+            v = shape.normalization.apply(body.normalization.invert(v))  # the body's frame → the input's frame
+        faces.append(f + sum(len(x) for x in vertices))
+        vertices.append(v)
+        latents.append(latent)
+    v, f = np.concatenate(vertices), np.concatenate(faces)
+    return Reconstruction(shape.normalization.invert(v), f, shape.normalization,
+                          latents[0] if len(latents) == 1 else Latent.cat(latents), len(bodies), dropped)
 
 
 def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int = 5,
@@ -71,6 +129,7 @@ def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int 
     if not isinstance(steps, int) or steps < 2:
         raise SkellabError(f"steps must be an integer >= 2, got {steps!r}")
     check_resolution(resolution)  # before loading anything
+    seed = check_seed(seed)
     model = load_autoencoder(checkpoint, device=device)
     shape_a = load_shape_file(a, organ="unknown")
     shape_b = load_shape_file(b, organ="unknown")

@@ -177,8 +177,23 @@ def _import(make: Callable[[Path], Path]):
 
 def _skel(make: Callable[[Path], Path], *extra):
     def setup(tmp, root):
-        return ["skeletonize", make(tmp), "--out", tmp / "out" / "s.npz", "--points", "32", "--device", "cpu", *extra]
+        args = ["skeletonize", make(tmp), "--out", tmp / "out" / "s.npz", "--points", "32", "--device", "cpu"]
+        for flag, value in zip(extra[::2], extra[1::2]):
+            value = value.format(tmp=tmp)
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        return args
     return setup
+
+
+def _old_outputs(folder: Path, pattern: str, n: int) -> Path:
+    """``folder`` holding ``n`` files named like a previous run's outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / pattern.format(i)).write_bytes(f"old output {i}".encode())
+    return folder
 
 
 def _npy(name, array):
@@ -188,7 +203,115 @@ def _npy(name, array):
     return make
 
 
+def _tampered(name: str, edit: Callable[[dict], None], tmp: Path) -> Path:
+    """A copy of the shipped checkpoint ``name`` with ``edit`` applied to its payload."""
+    import torch
+
+    from skellab.weights import weights_path
+
+    payload = torch.load(weights_path(name), map_location="cpu", weights_only=True)
+    edit(payload)
+    out = tmp / f"{name}_bad.pt"
+    torch.save(payload, out)
+    return out
+
+
+def _ae_ckpt(edit):
+    def setup(tmp, root):
+        return ["reconstruct", _mesh(tmp / "in.obj"), "--out", tmp / "out.ply", "--resolution", "16",
+                "--checkpoint", _tampered("autoencoder", edit, tmp)]
+    return setup
+
+
+def _diff_ckpt(edit):
+    def setup(tmp, root):
+        return ["generate", "--list-organs", "--checkpoint", _tampered("diffusion", edit, tmp)]
+    return setup
+
+
 CASES = [
+    # checkpoints with the right format tag but wrong config types or sizes
+    Case("ae encoder_width text", _ae_ckpt(lambda c: c["config"].update(encoder_width="abc")), 2,
+         "field 'encoder_width' must be an integer, got 'abc'"),
+    Case("ae classes is a number", _ae_ckpt(lambda c: c.update(classes=5)), 2,
+         "field 'classes' must be a list of str, got 5"),
+    Case("ae num_tokens 1e9", _ae_ckpt(lambda c: c["config"].update(num_tokens=10**9)), 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("ae width that the weights do not fit", _ae_ckpt(lambda c: c["config"].update(encoder_width=60000)), 2,
+         "do not fit its config"),
+    Case("ae state_dict not a dict", _ae_ckpt(lambda c: c.update(state_dict=[1, 2])), 2, "state_dict"),
+    Case("diffusion num_tokens text", _diff_ckpt(lambda c: c.update(num_tokens="abc")), 2,
+         "field 'num_tokens' must be an integer, got 'abc'"),
+    Case("diffusion num_tokens 1e9", _diff_ckpt(lambda c: c.update(num_tokens=10**9)), 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("diffusion width 1e9", _diff_ckpt(lambda c: c["config"].update(width=10**9)), 2,
+         "field 'width' must be in 1..65536"),
+    Case("diffusion classes is a number", _diff_ckpt(lambda c: c.update(classes=5)), 2,
+         "field 'classes' must be a list of str"),
+    Case("diffusion 1e9-step chain", _diff_ckpt(lambda c: c.update(scheduler={"name": "ddpm",
+                                                                              "num_train_timesteps": 10**9})), 2,
+         "num_steps must be an integer in 1..100000"),
+    Case("diffusion normalizer of another width", _diff_ckpt(
+        lambda c: c["normalizer"].update(mean=c["normalizer"]["mean"][:3], std=c["normalizer"]["std"][:3])), 2,
+         "the normalizer has 3 channels"),
+    # skellab train --set: type- and range-checked before anything is written
+    Case("train --set batch_size=abc", lambda tmp, root: ["train", "autoencoder", "--data", root, "--out", tmp / "run",
+                                                          "--device", "cpu", "--set", "batch_size=abc"], 2,
+         "field 'batch_size' must be an integer, got 'abc'"),
+    Case("train --set lr=nan", lambda tmp, root: ["train", "diffusion", "--data", root, "--out", tmp / "run",
+                                                  "--device", "cpu", "--set", "lr=nan"], 2,
+         "field 'lr' must be a finite number"),
+    Case("train --set num_tokens=1e9", lambda tmp, root: ["train", "autoencoder", "--data", root, "--out", tmp / "run",
+                                                          "--set", "num_tokens=1000000000"], 2,
+         "field 'num_tokens' must be in 1..4096"),
+    Case("train negative seed", lambda tmp, root: ["train", "skeleton", "--data", root, "--out", tmp / "run",
+                                                   "--seed", "-3"], 2, "--seed must be an integer"),
+    # seeds of every command: checked before anything is loaded
+    Case("reconstruct negative seed", lambda tmp, root: ["reconstruct", _mesh(tmp / "in.obj"), "--out", tmp / "o.ply",
+                                                         "--seed", "-1"], 2, "--seed must be an integer in 0..4294967295"),
+    Case("generate overflowing seed", lambda tmp, root: ["generate", "--organ", "kidney", "--out", tmp / "g",
+                                                         "--seed", str(2**64)], 2, "--seed must be an integer"),
+    Case("interpolate text seed", lambda tmp, root: ["interpolate", _mesh(tmp / "a.obj"), _mesh(tmp / "b.obj"),
+                                                     "--out", tmp / "i", "--seed", "x"], 2, "--seed must be an integer"),
+    # outputs never destroy inputs or mix with old outputs
+    Case("reconstruct onto its input", lambda tmp, root: ["reconstruct", _mesh(tmp / "v.ply"), "--out", tmp / "v.ply"],
+         2, "the output is the input", unchanged=("v.ply",)),
+    Case("reconstruct onto a link to its input", lambda tmp, root: (
+        _mesh(tmp / "v.ply"), (tmp / "link.ply").symlink_to(tmp / "v.ply"),
+        ["reconstruct", tmp / "v.ply", "--out", tmp / "link.ply"])[2], 2, "the output is the input",
+         unchanged=("v.ply",)),
+    Case("reconstruct to a .txt", lambda tmp, root: ["reconstruct", _mesh(tmp / "v.ply"), "--out", tmp / "v.txt"],
+         2, "unsupported mesh format '.txt'"),
+    Case("skeletonize to a .ply name", _skel(_npy("c.npy", _cloud(400)), "--out", "{tmp}/s.ply"), 2,
+         "a skeleton is written as .npz"),
+    Case("generate into a folder of old organs", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}.ply", 3), ["generate", "--organ", "liver", "--n", "1", "--out", tmp / "G"])[1],
+         2, "not empty (3 entries); pass --overwrite", unchanged=("G",)),
+    Case("generate --overwrite over a folder with other files", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}.ply", 2), (tmp / "G" / "notes.txt").write_text("mine"),
+        ["generate", "--organ", "liver", "--n", "1", "--out", tmp / "G", "--overwrite"])[2],
+         2, "holds 'notes.txt', which this command does not write", unchanged=("G",)),
+    Case("generate into the folder of its --keep file", lambda tmp, root: (
+        _old_outputs(tmp / "G", "organ_{:02d}_latent.npz", 1),
+        ["generate", "--organ", "liver", "--out", tmp / "G", "--keep", tmp / "G" / "organ_00_latent.npz",
+         "--overwrite"])[1], 2, "holds the input", unchanged=("G",)),
+    Case("interpolate into a folder of old steps", lambda tmp, root: (
+        _old_outputs(tmp / "D", "step_{:02d}.ply", 4),
+        ["interpolate", _mesh(tmp / "a.obj"), _mesh(tmp / "b.obj"), "--out", tmp / "D"])[1],
+         2, "not empty (4 entries)", unchanged=("D",)),
+    Case("generate with another autoencoder", lambda tmp, root: [
+        "generate", "--organ", "liver", "--out", tmp / "G", "--autoencoder",
+        Path(skellab.__file__).parent / "weights" / "autoencoder_surface.pt"], 2,
+         "not the autoencoder this diffusion model was trained with", unchanged=("G",)),
+    Case("249-character output folder", lambda tmp, root: [
+        "generate", "--organ", "liver", "--n", "1", "--resolution", "24", "--steps", "2", "--out", tmp / ("g" * 249)],
+         0, unchanged=()),
+    # demo: arguments checked before anything is written
+    Case("demo resolution 0", lambda tmp, root: ["demo", "--out", tmp / "demo", "--resolution", "0"], 2, "resolution",
+         unchanged=("demo",)),
+    Case("demo into a file", lambda tmp, root: ((tmp / "demo.txt").write_text("mine"),
+                                                ["demo", "--out", tmp / "demo.txt", "--resolution", "16"])[1], 2,
+         "not a folder", unchanged=("demo.txt",)),
     # manifests with the right format tag but wrong content
     Case("record without source", _man(lambda m: _pop(m["shapes"][0], "source")), 2, "field 'source' is missing"),
     Case("fold is a list", _man(lambda m: m["shapes"][0].update(fold=[5])), 2, "field 'fold' must be an integer 1..5"),
@@ -503,6 +626,116 @@ def test_validate_config_and_overrides_accept_good_values(tmp_path):
         read_checkpoint(path, format="toy/1", kind="toy", config_class=_ToyConfig)
 
 
+def test_shipped_weights_load_unchanged_through_the_checks(tmp_path):
+    """Every shipped checkpoint passes the config checks and gives the outputs it gave before them."""
+    import torch
+
+    from skellab.autoencoder import load_autoencoder
+    from skellab.diffusion import load_diffusion
+    from skellab.skeleton.learned import load_checkpoint
+    from skellab.weights import weights_path
+
+    ae = load_autoencoder()
+    raw = torch.load(weights_path("autoencoder"), map_location="cpu", weights_only=True)
+    assert all(torch.equal(v, raw["state_dict"][k]) for k, v in ae.state_dict().items())
+    diff = load_diffusion()
+    assert diff.num_tokens == 256 and diff.classes and "kidney" in diff.classes
+    assert load_checkpoint().config.k == 256
+    load_diffusion(weights_path("diffusion_surface"))
+    load_autoencoder(weights_path("autoencoder_surface"))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["config"].update(width="abc"), "field 'width' must be an integer"),
+    (lambda c: c["config"].update(k=10**9), "field 'k' must be in 1..4096"),
+    (lambda c: c["config"].update(radius_mode=3), "field 'radius_mode' must be a string"),
+    (lambda c: c["config"].update(width=64), "do not fit its config"),
+])
+def test_learned_skeleton_checkpoint_config_is_checked(tmp_path, edit, fragment):
+    from skellab.skeleton.learned import load_checkpoint
+
+    with pytest.raises(SkellabError, match=fragment) as info:
+        load_checkpoint(_tampered("skeleton_learned", edit, tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["config"].update(width="abc"), "field 'width' must be an integer"),
+    (lambda c: c["config"].update(depth=10**9), "field 'depth' must be in 1..65536"),
+    (lambda c: c.update(num_points="abc"), "field 'num_points' must be an integer"),
+    (lambda c: c.update(classes=5), "field 'classes' must be a list of str"),
+])
+def test_point_diffusion_checkpoint_config_is_checked(tmp_path, edit, fragment):
+    import torch
+
+    from skellab.baselines.point_diffusion import (
+        PointDenoiser,
+        PointDenoiserConfig,
+        PointDiffusion,
+        load_point_diffusion,
+        save_point_diffusion,
+    )
+    from skellab.diffusion import make_scheduler
+
+    cfg = PointDenoiserConfig(width=16, depth=1, time_embed_dim=8, num_classes=2)
+    good = save_point_diffusion(tmp_path / "pd.pt", PointDiffusion(PointDenoiser(config=cfg), make_scheduler("edm"),
+                                                                   ["a", "b"], 64))
+    assert load_point_diffusion(good).num_points == 64
+    payload = torch.load(good, weights_only=True)
+    edit(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match=fragment):
+        load_point_diffusion(tmp_path / "bad.pt")
+
+
+def test_unexpected_exceptions_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    import argparse
+
+    from skellab.cli import run_command
+
+    def bug(args):
+        raise ValueError("shapes (3,) and (4,)\nnot aligned")
+
+    assert run_command(bug, argparse.Namespace()) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skellab: internal error: ValueError: shapes (3,) and (4,)")
+    assert "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError):
+        run_command(bug, argparse.Namespace(debug=True))
+    for argv in (["--debug", "skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz"],
+                 ["skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz", "--debug"],
+                 ["data", "info", tmp_path / "nothing", "--debug"]):
+        with pytest.raises(SkellabError):  # --debug: the exception propagates (the entry point prints its traceback)
+            run_cli(*argv)
+    code, _, err = run_cli("skeletonize", tmp_path / "none.npy", "--out", tmp_path / "s.npz")
+    _one_line_error(code, err, "not found")
+
+
+def test_corrupt_skeleton_cache_is_recomputed(small_ds, tmp_path):
+    from skellab.autoencoder.encode import skeletons_for
+
+    store = MedSDF.open(small_ds)
+    ids = store.ids()
+    fresh = skeletons_for(store, ids, k=16, num_surface=256)
+    cache = tmp_path / "run" / "skeletons.npz"
+    cache.parent.mkdir()
+    for garbage in (b"PK\x03\x04 not really a zip", b""):
+        cache.write_bytes(garbage)
+        with pytest.warns(UserWarning, match="skeleton cache .* is unreadable"):
+            got = skeletons_for(store, ids, k=16, num_surface=256, cache=cache)
+        assert all(np.array_equal(got[i][0], fresh[i][0]) and np.array_equal(got[i][1], fresh[i][1]) for i in ids)
+        with np.load(cache) as z:  # rewritten whole and readable again
+            assert len(z.files) == 2 * len(ids)
+    with np.load(cache) as z:  # entries of the wrong shape or with NaNs: recomputed, not used
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.endswith("/c"))
+    arrays[key] = arrays[key][:3]
+    arrays[key.replace("/c", "/r")] = np.full(16, np.nan, np.float32)
+    np.savez(cache, **arrays)
+    got = skeletons_for(store, ids, k=16, num_surface=256, cache=cache)
+    assert all(np.array_equal(got[i][0], fresh[i][0]) for i in ids)
+
+
 def test_checkpoint_that_is_a_fifo_is_refused_not_read(tmp_path):
     from skellab.checkpoint import read_checkpoint
 
@@ -529,3 +762,134 @@ def test_check_points_refuses_complex_and_text():
             check_points(bad, k=8)
     with pytest.raises(SkellabError, match=r"shape \(N, 3\)"):
         check_points(np.array([["a", "b", "c"]] * 300), k=8)
+
+
+# ------------------------------------------------------------------ folder outputs and bounded generation
+FAST_GEN = ["--resolution", "24", "--steps", "2"]
+
+
+def test_folder_swap_without_rename_exchange_and_recovery(tmp_path, monkeypatch):
+    """Where the kernel cannot exchange two names, the swap is two renames; a writer killed between
+    them has its previous folder put back by the next run."""
+    from skellab import runtime
+
+    final = _old_outputs(tmp_path / ("d" * 250), "step_{:02d}.ply", 2)
+    monkeypatch.setattr(runtime, "_rename_exchange", lambda a, b: False)
+    with runtime.replace_folder(final, overwrite=True) as tmp:
+        (tmp / "step_00.ply").write_bytes(b"new")
+    assert [p.name for p in final.iterdir()] == ["step_00.ply"] and len(list(tmp_path.iterdir())) == 1
+    # a writer killed between the two renames: the previous folder sits under a temp name, none under the final one
+    old = tmp_path / (runtime._temp_prefix(final, extra=4).replace(f"-{os.getpid()}.", f"-{_dead_pid()}.")
+                      + "abcdefgh.tmp.old")
+    final.rename(old)
+    with runtime.replace_folder(final, overwrite=True) as tmp:
+        assert final.is_dir() and (final / "step_00.ply").read_bytes() == b"new"  # restored before anything else
+        (tmp / "step_00.ply").write_bytes(b"newer")
+    assert (final / "step_00.ply").read_bytes() == b"newer" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_generate_overwrite_replaces_the_folder_whole(tmp_path):
+    out = _old_outputs(tmp_path / "G", "organ_{:02d}.ply", 3)
+    (out / "organ_01_skeleton.npz").write_bytes(b"old")
+    code, stdout, err = run_cli("generate", "--organ", "liver", "--n", "1", "--out", out, "--overwrite", *FAST_GEN)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["organ_00.ply", "organ_00_latent.npz", "organ_00_skeleton.npz"]
+    assert b"old output" not in (out / "organ_00.ply").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
+
+
+def _kill_when_temp_folder_fills(proc: subprocess.Popen, final: Path, files: bool, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` once its temporary sibling folder of ``final`` exists (``files``: holds a written file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.") and p.is_dir()]
+        if temps and not files or any(not f.name.startswith(".") for t in temps for f in t.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("command", ["generate", "interpolate"])
+def test_kill9_during_a_folder_output_leaves_the_previous_output_intact(tmp_path, command):
+    if command == "generate":
+        out, pattern = tmp_path / "G", "organ_{:02d}.ply"
+        argv = ["generate", "--organ", "kidney", "--n", "40", *FAST_GEN]
+    else:
+        out, pattern = tmp_path / "D", "step_{:02d}.ply"
+        argv = ["interpolate", _mesh(tmp_path / "a.obj"), _mesh(tmp_path / "b.obj", 14.0), "--steps", "12",
+                "--resolution", "24"]
+    _old_outputs(out, pattern, 3)
+    before = _snapshot(out)
+    proc = _cli(*argv, "--out", out, "--overwrite")
+    # generate writes organ by organ into the temp folder: killed after its first file; interpolate computes
+    # every step inside the temp folder's lifetime, then writes them in a blink: killed while it computes
+    _kill_when_temp_folder_fills(proc, out, files=command == "generate")
+    assert _snapshot(out) == before  # before the fix: new files written over the old ones, one by one
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert leftovers  # the killed run's temp folder ...
+    code, _, err = run_cli(*(argv[:-4] if command == "generate" else argv), "--n" if command == "generate" else "--steps",
+                           "2", *(FAST_GEN if command == "generate" else ["--resolution", "24"]), "--out", out,
+                           "--overwrite")
+    assert code == 0, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]  # ... is swept on the next run
+    assert len(list(out.iterdir())) == (6 if command == "generate" else 2)
+
+
+def test_generation_is_batched_and_a_function_of_the_seed():
+    import torch
+
+    from skellab.diffusion import sample_latents
+    from skellab.generation import generate_from_models, load_generation_models, sampling_scheduler
+    from skellab.runtime import make_generator
+
+    diff, ae = load_generation_models()
+    one = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False)  # n <= 16: one batch, as before
+    ref = sample_latents(diff.denoiser, sampling_scheduler(diff, "edm"), num=3, num_tokens=diff.num_tokens,
+                         class_index=diff.class_id("kidney"), guidance=2.0, steps=2, generator=make_generator(5),
+                         normalizer=diff.normalizer)
+    assert torch.equal(one.tokens, ref)
+    a = generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False, batch_size=2)
+    b = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False, batch_size=2)
+    assert a.tokens.shape[0] == 5 and torch.equal(a.tokens[:2], b.tokens[:2])  # organ i does not depend on n
+    assert torch.allclose(a.tokens[2], b.tokens[2], atol=1e-3)  # (up to rounding: batches of 2 and of 1)
+    assert torch.equal(a.tokens, generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False,
+                                                      batch_size=2).tokens)
+    tokens = torch.zeros(diff.num_tokens, diff.denoiser.config.token_dim)
+    mask = torch.zeros(diff.num_tokens, dtype=torch.bool)
+    mask[:8] = True
+    tokens[:8, 3] = 0.05
+    kept = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=1, decode=False, batch_size=2,
+                                keep=(tokens, mask[:, None].expand(-1, tokens.shape[1]).clone()))
+    assert kept.tokens.shape[0] == 3 and torch.allclose(kept.tokens[:, :8], tokens[:8].expand(3, -1, -1))
+
+
+def _two_bodies(path: Path, second_radius: float = 8.0) -> Path:
+    a = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    b = trimesh.creation.icosphere(subdivisions=3, radius=second_radius)
+    b.apply_translation([30.0, 0.0, 0.0])
+    trimesh.util.concatenate([a, b]).export(path)
+    return path
+
+
+def test_reconstruct_keeps_every_body(tmp_path):
+    src = _two_bodies(tmp_path / "pair.ply")
+    code, out, err = run_cli("reconstruct", src, "--out", tmp_path / "rec.ply", "--resolution", "40")
+    assert code == 0, err
+    assert "2 separate bodies" in out and "warning" not in err
+    rec = trimesh.load(tmp_path / "rec.ply", process=False)
+    parts = sorted(rec.split(only_watertight=False), key=lambda m: m.centroid[0])
+    assert len(parts) == 2  # before the fix: one body (volume 4.25 of 8.31)
+    assert np.allclose(parts[0].centroid, [0, 0, 0], atol=1.5) and np.allclose(parts[1].centroid, [30, 0, 0], atol=1.5)
+    vin = trimesh.load(src, process=False).volume
+    assert abs(rec.volume / vin - 1) < 0.2
+
+
+def test_reconstruct_warns_about_dropped_bodies(tmp_path):
+    src = _two_bodies(tmp_path / "speck.ply", second_radius=0.5)  # 0.0125 % of the volume
+    code, _, err = run_cli("reconstruct", src, "--out", tmp_path / "rec.ply", "--resolution", "24")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skellab: warning: speck.ply: 1 of 2 separate bodies dropped")
+    assert "0.012% of the volume" in lines[0]

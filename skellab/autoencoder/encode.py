@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +41,22 @@ def trained_skeleton(config: AutoencoderConfig | SkeletalAutoencoder) -> tuple[s
     return cfg.skeleton_method, cfg.skeleton_checkpoint
 
 
+def _read_cache(cache: Path) -> dict[str, np.ndarray]:
+    """Every array of the skeleton cache ``cache``; an unreadable or corrupt cache counts as empty (with a
+    warning): it is only a cache, so the skeletons are recomputed and the file is rewritten whole."""
+    if not cache.exists():
+        return {}
+    try:
+        if not cache.is_file():
+            raise SkellabError(f"{cache}: not a regular file")
+        with np.load(cache, allow_pickle=False) as z:
+            return {key: np.asarray(z[key]) for key in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, SkellabError) as exc:
+        warnings.warn(f"skeleton cache {cache} is unreadable ({exc.__class__.__name__}): recomputing the skeletons",
+                      stacklevel=3)
+        return {}
+
+
 def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int, method: str = "medial",
                   cache: str | os.PathLike | None = None, batch: int = 8, progress: bool = False,
                   skeleton_config: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -48,7 +66,9 @@ def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int
     subset) and their normals, deterministically (farthest-point sampling of the medial
     balls starts from the first kept ball), so a shape's skeleton never depends on
     which other shapes share its batch. With ``cache`` (an ``.npz`` path), results are read from
-    and added to it, so each shape is skeletonized once. ``skeleton_config`` is passed to
+    and added to it, so each shape is skeletonized once; a corrupt cache, or entries of the wrong
+    shape or with NaNs, are recomputed (with a warning for an unreadable file) and rewritten.
+    ``skeleton_config`` is passed to
     :func:`skellab.skeleton.skeletonize` (for ``"learned"``: a checkpoint path, part of the cache key).
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -56,11 +76,12 @@ def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int
     if skeleton_config is not None:
         ident = Path(skeleton_config).read_bytes() if isinstance(skeleton_config, (str, os.PathLike)) else repr(skeleton_config).encode()
         tag += "-" + hashlib.sha256(ident).hexdigest()[:12]
-    if cache is not None and Path(cache).is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            for sid in ids:
-                if f"{tag}/{sid}/c" in z.files:
-                    out[sid] = (z[f"{tag}/{sid}/c"], z[f"{tag}/{sid}/r"])
+    cached = _read_cache(Path(cache)) if cache is not None else {}
+    for sid in ids:
+        c, r = cached.get(f"{tag}/{sid}/c"), cached.get(f"{tag}/{sid}/r")
+        if (c is not None and r is not None and c.shape == (k, 3) and r.shape == (k,)
+                and c.dtype.kind == r.dtype.kind == "f" and np.isfinite(c).all() and np.isfinite(r).all()):
+            out[sid] = (c.astype(np.float32, copy=False), r.astype(np.float32, copy=False))  # else: recomputed
     todo = [sid for sid in ids if sid not in out]
     for s in tqdm(range(0, len(todo), batch), desc="skeletons", disable=not progress or not todo):
         chunk = todo[s : s + batch]
@@ -73,10 +94,7 @@ def skeletons_for(store: MedSDF, ids: Sequence[str], *, k: int, num_surface: int
         for i, sid in enumerate(chunk):
             out[sid] = (c[i].cpu().numpy().astype(np.float32), r[i].cpu().numpy().astype(np.float32))
     if cache is not None and todo:
-        old = {}
-        if Path(cache).is_file():
-            with np.load(cache, allow_pickle=False) as z:
-                old = {key: z[key] for key in z.files}
+        old = dict(cached)
         for sid, (c, r) in out.items():
             old[f"{tag}/{sid}/c"], old[f"{tag}/{sid}/r"] = c, r
         with atomic_path(cache) as tmp:

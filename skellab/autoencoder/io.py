@@ -14,21 +14,44 @@ A run checkpoint (``checkpoint.pt`` of a training run) is the same dict plus ``"
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import read_checkpoint, write_checkpoint
+from ..checkpoint import build_with_weights, read_checkpoint, write_checkpoint
 from ..errors import SkellabError
 from ..runtime import resolve_device
+from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .model import AutoencoderConfig, SkeletalAutoencoder
 
-__all__ = ["CHECKPOINT_FORMAT", "autoencoder_payload", "save_autoencoder", "load_autoencoder"]
+__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "autoencoder_payload", "save_autoencoder", "load_autoencoder"]
 
 CHECKPOINT_FORMAT = "skellab.autoencoder/1"
+
+#: sane ranges of the :class:`AutoencoderConfig` fields that size tensors, checked when a checkpoint is
+#: loaded and when ``skellab train --set`` changes them (:func:`skellab.schema.validate_config`)
+CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
+    **{name: SIZE_RANGE for name in ("feature_dim", "num_surface", "encoder_width", "encoder_blocks", "group_k",
+                                     "decoder_width", "decoder_heads", "decoder_blocks", "decoder_neighbors",
+                                     "mlp_ratio")},
+    "num_tokens": (1, 4096),  # attention over K tokens: K = 4096 is already 16× the paper's 256
+    "num_frequencies": (0, 32),
+    "token_self_attention": (0, 64),
+    "num_classes": (0, 65536),
+}
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The checkpoint entries besides config and weights, as they must be typed."""
+
+    classes: tuple[str, ...] | None = None
+    step: int = 0
+    metrics: dict | None = None
+    train: dict | None = None
 
 
 def autoencoder_payload(model: SkeletalAutoencoder, *, train_config: Any = None, step: int = 0,
@@ -66,10 +89,7 @@ def _config_of(ckpt: dict[str, Any], path: Path) -> AutoencoderConfig:
         raw["skeleton_method"] = train.get("skeleton_method") or "medial"
         ck = train.get("skeleton_checkpoint")
         raw["skeleton_checkpoint"] = None if ck is None else str(ck)
-    try:
-        return AutoencoderConfig.from_dict(raw)
-    except (TypeError, ValueError) as exc:
-        raise SkellabError(f"{path}: checkpoint config is missing or malformed") from exc
+    return validate_config(AutoencoderConfig, raw, where=f"{path}: config", ranges=CONFIG_RANGES)
 
 
 def load_autoencoder(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
@@ -82,14 +102,14 @@ def load_autoencoder(path: str | os.PathLike | None = None, *, device: str | tor
     """
     p = Path(path) if path is not None else weights_path("autoencoder")
     ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="autoencoder")
+    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "step", "metrics", "train") if k in ckpt},
+                              where=str(p))
     cfg = _config_of(ckpt, p)
     if expect is not None and expect != cfg:
         diff = [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(expect, f.name)]
         raise SkellabError(f"{p}: checkpoint config differs from the expected one in {', '.join(diff)}")
-    model = SkeletalAutoencoder(config=cfg, classes=ckpt.get("classes") or None)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise SkellabError(f"{p}: checkpoint weights do not fit its config (other architecture?)") from exc
+    classes = list(entries.classes) if entries.classes else None
+    model = build_with_weights(lambda: SkeletalAutoencoder(config=cfg, classes=classes), ckpt.get("state_dict"),
+                               path=p)
     model.info = {k: ckpt.get(k) for k in ("step", "metrics", "train")}
     return model.to(resolve_device(device)).eval()

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint, save_bytes
+from ..checkpoint import build_with_weights, read_checkpoint, save_bytes
 from ..diffusion.denoiser import _modulate, class_or_null, timestep_embedding
 from ..diffusion.sampling import sample_latents
 from ..diffusion.schedulers import make_scheduler
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
+from ..schema import SIZE_RANGE, validate_config
 
 __all__ = ["PointDenoiserConfig", "PointDenoiser", "PointDiffusion",
            "sample_point_clouds", "save_point_diffusion", "load_point_diffusion", "CHECKPOINT_FORMAT"]
@@ -115,6 +116,20 @@ class PointDenoiser(nn.Module):
         return self.output(_modulate(self.norm_out(h), shift, scale))
 
 
+#: sane ranges of the :class:`PointDenoiserConfig` fields (checked when a checkpoint is loaded)
+CONFIG_RANGES = {**{n: SIZE_RANGE for n in ("token_dim", "width", "depth", "time_embed_dim")}, "num_classes": (0, 65536)}
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The checkpoint entries besides config and weights, as they must be typed."""
+
+    classes: tuple[str, ...] | None = None
+    num_points: int = field(default=2048, metadata={"range": (1, 1 << 20)})
+    info: dict | None = None
+    scheduler: dict = field(default_factory=dict)
+
+
 @dataclass
 class PointDiffusion:
     """A trained point-cloud diffusion baseline: network, scheduler, class names, points per cloud."""
@@ -156,13 +171,21 @@ def load_point_diffusion(path: str | os.PathLike, *, device: str | torch.device 
     """Rebuild a :class:`PointDiffusion` from its checkpoint; bad files → :class:`SkellabError`."""
     p = Path(path)
     ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="point diffusion")
+    raw = ckpt.get("config")
+    if isinstance(raw, dict):  # fields a newer writer added are ignored, as before
+        raw = {k: v for k, v in raw.items() if k in {f.name for f in fields(PointDenoiserConfig)}}
+    cfg = validate_config(PointDenoiserConfig, raw, where=f"{p}: config", ranges=CONFIG_RANGES)
+    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "num_points", "info", "scheduler") if k in ckpt},
+                              where=str(p))
+    if "scheduler" not in ckpt:
+        raise SkellabError(f"{p}: checkpoint has no 'scheduler' entry")
     try:
-        known = {f.name for f in fields(PointDenoiserConfig)}
-        cfg = PointDenoiserConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-        model = PointDenoiser(config=cfg)
-        model.load_state_dict(ckpt["state_dict"])
-        sched = make_scheduler(**ckpt["scheduler"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise SkellabError(f"{p}: checkpoint is malformed or its weights do not fit its config") from exc
-    return PointDiffusion(model.to(resolve_device(device)).eval(), sched, ckpt.get("classes"),
-                          int(ckpt.get("num_points", 2048)), ckpt.get("info") or {})
+        sched = make_scheduler(**entries.scheduler)
+    except SkellabError as exc:
+        raise SkellabError(f"{p}: {exc}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SkellabError(f"{p}: checkpoint scheduler is malformed ({exc})") from exc
+    model = build_with_weights(lambda: PointDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
+    return PointDiffusion(model.to(resolve_device(device)).eval(), sched,
+                          list(entries.classes) if entries.classes is not None else None,
+                          int(entries.num_points), entries.info or {})

@@ -1,7 +1,9 @@
 """The ``skellab`` command line: a thin layer over the library.
 
-Every command reports bad input as one line ``skellab: error: …`` on stderr and
-exits with status 2 (argparse usage errors too), never with a traceback.
+Every command reports an expected failure (bad input, a missing, corrupt or foreign file, a full
+disk) as one line ``skellab: error: …`` on stderr and exits with status 2 (argparse usage errors
+too); an unexpected exception (a bug) is one line ``skellab: internal error: …``, exit status 1.
+``--debug`` (before or after the command name) shows the Python traceback instead.
 """
 
 from __future__ import annotations
@@ -18,15 +20,33 @@ from ..data.build import build_dataset, import_files, merge_shards
 from ..data.checks import check_dataset
 from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
-from ..diffusion import load_diffusion
 from ..errors import SkellabError
 from ..evaluation import evaluate_generation, generation_table
-from ..generation import generate_organs, list_organs, load_keep, write_generated
-from ..meshing import export_mesh
-from ..pipeline import export_reconstruction, interpolate_files, reconstruct_file
-from ..runtime import atomic_path
+from ..generation import (
+    GENERATED_NAME,
+    iter_generated,
+    list_organs,
+    load_generation_models,
+    load_keep,
+    write_generated,
+)
+from ..meshing import check_mesh_path, export_mesh
+from ..pipeline import (
+    STEP_NAME,
+    export_reconstruction,
+    interpolate_files,
+    reconstruct_file,
+)
+from ..runtime import (
+    atomic_path,
+    check_folder_output,
+    check_output_not_input,
+    limit_heap_growth,
+    replace_folder,
+)
 from ..skeleton.io import skeletonize_file
-from .common import Parser, positive_int, run_command
+from ..skeleton.types import check_skeleton_path
+from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
 from .train import add_train_arguments, run_train
 
 __all__ = ["build_parser", "main"]
@@ -93,6 +113,8 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- skeletonize
 def _cmd_skeletonize(args: argparse.Namespace) -> int:
 
+    check_skeleton_path(args.out)  # before the work: a skeleton is an .npz
+    check_output_not_input(args.out, [args.input])
     skel = skeletonize_file(args.input, method=args.method, k=args.points, seed=args.seed, device=args.device)
     skel.save(args.out)
     print(f"wrote {skel.num_spheres} spheres and {len(skel.edges)} edges ({skel.method}) to {args.out}")
@@ -103,25 +125,31 @@ def _cmd_skeletonize(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
+    check_mesh_path(args.out)
+    check_output_not_input(args.out, [args.input, args.checkpoint])
     rec = reconstruct_file(args.input, checkpoint=args.checkpoint, resolution=args.resolution,
                            organ=args.organ, seed=args.seed, device=args.device)
     export_reconstruction(rec, args.out)
-    print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces "
+    bodies = f", {rec.bodies} separate bodies" if rec.bodies > 1 else ""
+    print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces{bodies} "
           f"(input units, {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
 
-    steps = interpolate_files(args.a, args.b, steps=args.steps, checkpoint=args.checkpoint,
-                              resolution=args.resolution, seed=args.seed, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (mesh, norm) in enumerate(steps):
-        path = out / f"step_{i:02d}.ply"
-        export_mesh(path, mesh.vertices, mesh.faces, normalization=norm)
-        flags = "watertight" if mesh.watertight else "NOT watertight"
-        print(f"{path}  t={mesh.t:.2f}  {flags}, {mesh.components} component(s)")
+    check_output_not_input(out, [args.a, args.b, args.checkpoint], folder=True)
+    check_folder_output(out, overwrite=args.overwrite, owned=STEP_NAME.match)  # before the work
+    with replace_folder(out, overwrite=args.overwrite, owned=STEP_NAME.match) as tmp:
+        steps = interpolate_files(args.a, args.b, steps=args.steps, checkpoint=args.checkpoint,
+                                  resolution=args.resolution, seed=args.seed, device=args.device)
+        lines = []
+        for i, (mesh, norm) in enumerate(steps):
+            export_mesh(tmp / f"step_{i:02d}.ply", mesh.vertices, mesh.faces, normalization=norm)
+            flags = "watertight" if mesh.watertight else "NOT watertight"
+            lines.append(f"{out / f'step_{i:02d}.ply'}  t={mesh.t:.2f}  {flags}, {mesh.components} component(s)")
+    print("\n".join(lines))
     return 0
 
 
@@ -153,23 +181,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.organ is None or args.out is None:
         raise SkellabError("generate needs --organ NAME and --out DIR (or --list-organs)")
     t0 = time.perf_counter()
+    out = Path(args.out)
+    check_output_not_input(out, [args.keep, args.checkpoint, args.autoencoder], folder=True)
+    check_folder_output(out, overwrite=args.overwrite, owned=GENERATED_NAME.match)  # before the work
+    limit_heap_growth()  # else the heap fragments organ after organ and memory grows with --n
+    diffusion, autoencoder = load_generation_models(args.checkpoint, args.autoencoder, device=args.device)
     keep = None
     if args.keep is not None:
-        diffusion = load_diffusion(args.checkpoint)
         keep = load_keep(args.keep, diffusion.num_tokens, diffusion.denoiser.config.token_dim,
                          indices=_indices(args.keep_tokens) if args.keep_tokens else None)
     elif args.keep_tokens:
         raise SkellabError("--keep-tokens needs --keep FILE")
-    organs = generate_organs(args.organ, args.n, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                             scheduler=args.scheduler, resolution=args.resolution,
-                             diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
-                             device=args.device, keep=keep)
-    paths = write_generated(organs, args.out)
-    for g, path in zip(organs, paths[::2]):
-        flags = "watertight" if g.watertight else "NOT watertight"
-        print(f"{path}  {len(g.vertices)} vertices, {len(g.faces)} faces, {flags}, "
-              f"{g.skeleton.num_spheres} spheres / {len(g.skeleton.edges)} edges")
-    print(f"generated {len(organs)} {args.organ} in {time.perf_counter() - t0:.1f} s "
+    organs = iter_generated(diffusion, autoencoder, args.organ, args.n, steps=args.steps, guidance=args.guidance,
+                            seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep)
+    count = 0
+    with replace_folder(out, overwrite=args.overwrite, owned=GENERATED_NAME.match) as tmp:
+        for g in organs:  # written and dropped one by one: memory does not grow with --n
+            write_generated([g], tmp)
+            flags = "watertight" if g.watertight else "NOT watertight"
+            print(f"{out / f'organ_{g.index:02d}.ply'}  {len(g.vertices)} vertices, {len(g.faces)} faces, {flags}, "
+                  f"{g.skeleton.num_spheres} spheres / {len(g.skeleton.edges)} edges", flush=True)
+            count += 1
+    print(f"generated {count} {args.organ} in {time.perf_counter() - t0:.1f} s "
           f"({args.scheduler}, {args.steps} steps, guidance {args.guidance:g}, seed {args.seed}; normalised frame)")
     return 0
 
@@ -187,6 +220,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(generation_table(results))
     print(f"wrote {args.out}")
     return 0
+
+
+FOLDER_RULE = ("replace a non-empty output folder. The folder is always written as a whole: into a temporary "
+               "folder beside it, swapped in only when every file is written, so it never mixes old and new "
+               "files and an interrupted run leaves the previous folder intact. Without --overwrite a non-empty "
+               "folder is refused; with it, only a folder that holds nothing but {names} is replaced. A folder "
+               "that holds an input is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,20 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("skeletonize", help="skeletal spheres + stick-figure graph of a mesh or point cloud")
     s.add_argument("input", help="mesh file, or point cloud (.npy (N,3) / (N,6) with normals, .ply points)")
-    s.add_argument("--out", required=True, help="output .npz (centers, radii, edges, method), input's coordinates")
+    s.add_argument("--out", required=True,
+                   help="output .npz (centers, radii, edges, method), input's coordinates; another suffix or the "
+                        "input itself is refused; an existing file is replaced atomically")
     s.add_argument("--method", default="medial", help="medial (default), contraction, learned or thinning")
     s.add_argument("--points", type=positive_int, default=256, help="number of skeletal spheres K")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.set_defaults(func=_cmd_skeletonize)
 
     r = sub.add_parser("reconstruct", help="encode a mesh to its skeletal latent and decode it back")
     r.add_argument("input", help="mesh file (STL, PLY, OBJ, OFF, GIFTI)")
-    r.add_argument("--out", required=True, help="output mesh (.ply, .stl, .obj), in the input's units")
+    r.add_argument("--out", required=True,
+                   help="output mesh (.ply, .stl, .obj), in the input's units; the input itself is refused, an "
+                        "existing file is replaced atomically (never half-written)")
     r.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
     r.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: shipped weights)")
     r.add_argument("--organ", default=None, help="organ class for class-conditioned models")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.set_defaults(func=_cmd_reconstruct)
 
@@ -253,27 +297,32 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("a", help="first mesh file")
     it.add_argument("b", help="second mesh file")
     it.add_argument("--steps", type=int, default=5, help="number of meshes, endpoints included (>= 2)")
-    it.add_argument("--out", required=True, help="output folder (step_XX.ply)")
+    it.add_argument("--out", required=True, help="output folder (step_XX.ply); see --overwrite")
+    it.add_argument("--overwrite", action="store_true", help=FOLDER_RULE.format(names="step_XX.ply"))
     it.add_argument("--resolution", type=int, default=96, help="marching-cubes grid (8 < R <= 512)")
     it.add_argument("--checkpoint", default=None)
-    it.add_argument("--seed", type=int, default=0)
+    it.add_argument("--seed", type=seed_arg, default=0)
     it.add_argument("--device", default="cpu")
     it.set_defaults(func=_cmd_interpolate)
 
     d = sub.add_parser("demo", help="the whole pipeline on the shipped weights, written as an offline gallery")
     d.add_argument("--out", default="skellab-demo", help="output folder (index.html, meshes, renders)")
     d.add_argument("--resolution", type=int, default=96, help="marching-cubes grid")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_arg, default=0)
     d.add_argument("--no-snapshots", action="store_true", help="skip the interactive k3d HTML files")
     d.set_defaults(func=_cmd_demo)
 
     gen = sub.add_parser("generate", help="generate new organs (meshes + skeletons) with the latent diffusion model")
     gen.add_argument("--organ", default=None, help="organ class (see --list-organs)")
     gen.add_argument("--n", type=int, default=1, help="number of organs")
-    gen.add_argument("--out", default=None, help="output folder (organ_XX.ply + organ_XX_skeleton.npz, normalised frame)")
+    gen.add_argument("--out", default=None,
+                     help="output folder (organ_XX.ply + organ_XX_skeleton.npz + organ_XX_latent.npz, normalised "
+                          "frame); see --overwrite")
+    gen.add_argument("--overwrite", action="store_true",
+                     help=FOLDER_RULE.format(names="organ_XX.ply, organ_XX_skeleton.npz, organ_XX_latent.npz"))
     gen.add_argument("--steps", type=int, default=20, help="sampler steps (EDM Heun: 2*steps-1 network calls)")
     gen.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (>= 0)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=seed_arg, default=0)
     gen.add_argument("--scheduler", default="edm", help="edm (Heun), ddim (deterministic Euler) or ddpm")
     gen.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
     gen.add_argument("--checkpoint", default=None, help="diffusion checkpoint (default: shipped weights)")
@@ -297,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=96, help="marching-cubes grid of generated meshes")
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
     ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--baseline-seconds", type=float, default=None,
                     help="baseline training budget in CPU seconds (default: the diffusion model's, i.e. matched)")
@@ -311,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage (skeleton, autoencoder, diffusion) or all; resumable, torchrun-ready")
     add_train_arguments(tr)
     tr.set_defaults(func=run_train)
+    add_debug_flag(parser)
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 from typing import Any, Sequence
@@ -11,18 +10,15 @@ from typing import Any, Sequence
 import torch
 
 from ..train.stages import train_stage
-from .common import Parser, positive_int, run_command
+from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
 
 
-def _override(text: str) -> tuple[str, Any]:
+def _override(text: str) -> tuple[str, str]:
+    """``FIELD=VALUE`` → (field, value text); the preset parses and checks the text against the field's type."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare string such as schedule=cosine
-    return key.strip(), value
+    return key.strip(), raw
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +30,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--max-steps", type=positive_int, default=None, help="replace the preset's number of steps")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--autoencoder", default=None, help="diffusion: frozen autoencoder (default RUN/autoencoder/model.pt)")
     p.add_argument("--skeleton-method", default="medial", choices=["medial", "learned", "contraction", "thinning"],
                    help="autoencoder: skeletons for the tokens ('learned' uses RUN/skeleton/model.pt)")
@@ -74,5 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m skellab.train STAGE --data DIR --out RUN ...`` (what ``torchrun`` launches)."""
     p = Parser(prog="python -m skellab.train", description="train a skellab stage (torchrun-compatible)")
     add_train_arguments(p)
+    add_debug_flag(p)
     args = p.parse_args(argv)
     return run_command(run_train, args)

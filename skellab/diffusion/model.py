@@ -18,18 +18,46 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_checkpoint, write_checkpoint
+from ..checkpoint import (
+    build_with_weights,
+    checkpoint_config,
+    read_checkpoint,
+    write_checkpoint,
+)
 from ..errors import SkellabError
 from ..runtime import resolve_device
+from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .denoiser import DenoiserConfig, TokenDenoiser
 from .inpainting import inpaint_latents
 from .sampling import LatentNormalizer, sample_latents
 from .schedulers import make_scheduler
 
-__all__ = ["CHECKPOINT_FORMAT", "LatentDiffusion", "diffusion_payload", "save_diffusion", "load_diffusion"]
+__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "diffusion_payload", "save_diffusion",
+           "load_diffusion"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
+
+#: sane ranges of the :class:`DenoiserConfig` fields, checked on load and on ``skellab train --set``
+CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
+    **{name: SIZE_RANGE for name in ("token_dim", "width", "depth", "heads", "time_embed_dim")},
+    "mlp_ratio": (1e-3, 64.0),
+    "num_classes": (0, 65536),
+}
+MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The checkpoint entries besides config, weights, normalizer and scheduler, as they must be typed."""
+
+    classes: tuple[str, ...] | None = None
+    num_tokens: int = field(default=256, metadata={"range": (1, MAX_TOKENS)})
+    step: int = 0
+    metrics: dict | None = None
+    train: dict | None = None
+    scheduler: dict = field(default_factory=dict)
+    normalizer: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -117,17 +145,25 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     """
     p = Path(path) if path is not None else weights_path("diffusion")
     ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="diffusion")
+    cfg = checkpoint_config(ckpt, DenoiserConfig, path=p, ranges=CONFIG_RANGES)
+    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "num_tokens", "step", "metrics", "train",
+                                                              "scheduler", "normalizer") if k in ckpt},
+                              where=str(p), require_all=False)
+    for key in ("scheduler", "normalizer"):
+        if key not in ckpt:
+            raise SkellabError(f"{p}: checkpoint has no {key!r} entry")
     try:
-        cfg = DenoiserConfig.from_dict(ckpt["config"])
-        normalizer = LatentNormalizer.from_dict(ckpt["normalizer"])
-        sched = make_scheduler(**ckpt["scheduler"])
-    except (KeyError, TypeError) as exc:
-        raise SkellabError(f"{p}: checkpoint config, normalizer or scheduler is missing or malformed") from exc
-    model = TokenDenoiser(config=cfg)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise SkellabError(f"{p}: checkpoint weights do not fit its config (other architecture?)") from exc
-    info = {k: ckpt.get(k) for k in ("step", "metrics", "train")}
-    return LatentDiffusion(model.to(resolve_device(device)).eval(), sched, normalizer, ckpt.get("classes"),
-                           int(ckpt.get("num_tokens", 256)), info)
+        normalizer = LatentNormalizer.from_dict(entries.normalizer)
+        sched = make_scheduler(**entries.scheduler)
+    except SkellabError as exc:
+        raise SkellabError(f"{p}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise SkellabError(f"{p}: checkpoint normalizer or scheduler is malformed ({exc})") from exc
+    if normalizer.mean.shape[0] != cfg.token_dim:
+        raise SkellabError(f"{p}: the normalizer has {normalizer.mean.shape[0]} channels, the config's "
+                           f"token_dim is {cfg.token_dim}")
+    classes = list(entries.classes) if entries.classes else None
+    model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
+    info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
+    return LatentDiffusion(model.to(resolve_device(device)).eval(), sched, normalizer, classes,
+                           int(entries.num_tokens), info)

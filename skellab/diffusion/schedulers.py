@@ -78,9 +78,12 @@ def _as_batch(t: Any, batch: int, device: torch.device, dtype: torch.dtype = tor
     return t.expand(batch).clone() if t.ndim == 0 else t.reshape(-1)
 
 
+MAX_STEPS = 100_000  # timesteps of a chain or steps of a sampler: beyond this, a typo or a hostile checkpoint
+
+
 def _check_steps(num_steps: int) -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
-        raise SkellabError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 0 < num_steps <= MAX_STEPS:
+        raise SkellabError(f"num_steps must be an integer in 1..{MAX_STEPS}, got {num_steps!r}")
     return num_steps
 
 

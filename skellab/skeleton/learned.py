@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import read_checkpoint, save_bytes
+from ..checkpoint import build_with_weights, read_checkpoint, save_bytes
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
+from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .ops import farthest_point_sampling, gather, knn, pairwise_sq_dist
 from .types import Skeleton
@@ -53,6 +54,8 @@ from .types import Skeleton
 CHECKPOINT_FORMAT = "skellab.learned_skeleton/1"
 #: optimisation fields that older checkpoints stored in the model config (now :class:`skellab.train.EngineConfig`)
 LEGACY_FIELDS = ("lr", "steps", "batch_size", "grad_clip")
+#: sane ranges of the :class:`LearnedSkeletonConfig` fields that size tensors (checked on load and ``--set``)
+CONFIG_RANGES = {"k": (1, 4096), "num_points": (1, 1 << 20), "width": SIZE_RANGE, "knn": (1, 1024)}
 SPHERE_DIRECTIONS = tuple((x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1))  # × 1/√3
 
 
@@ -257,16 +260,10 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, device: str | torc
     path = Path(path) if path is not None else weights_path("skeleton_learned")
     payload = read_checkpoint(path, format=CHECKPOINT_FORMAT, kind="learned-skeleton")
     raw = payload.get("config")
-    known = {f.name for f in fields(LearnedSkeletonConfig)}
     if isinstance(raw, dict):
         raw = {k: v for k, v in raw.items() if k not in LEGACY_FIELDS}
-    if not isinstance(raw, dict) or set(raw) - known:
-        raise SkellabError(f"{path}: checkpoint config has unknown fields {sorted(set(raw or {}) - known)}")
-    model = PointSkeletonNet(config=LearnedSkeletonConfig(**raw))
-    try:
-        model.load_state_dict(payload.get("state_dict") or {}, strict=True)
-    except (RuntimeError, TypeError) as exc:
-        raise SkellabError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from exc
+    cfg = validate_config(LearnedSkeletonConfig, raw, where=f"{path}: config", ranges=CONFIG_RANGES)
+    model = build_with_weights(lambda: PointSkeletonNet(config=cfg), payload.get("state_dict"), path=path)
     return model.to(resolve_device(device)).eval()
 
 

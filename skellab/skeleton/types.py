@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,15 @@ import torch
 
 from ..errors import SkellabError
 from ..runtime import atomic_path
+
+
+def check_skeleton_path(path: str | os.PathLike) -> Path:
+    """``path`` if it names an ``.npz`` file (what :meth:`Skeleton.save` writes); else a one-line SkellabError."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        raise SkellabError(f"{p}: a skeleton is written as .npz (centers, radii, edges, method); "
+                           f"use a .npz name, not {p.suffix or 'no suffix'!r}")
+    return p
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,9 @@ class Skeleton:
         return Skeleton(self.centers * scale + c, self.radii * scale, self.edges, self.method, self.meta)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``centers (K,3) float32``, ``radii (K,) float32``, ``edges (E,2) int64``, ``method``."""
-        with atomic_path(path) as tmp:
+        """Write ``centers (K,3) float32``, ``radii (K,) float32``, ``edges (E,2) int64``, ``method``
+        as an ``.npz`` archive (any other suffix is refused: an npz under a .ply name misleads)."""
+        with atomic_path(check_skeleton_path(path)) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh,

@@ -9,12 +9,17 @@ may name a field of the model config, of the stage's sampling config, or of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import typing
+from dataclasses import dataclass, fields
 from typing import Any
 
+from ..autoencoder.io import CONFIG_RANGES as AUTOENCODER_RANGES
 from ..autoencoder.model import AutoencoderConfig
 from ..diffusion.denoiser import DenoiserConfig
+from ..diffusion.model import CONFIG_RANGES as DENOISER_RANGES
 from ..errors import SkellabError
+from ..schema import SIZE_RANGE, apply_overrides, parse_value
+from ..skeleton.learned import CONFIG_RANGES as SKELETON_RANGES
 from ..skeleton.learned import LearnedSkeletonConfig
 from .engine import EngineConfig
 
@@ -43,6 +48,17 @@ class StageConfig:
     model: Any
     engine: EngineConfig
     sampling: AutoencoderSampling | None = None
+
+
+#: sane ranges of the overridable fields (besides each type's defaults: ints >= 0, floats finite)
+RANGES: dict[type, dict[str, tuple[Any, Any]]] = {
+    AutoencoderConfig: AUTOENCODER_RANGES,
+    DenoiserConfig: DENOISER_RANGES,
+    LearnedSkeletonConfig: SKELETON_RANGES,
+    EngineConfig: {"steps": (1, 10**9), "batch_size": SIZE_RANGE, "lr": (0.0, 10.0), "weight_decay": (0.0, None),
+                   "grad_clip": (0.0, None), "seed": (0, 2**32 - 1)},
+    AutoencoderSampling: {"num_queries": (1, 1 << 20)},
+}
 
 
 def _presets(stage: str, preset: str) -> StageConfig:
@@ -77,7 +93,9 @@ def _presets(stage: str, preset: str) -> StageConfig:
 def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> StageConfig:
     """The :class:`StageConfig` of a stage preset; ``overrides`` may name fields of any of its parts.
 
-    Unknown stage, preset or field → :class:`SkellabError`.
+    A value given as text (``skellab train --set key=value``) is parsed to the field's type; every
+    value is then checked for its type and a sane range (:func:`skellab.schema.apply_overrides`).
+    Unknown stage, preset or field, or a bad value → one-line :class:`SkellabError` naming the field.
     """
     if stage not in STAGES:
         raise SkellabError(f"unknown stage {stage!r}: use {', '.join(STAGES)}")
@@ -92,9 +110,13 @@ def stage_config(stage: str, preset: str = "tiny", **overrides: Any) -> StageCon
         if owner is None:
             raise SkellabError(f"unknown {stage} config field(s): {key}")
         changes[owner][key] = value
-    try:
-        done = {name: (replace(part, **changes[name]) if part is not None and changes[name] else part)
-                for name, part in parts.items()}
-    except (TypeError, ValueError) as exc:
-        raise SkellabError(f"bad {stage} config value: {exc}") from exc
+    done = {}
+    for name, part in parts.items():
+        if part is None or not changes[name]:
+            done[name] = part
+            continue
+        hints = typing.get_type_hints(type(part))
+        typed = {key: parse_value(value, hints.get(key, Any), f"{stage} config {key}") if isinstance(value, str)
+                 else value for key, value in changes[name].items()}  # text (``--set key=value``) → the field's type
+        done[name] = apply_overrides(part, typed, where=f"{stage} config", ranges=RANGES.get(type(part)))
     return StageConfig(done["model"], done["engine"], done["sampling"])
