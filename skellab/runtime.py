@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import ContextManager, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -156,11 +156,19 @@ def clean_stale_temps(folder: str | os.PathLike, *, name: str | None = None, all
             continue
         p = folder / entry.name
         if (all_temps and is_temp_name(entry.name)) or is_stale_temp(p):
-            try:
-                p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
+            removed.append(p)
+    return unlink_existing(removed)
+
+
+def unlink_existing(paths: Iterable[Path]) -> list[Path]:
+    """Delete each file that still exists; return those deleted (one that vanished meanwhile is no error)."""
+    removed = []
+    for p in paths:
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
     return removed
 
 

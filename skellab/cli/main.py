@@ -239,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
     dsub.required = True
     b = dsub.add_parser("build", help="build a MedSDF dataset from a preset (tiny, mini)")
-    b.add_argument("--preset", default="mini", help="tiny (seconds, for tests) or mini (MedSDF-mini)")
+    b.add_argument("--preset", default="mini",
+                   help="tiny (seconds, for tests), mini (MedSDF-mini) or fidelity (mini + detailed and thin-walled "
+                        "families + augmentation)")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     b.add_argument("--shard", default=None, help="i/n: build only shard i of n (then `skellab data merge`)")

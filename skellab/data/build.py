@@ -46,7 +46,8 @@ class BuildPreset:
 
 
 def preset(name: str) -> BuildPreset:
-    """``tiny`` (20 procedural shapes, light sampling: seconds, for tests/CI) or ``mini`` (MedSDF-mini)."""
+    """``tiny`` (20 procedural shapes, light sampling: seconds, for tests/CI), ``mini`` (MedSDF-mini, 465 shapes)
+    or ``fidelity`` (695 shapes: MedSDF-mini's sources, detailed and thin-walled families, honest augmentation)."""
     if name == "tiny":
         return BuildPreset(
             name="medsdf-tiny",
@@ -60,7 +61,6 @@ def preset(name: str) -> BuildPreset:
     if name == "fidelity":
         # issue 12: detail to learn. 9 smooth families x 20 = 180, 5 detail families x 40 = 200 (the
         # held-out perforated_shell excluded), 105 real shapes + 105 mirrored + 105 scaled = 315: 695
-
         return BuildPreset(name="medsdf-fidelity", families=None, per_family=20, anatomy=True,
                            detail_families=TRAIN_DETAIL_FAMILIES, detail_per_family=40, augment=("mirror", "scale"))
     raise SkellabError(f"unknown preset {name!r}: use tiny, mini or fidelity")

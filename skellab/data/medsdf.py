@@ -38,7 +38,7 @@ import numpy as np
 import trimesh
 
 from ..errors import SkellabError
-from ..runtime import atomic_path, file_lock, is_temp_name
+from ..runtime import atomic_path, file_lock, is_temp_name, unlink_existing
 from .shape import GroundTruthSkeleton, Normalization, Shape
 
 FORMAT = "medsdf"
@@ -361,14 +361,7 @@ def remove_orphans(root: str | os.PathLike, *, locked: bool = False) -> list[Pat
     if not locked:
         with dataset_lock(root):
             return remove_orphans(root, locked=True)
-    removed = []
-    for p in find_orphans(root):
-        try:
-            p.unlink()
-            removed.append(p)
-        except FileNotFoundError:
-            pass
-    return removed
+    return unlink_existing(find_orphans(root))
 
 
 @dataclass
