@@ -28,27 +28,13 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import igl
 import numpy as np
 import torch
 
 from skellab.autoencoder import load_autoencoder
 from skellab.data.medsdf import MedSDF
-from skellab.data.sampling import sample_surface
 from skellab.evaluation import FIDELITY_KEYS, evaluate_fidelity
-from skellab.skeleton import skeletonize
 from skellab.tables import format_table
-
-
-def inside_fraction(model, shape, seed: int = 0) -> float:
-    """Fraction of the model's skeletal centres (its own method, K tokens) inside the shape."""
-    method, cfg = model.config.skeleton_method, model.config.skeleton_checkpoint
-    pts, nrm = sample_surface(shape, model.config.num_surface, seed=seed)
-    sk = skeletonize(torch.from_numpy(pts), torch.from_numpy(nrm), method=method, k=model.config.num_tokens,
-                     config=cfg, edges=False, mesh=shape.to_trimesh() if method == "thinning" else None)
-    w = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
-                                sk.centers.double().numpy())
-    return float(np.mean(w > 0.5))
 
 
 def test_fold_shapes(root: str, max_per_class: int) -> list:
@@ -63,11 +49,6 @@ def run(model, shapes, args, name: str) -> dict:
     t0 = time.perf_counter()
     res = evaluate_fidelity(model, shapes, resolution=args.resolution, n=args.points, seed=0,
                             log=lambda m: print(f"{name} {m}", flush=True))
-    inside = defaultdict(list)
-    for s in shapes:
-        inside[s.organ].append(inside_fraction(model, s))
-    for c, pc in res["per_class"].items():
-        pc["centres_inside"] = float(np.mean(inside[c]))
     res["seconds"] = time.perf_counter() - t0
     return res
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
+import igl
 import numpy as np
 import torch
 
@@ -34,7 +35,8 @@ FIDELITY_KEYS = ("f1@0.02", "f1@0.05", "cd_pointflow", "hausdorff")
 @torch.no_grad()
 def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: int = 128, n: int = 20000,
                       seed: int = 0) -> dict[str, Any]:
-    """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction"}``.
+    """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
+    "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number).
 
     A decode with no surface counts as F1 = 0 (``"error"`` says why) rather than being dropped.
     """
@@ -45,6 +47,10 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
     lat = encode_points(model, torch.from_numpy(points).to(dev), torch.from_numpy(normals).to(dev),
                         class_index=ci).to("cpu")
     row: dict[str, Any] = {"class": shape.organ, "id": shape.shape_id}
+    # the skeletal centres the tokens sit on, inside the true surface? (a thin wall needs >= 99 %)
+    wn = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
+                                 lat.centers[0].double().numpy())
+    row["centres_inside"] = float(np.mean(wn > 0.5))
     taus = (0.02, 0.05)
     grid = decode_grid_guided(model, lat, resolution)
     row["query_fraction"] = grid.query_fraction
@@ -87,7 +93,8 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
 
     def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
         net, pri = _mean([r["network"] for r in group]), _mean([r["prior"] for r in group])
-        return {"network": net, "prior": pri, "gain": {k: net[k] - pri[k] for k in FIDELITY_KEYS}, "count": len(group)}
+        return {"network": net, "prior": pri, "gain": {k: net[k] - pri[k] for k in FIDELITY_KEYS}, "count": len(group),
+                "centres_inside": float(np.mean([r["centres_inside"] for r in group]))}
 
     per_class = {c: summary(g) for c, g in sorted(by_class.items())}
     class_mean = {part: {k: float(np.nanmean([pc[part][k] for pc in per_class.values()])) for k in FIDELITY_KEYS}
