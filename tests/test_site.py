@@ -115,7 +115,9 @@ def test_notebook_page_shows_outputs_math_and_a_3d_view(site, context, artifacts
 def test_search_finds_the_course(site, context):
     page, net = _open(context, site / "search.html")
     page.goto((site / "search.html").as_uri() + "?q=medial", wait_until="load")
-    page.wait_for_function("() => document.querySelectorAll('ul.search li').length > 0", timeout=60_000)
+    # Sphinx lists hits one by one; read them once its summary says the search has finished
+    page.wait_for_function("() => (document.querySelector('.search-summary') || {}).textContent"
+                           "?.includes('Search finished')", timeout=60_000)
     hits = page.eval_on_selector_all("ul.search li a", "els => els.map(e => e.getAttribute('href'))")
     page.close()
     assert any("02_skeletonization" in h for h in hits), hits
