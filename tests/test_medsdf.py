@@ -120,6 +120,29 @@ def test_sharded_build_merges_to_the_same_dataset(tiny_dataset, tmp_path):
     assert key(merged) == key(full)  # bit-identical files and the same folds
 
 
+
+
+def test_resume_reuses_complete_files_and_redoes_missing_or_broken_ones(tiny_dataset, tmp_path, monkeypatch):
+    """An interrupted build (files, no manifest) resumed with --resume gives the full build's dataset."""
+    import skellab.data.build as build
+
+    out = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, out)
+    (out / "manifest.json").unlink()  # killed before the manifest
+    (out / "samples" / "kidney_0001.npz").unlink()  # never written
+    (out / "samples" / "liver_0002.npz").write_bytes(b"PK\x03\x04 not a zip")  # a damaged file
+    sampled = []
+    real_sample = build.sample_sdf
+    monkeypatch.setattr(build, "sample_sdf", lambda shape, **kw: sampled.append(shape.shape_id) or real_sample(shape, **kw))
+    code, _, err = _run_cli("data", "build", "--preset", "tiny", "--out", out, "--resume", "--quiet")
+    assert code == 0, err
+    assert sorted(sampled) == ["kidney_0001", "liver_0002"]  # the 18 complete shapes were not sampled again
+    full = read_manifest(tiny_dataset)["shapes"]
+    resumed = read_manifest(out)["shapes"]
+    key = lambda recs: [(r["id"], r["fold"], r["files"]["mesh"]["sha256"], r["files"]["samples"]["sha256"]) for r in recs]
+    assert key(resumed) == key(full)  # the same bytes and folds as an uninterrupted build
+    ds = MedSDF.open(out)
+    assert ds.verify_all() == 2 * len(full) and ds.orphans() == []  # the damaged file was cleaned up
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path

@@ -58,7 +58,7 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     path = build_dataset(
         args.out, preset_name=args.preset, workers=args.workers, shard=args.shard,
-        overwrite=args.overwrite, grid_resolution=args.grid, progress=not args.quiet,
+        overwrite=args.overwrite, grid_resolution=args.grid, progress=not args.quiet, resume=args.resume,
     )
     manifest = json.loads(Path(path).read_text())
     print(
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shard", default=None, help="i/n: build only shard i of n (then `skellab data merge`)")
     b.add_argument("--grid", type=int, default=0, help="also store an R^3 SDF grid (0: none)")
     b.add_argument("--overwrite", action="store_true", help="rebuild over an existing dataset")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted build of the same preset: reuse the shape files it left complete")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_data_build)
     m = dsub.add_parser("merge", help="merge shard manifests into manifest.json")

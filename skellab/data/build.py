@@ -12,11 +12,14 @@ import multiprocessing as mp
 import os
 import re
 import warnings
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+import trimesh
 from tqdm.auto import tqdm
 
 from ..errors import SkellabError
@@ -113,31 +116,63 @@ def _assign_folds(records: list[dict[str, Any]]) -> None:
     medsdf.assign_folds(orphans)
 
 
-def _build_one(spec: tuple, root: str, sample_config: SampleConfig) -> dict[str, Any] | str:
-    """Worker: make/take one shape, sample it, write its files; return its record or an error line."""
+def _reuse_files(root: str, shape: Shape) -> dict[str, Any] | None:
+    """The record of ``shape`` if an interrupted build already left its files complete, else None.
+
+    Files are written atomically, so a present file is whole; it is reused when its arrays pass
+    :func:`medsdf.check_sample_arrays` and the mesh has the shape's vertex and face counts.
+    """
+    mesh_rel, samples_rel = f"meshes/{shape.shape_id}.ply", f"samples/{shape.shape_id}.npz"
+    mesh_path, samples_path = Path(root) / mesh_rel, Path(root) / samples_rel
+    if not (mesh_path.is_file() and samples_path.is_file()):
+        return None
+    try:
+        with np.load(samples_path) as z:
+            medsdf.check_sample_arrays({k: z[k] for k in z.files}, where=str(samples_path),
+                                       has_skeleton=shape.skeleton is not None)
+        mesh = trimesh.load(mesh_path, file_type="ply", process=False, force="mesh")
+    except (SkellabError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(mesh.vertices) != len(shape.vertices) or len(mesh.faces) != len(shape.faces):
+        return None
+    record = medsdf.shape_record(shape, shape.to_trimesh())
+    record["files"] = {"mesh": {"path": mesh_rel, "sha256": medsdf.sha256_file(mesh_path)},
+                       "samples": {"path": samples_rel, "sha256": medsdf.sha256_file(samples_path)}}
+    return record
+
+
+def _build_one(spec: tuple, root: str, sample_config: SampleConfig, resume: bool = False) -> dict[str, Any] | str:
+    """Worker: make/take one shape, sample it, write its files; return its record or an error line.
+
+    ``resume``: reuse the files an interrupted build of the same preset left complete.
+    """
     try:
         if spec[0] == "procedural":
             shape = make_shape(spec[1], spec[2])
             shape = shape.replace(shape_id=spec[3])
         else:
             shape = spec[1]
+        if resume and (record := _reuse_files(root, shape)) is not None:
+            return record
         samples = sample_sdf(shape, config=sample_config, seed=_stable_seed(shape.shape_id))
         return medsdf.write_shape_files(root, shape, samples)
     except SkellabError as exc:
         return f"{spec[-1]}: {exc}"
 
 
-def _run(specs: Sequence[tuple], root: Path, cfg: SampleConfig, workers: int, progress: bool, desc: str):
+def _run(specs: Sequence[tuple], root: Path, cfg: SampleConfig, workers: int, progress: bool, desc: str,
+         resume: bool = False):
     records: list[dict[str, Any]] = []
     failures: list[str] = []
     bar = tqdm(total=len(specs), desc=desc, unit="shape", disable=not progress)
     if workers <= 1:
-        results: Iterable = (_build_one(s, str(root), cfg) for s in specs)
+        results: Iterable = (_build_one(s, str(root), cfg, resume) for s in specs)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
                                    initargs=(os.getpid(),))
-        results = pool.map(_build_one, specs, [str(root)] * len(specs), [cfg] * len(specs), chunksize=1)
+        results = pool.map(_build_one, specs, [str(root)] * len(specs), [cfg] * len(specs), [resume] * len(specs),
+                           chunksize=1)
     try:
         for res in results:
             (failures if isinstance(res, str) else records).append(res)
@@ -160,12 +195,15 @@ def build_dataset(
     overwrite: bool = False,
     grid_resolution: int = 0,
     progress: bool = True,
+    resume: bool = False,
 ) -> Path:
     """Build a MedSDF dataset into ``out``; return the manifest path.
 
     With ``shard=(i, n)`` only every n-th shape (offset i) is built and a partial
     manifest ``manifest.shard-i-of-n.json`` is written; run :func:`merge_shards`
     once all shards are done. Folds are assigned at the end (stratified per class).
+    ``resume=True`` continues an interrupted build (no manifest yet) of the same preset: shape
+    files it left complete are checked and reused instead of sampled again.
     """
     p = preset(preset_name)
     if workers < 1:
@@ -189,7 +227,7 @@ def build_dataset(
         if (root / medsdf.MANIFEST).exists() and not overwrite:  # created while we waited for the lock
             raise SkellabError(f"{root} already holds a MedSDF dataset; pass --overwrite to rebuild it")
         _clean_temps(root, everything=shard_t is None)
-        records, failures = _run(specs, root, cfg, workers, progress, desc)
+        records, failures = _run(specs, root, cfg, workers, progress, desc, resume)
         extra = {"preset": preset_name, "skipped": failures}
         if shard_t is not None:
             extra["shard"] = list(shard_t)

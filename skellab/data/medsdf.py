@@ -101,6 +101,16 @@ def write_shape_files(root: str | os.PathLike, shape: Shape, samples: dict[str, 
     mesh_rel, samples_rel = f"meshes/{shape.shape_id}.ply", f"samples/{shape.shape_id}.npz"
     mesh = shape.to_trimesh()
     mesh_bytes = trimesh.exchange.ply.export_ply(mesh, encoding="binary")
+    record = shape_record(shape, mesh)
+    record["files"] = {
+        "mesh": _write_new_file(root, mesh_rel, mesh_bytes),
+        "samples": _write_new_file(root, samples_rel, buf.getvalue()),
+    }
+    return record
+
+
+def shape_record(shape: Shape, mesh: trimesh.Trimesh) -> dict[str, Any]:
+    """The manifest record of ``shape`` (``mesh``: its triangle mesh), without ``files`` and fold."""
     return {
         "id": shape.shape_id,
         "class": shape.organ,
@@ -113,10 +123,6 @@ def write_shape_files(root: str | os.PathLike, shape: Shape, samples: dict[str, 
         "euler_number": int(mesh.euler_number),
         "has_skeleton": shape.skeleton is not None,
         "meta": shape.meta,
-        "files": {
-            "mesh": _write_new_file(root, mesh_rel, mesh_bytes),
-            "samples": _write_new_file(root, samples_rel, buf.getvalue()),
-        },
     }
 
 
