@@ -291,3 +291,43 @@ def test_local_decoder_attends_to_the_nearest_spheres():
         TINY.replace(decoder="local", decoder_neighbors=17)
     with pytest.raises(SkellabError, match="decoder must be"):
         TINY.replace(decoder="sparse")
+
+
+def test_kernel_decoder_is_local_translation_equivariant_and_starts_at_the_prior():
+    """decoder="kernel": prior at init, only the k nearest spheres matter, shifting shape and queries
+    together changes nothing (no absolute position), chunking, gradients, and no attention modules."""
+    torch.manual_seed(0)
+    cfg = TINY.replace(decoder="kernel", decoder_neighbors=4, kernel_width=16)
+    model = SkeletalAutoencoder(config=cfg).eval()
+    assert not hasattr(model, "cross") and sum(p.numel() for p in model.kernel.parameters()) > 0
+    pts, nrm = sphere_cloud(cfg.num_surface)
+    c, r = chain(cfg.num_tokens)
+    lat = model.encode(pts, nrm, c, r)
+    q = torch.rand(1, 300, 3) * 2 - 1
+    prior = sphere_union_sdf(q, c, r).clamp(-cfg.truncation, cfg.truncation)
+    assert torch.allclose(model.decode(lat, q), prior, atol=1e-6)  # zero head: the sphere union
+    with torch.no_grad():
+        model.kernel.head[-1].weight.normal_(0, 0.1)
+    sdf = model.decode(lat, q)
+    assert not torch.allclose(sdf, prior, atol=1e-3)
+    assert torch.allclose(model.decode(lat, q, chunk=64), sdf, atol=1e-6)
+    shift = torch.tensor([0.3, -0.2, 0.1])
+    moved = Latent(torch.cat([lat.centers + shift, lat.tokens[..., 3:]], dim=-1), lat.class_index)
+    assert torch.allclose(model.decode(moved, q + shift), sdf, atol=1e-5)
+    # a token outside a query's 4 nearest spheres does not change it; one inside does
+    one = torch.tensor([[[c[0, 0, 0].item(), 0.0, 0.0]]])
+    near = (torch.cdist(one, c) - r[:, None]).topk(4, largest=False).indices.flatten().tolist()
+    far = next(i for i in range(cfg.num_tokens) if i not in near)
+    for i, changes in ((far, False), (near[0], True)):
+        tok = lat.tokens.clone()
+        tok[0, i, 4:] += 5.0
+        same = torch.allclose(model.decode(lat, one), model.decode(Latent(tok, lat.class_index), one), atol=1e-6)
+        assert same != changes
+    model.train()
+    loss = model.loss(model.encode(pts, nrm, c, r), q, q.norm(dim=-1) - 0.5)["total"]
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("kernel", "encoder.head")))
+    with pytest.raises(SkellabError, match="decoder_neighbors"):
+        TINY.replace(decoder="kernel", decoder_neighbors=17)
+    with pytest.raises(SkellabError, match="kernel_width"):
+        TINY.replace(decoder="kernel", kernel_width=0)

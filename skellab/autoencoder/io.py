@@ -35,7 +35,7 @@ CHECKPOINT_FORMAT = "skellab.autoencoder/1"
 #: loaded and when ``skellab train --set`` changes them (:func:`skellab.schema.validate_config`)
 CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     **{name: SIZE_RANGE for name in ("feature_dim", "num_surface", "encoder_width", "encoder_blocks", "group_k",
-                                     "decoder_width", "decoder_heads", "decoder_blocks", "decoder_neighbors",
+                                     "decoder_width", "decoder_heads", "decoder_blocks", "decoder_neighbors", "kernel_width",
                                      "mlp_ratio")},
     "num_tokens": (1, 4096),  # attention over K tokens: K = 4096 is already 16× the paper's 256
     "num_frequencies": (0, 32),

@@ -42,7 +42,7 @@ from ..skeleton.ops import farthest_point_sampling, gather, knn
 __all__ = ["AutoencoderConfig", "Latent", "SkeletalAutoencoder", "sphere_union_sdf", "fourier_features"]
 
 TOKEN_SOURCES = ("skeleton", "surface")
-DECODERS = ("global", "local")
+DECODERS = ("global", "local", "kernel")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,10 @@ class AutoencoderConfig:
     decoder_heads: int = 4  # attention heads
     decoder_blocks: int = 3  # cross-attention blocks (query → tokens)
     token_self_attention: int = 0  # self-attention layers over the tokens before decoding
-    decoder: str = "global"  # "global": each query attends to all K tokens; "local": to its nearest spheres
-    decoder_neighbors: int = 16  # "local": tokens each query attends to (nearest by sphere distance ‖q − c‖ − r)
+    decoder: str = "global"  # "global": each query attends to all K tokens; "local": to its nearest spheres;
+    #                          "kernel": a small MLP pools its nearest spheres (no attention, no absolute position)
+    decoder_neighbors: int = 16  # "local"/"kernel": tokens each query reads (nearest by sphere distance ‖q − c‖ − r)
+    kernel_width: int = 64  # "kernel": channels per neighbour
     mlp_ratio: int = 2  # hidden width of the feed-forward layers = ratio · width
     sphere_prior: bool = True  # predict a residual on top of the sphere-union SDF
     truncation: float = 0.25  # τ: SDF truncated to [-τ, τ] (paper 0.25)
@@ -97,7 +99,9 @@ class AutoencoderConfig:
             raise SkellabError("class_conditioning needs num_classes >= 1")
         if self.decoder not in DECODERS:
             raise SkellabError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
-        if self.decoder == "local" and not 1 <= int(self.decoder_neighbors) <= int(self.num_tokens):
+        if self.decoder == "kernel" and int(self.kernel_width) < 1:
+            raise SkellabError(f"kernel_width must be >= 1, got {self.kernel_width}")
+        if self.decoder in ("local", "kernel") and not 1 <= int(self.decoder_neighbors) <= int(self.num_tokens):
             raise SkellabError(f"decoder_neighbors must be in [1, num_tokens={self.num_tokens}], got {self.decoder_neighbors}")
         if self.skeleton_method not in SKELETON_METHODS:
             raise SkellabError(f"skeleton_method must be one of {', '.join(SKELETON_METHODS)}, got {self.skeleton_method!r}")
@@ -302,6 +306,56 @@ class _LocalAttention(_Attention):
         return x + self.out(y.transpose(1, 2).reshape(B, Q, C))
 
 
+class _KernelDecoder(nn.Module):
+    """Decoder ``"kernel"``: each query reads its ``k`` nearest spheres through one shared MLP.
+
+    Per token, a value ``v = W_t [r, f]`` is computed once per shape. Per (query, neighbour) pair,
+    ``h = MLP(v + W_r e(q − c, r))`` with ``e`` the Fourier features of the offset plus the offset
+    in radii, the distance, the sphere distance and r; the pairs are pooled with softmax weights
+    read off ``h``, and a head maps ``[pooled, clamp(s(q)/τ)]`` to the residual. Nothing depends on
+    the absolute position of the query, only on where it is relative to the nearby spheres, so
+    the decoder is translation-equivariant and local by construction, and a query costs
+    O(k·C²) with a small C instead of cross-attention blocks over all K tokens.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        C, H = cfg.kernel_width, 2 * cfg.kernel_width
+        self.num_frequencies = cfg.num_frequencies
+        self.value = nn.Linear(1 + cfg.feature_dim, C)
+        self.rel = nn.Linear(3 + 6 * cfg.num_frequencies + 6, C)
+        self.hidden = nn.Linear(C, C)
+        self.score = nn.Linear(C, 1)
+        self.head = nn.Sequential(nn.Linear(C + 1, H), nn.GELU(), nn.Linear(H, H), nn.GELU(), nn.Linear(H, 1))
+        nn.init.zeros_(self.head[-1].weight)  # start from the sphere-union prior
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, tokens: torch.Tensor, queries: torch.Tensor, k: int, truncation: float,
+                use_prior: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, K, 4 + F), queries (B, Q, 3) → (residual (B, Q), clamped prior s(q)/τ (B, Q))."""
+        B, Q, K = queries.shape[0], queries.shape[1], tokens.shape[1]
+        kk = min(k, K)
+        c, r = tokens[..., :3], tokens[..., 3]
+        # the k nearest spheres by sphere distance, unordered (the pooling is a set function)
+        sd, idx = (torch.cdist(queries, c) - r.unsqueeze(1)).topk(kk, dim=-1, largest=False, sorted=False)
+        flat = (idx + K * torch.arange(B, device=idx.device).view(B, 1, 1)).reshape(-1)
+        val = torch.cat([tokens[..., :3], self.value(tokens[..., 3:])], dim=-1).reshape(B * K, -1)
+        nb = val.index_select(0, flat).view(B, Q, kk, -1)  # [centre (3), value (C)] of each neighbour
+        rn = r.reshape(B * K).index_select(0, flat).view(B, Q, kk, 1)
+        off = queries.unsqueeze(2) - nb[..., :3]  # (B, Q, k, 3)
+        dist = off.norm(dim=-1, keepdim=True)
+        rel = torch.cat([off / rn.clamp_min(0.01), dist, sd.unsqueeze(-1), rn], dim=-1)
+        e = torch.cat([fourier_features(off, self.num_frequencies), rel], dim=-1)
+        v = nb[..., 3:]
+        union = sd.amin(-1)
+        h = F.gelu(v + self.rel(e))
+        h = F.gelu(self.hidden(h))  # (B, Q, k, C)
+        w = self.score(h).softmax(dim=2)  # (B, Q, k, 1)
+        pooled = (w * h).sum(2)  # (B, Q, C)
+        prior = (union / truncation).clamp(-1.0, 1.0) if use_prior else union.new_zeros(union.shape)
+        return self.head(torch.cat([pooled, prior.unsqueeze(-1)], dim=-1)).squeeze(-1), prior
+
+
 class _Encoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
@@ -356,6 +410,9 @@ class SkeletalAutoencoder(nn.Module):
         if cfg.class_conditioning and self.classes and len(self.classes) != cfg.num_classes:
             raise SkellabError(f"{len(self.classes)} class names given for num_classes={cfg.num_classes}")
         self.encoder = _Encoder(cfg)
+        if cfg.decoder == "kernel":
+            self.kernel = _KernelDecoder(cfg)
+            return
         C, H = cfg.decoder_width, cfg.decoder_width * cfg.mlp_ratio
         fq = 3 + 6 * cfg.num_frequencies
         self.query_embed = _mlp(fq + (1 if cfg.sphere_prior else 0), H, C)
@@ -433,6 +490,9 @@ class SkeletalAutoencoder(nn.Module):
             raise SkellabError(f"latent tokens have {tok.shape[-1]} channels, this model expects {cfg.token_dim}")
         if tok.shape[0] != queries.shape[0]:
             raise SkellabError(f"latent batch {tok.shape[0]} does not match queries batch {queries.shape[0]}")
+        if cfg.decoder == "kernel":
+            residual, prior = self.kernel(tok, queries, cfg.decoder_neighbors, cfg.truncation, cfg.sphere_prior)
+            return residual + prior
         c, r = latents.centers, latents.radii
         t = self.token_embed(torch.cat([fourier_features(c, cfg.num_frequencies), tok[..., 3:]], dim=-1))
         for layer in self.token_self:
