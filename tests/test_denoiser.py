@@ -214,3 +214,39 @@ def test_inpainting_keeps_the_given_tokens_and_completes_the_rest_in_class(train
         from skellab.diffusion import inpaint_latents
 
         inpaint_latents(diffusion.denoiser, DDIMScheduler(), known, keep, num=1)
+
+
+def test_morton_token_order_sorts_along_the_curve_and_adds_positions():
+    """token_order="morton": tokens sorted by Z-order of their centres, learned positions, still trainable,
+    and inpainting returns the kept tokens at the caller's indices."""
+    from skellab.diffusion import order_tokens, sort_tokens
+
+    # the 8 corners of a cube: Morton order is x fastest, then y, then z
+    corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
+    shuffled = torch.cat([corners[torch.randperm(8, generator=make_generator(0))], torch.zeros(8, 1)], -1)
+    assert torch.equal(sort_tokens(shuffled, "morton")[:, :3], corners)
+    assert torch.equal(order_tokens(shuffled, "set"), torch.arange(8))
+    with pytest.raises(SkellabError, match="token order"):
+        order_tokens(shuffled, "hilbert")
+    with pytest.raises(SkellabError, match="num_tokens"):
+        TokenDenoiser(config=DenoiserConfig.tiny(token_order="morton"))
+    model = TokenDenoiser(config=DenoiserConfig.tiny(token_order="morton", num_tokens=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, perm = torch.randn(1, 8, 16), torch.randperm(8, generator=make_generator(1))
+    t = torch.tensor([0.3])
+    assert not torch.allclose(model(x[:, perm], t), model(x, t)[:, perm], atol=1e-4)  # positions matter now
+    with pytest.raises(SkellabError, match="orders 8 tokens"):
+        model(torch.randn(1, 9, 16), t)
+    lat, cls, protos = make_synthetic_latents(16, num_classes=2, num_tokens=8, generator=make_generator(0))
+    diffusion, history = train_diffusion(lat, cls, steps=40, batch_size=16, lr=2e-3, warmup=5, schedule="constant",
+                                         ema_decay=None, token_order="morton", generator=make_generator(1),
+                                         device="cpu", progress=False)
+    assert diffusion.denoiser.config.num_tokens == 8 and diffusion.denoiser.position is not None
+    assert history["loss"][-1] < history["loss"][0]
+    known = protos[0].clone()
+    keep = torch.zeros(8, dtype=torch.bool)
+    keep[[0, 5]] = True
+    out = diffusion.complete(known, keep, 3, class_index=0, steps=4, resample=1, generator=make_generator(2))
+    assert torch.equal(out[:, keep], known[keep].expand(3, -1, -1))

@@ -7,7 +7,7 @@ Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :f
     tokens = diffusion.sample(8, class_index="kidney", guidance=2.0, generator=make_generator(0))  # (8, K, D)
 """
 
-from .denoiser import DenoiserConfig, TokenDenoiser, timestep_embedding
+from .denoiser import DenoiserConfig, TokenDenoiser, order_tokens, sort_tokens, timestep_embedding
 from .inpainting import inpaint_latents
 from .model import (
     CHECKPOINT_FORMAT,
@@ -40,6 +40,8 @@ __all__ = [
     "BETA_SCHEDULES",
     "DenoiserConfig",
     "TokenDenoiser",
+    "order_tokens",
+    "sort_tokens",
     "timestep_embedding",
     "LatentNormalizer",
     "sample_latents",

@@ -1,7 +1,11 @@
 """The token-set denoiser: a transformer over the K unordered skeletal tokens (METHOD §6).
 
-No positional embedding anywhere, so the network is **permutation-equivariant**:
-permuting the K input tokens permutes the K outputs the same way (a latent is a set).
+By default there is no positional embedding anywhere, so the network is
+**permutation-equivariant**: permuting the K input tokens permutes the K outputs the same way
+(a latent is a set). ``token_order="morton"`` is the alternative (issue 13's token-order lever):
+every latent is sorted along a Morton (Z-order) curve of its sphere centres before training
+(:func:`order_tokens`) and a learned embedding of the position in that order is added, so the
+network sees a sequence whose neighbours in the list are mostly neighbours in space.
 The noise condition (DDPM's t or EDM's c_noise(σ), see :mod:`.schedulers`) goes through
 a sinusoidal embedding and an MLP; the class goes through an embedding table with one
 extra learned **null class** (index ``num_classes``) used for unconditional predictions
@@ -23,7 +27,10 @@ from torch import nn
 
 from ..errors import SkellabError
 
-__all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null"]
+__all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "order_tokens",
+           "sort_tokens"]
+
+TOKEN_ORDERS = ("set", "morton")
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,15 @@ class DenoiserConfig:
     num_classes: int = 0  # organ classes; 0 = unconditional model (only the null class)
     class_dropout: float = 0.2  # P(class → null) per training sample, for classifier-free guidance (paper: 0.2)
     dropout: float = 0.0  # dropout inside attention and MLP
+    token_order: str = "set"  # "set": permutation-equivariant; "morton": sorted tokens + learned positions
+    num_tokens: int = 0  # K, for token_order="morton" (one learned position per token); training sets it from the data
 
     def __post_init__(self) -> None:
+        if self.token_order not in TOKEN_ORDERS:
+            raise SkellabError(f"DenoiserConfig: token_order must be one of {', '.join(TOKEN_ORDERS)}, "
+                               f"got {self.token_order!r}")
+        if self.num_tokens < 0:
+            raise SkellabError(f"DenoiserConfig: num_tokens must be >= 0, got {self.num_tokens}")
         if min(self.token_dim, self.width, self.depth, self.heads, self.time_embed_dim) < 1:
             raise SkellabError("DenoiserConfig: token_dim, width, depth, heads, time_embed_dim must be >= 1")
         if self.width % self.heads:
@@ -76,6 +90,34 @@ class DenoiserConfig:
         if unknown:
             raise SkellabError(f"DenoiserConfig: unknown fields {sorted(unknown)}")
         return cls(**d)
+
+
+def order_tokens(tokens: torch.Tensor, order: str = "morton", *, bits: int = 10) -> torch.Tensor:
+    """Permutation (…, K) int64 that sorts each token set along ``order``; tokens (…, K, D), xyz first.
+
+    ``"morton"``: the Z-order code of the centres quantised to ``bits`` bits per axis over [−1, 1]
+    (ties broken by index, so the order is deterministic); ``"set"``: the identity.
+    """
+    if order not in TOKEN_ORDERS:
+        raise SkellabError(f"unknown token order {order!r}: use {', '.join(TOKEN_ORDERS)}")
+    K = tokens.shape[-2]
+    ident = torch.arange(K, device=tokens.device).expand(tokens.shape[:-1])
+    if order == "set":
+        return ident.clone()
+    q = ((tokens[..., :3].clamp(-1, 1) + 1) * 0.5 * ((1 << bits) - 1)).round().long()  # (…, K, 3)
+    code = torch.zeros_like(q[..., 0])
+    for b in range(bits):
+        for axis in range(3):
+            code |= ((q[..., axis] >> b) & 1) << (3 * b + axis)
+    return torch.sort(code * K + ident, dim=-1).indices  # the index breaks ties: a stable order
+
+
+def sort_tokens(tokens: torch.Tensor, order: str) -> torch.Tensor:
+    """Token sets (…, K, D) sorted along ``order`` (:func:`order_tokens`); returned unchanged for "set"."""
+    if order == "set":
+        return tokens
+    perm = order_tokens(tokens, order)
+    return torch.gather(tokens, -2, perm.unsqueeze(-1).expand_as(tokens))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -157,6 +199,10 @@ class TokenDenoiser(nn.Module):
                                       nn.Linear(cfg.width, cfg.width))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class
         nn.init.normal_(self.class_embed.weight, std=1.0)  # as strong as the time signal from step 0
+        if cfg.token_order != "set" and cfg.num_tokens < 1:
+            raise SkellabError(f"token_order={cfg.token_order!r} needs DenoiserConfig.num_tokens >= 1 (the K of the latents)")
+        self.position = (nn.Parameter(0.02 * torch.randn(cfg.num_tokens, cfg.width)) if cfg.token_order != "set"
+                         else None)  # one learned embedding per place in the token order
         self.blocks = nn.ModuleList(_Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
@@ -177,6 +223,10 @@ class TokenDenoiser(nn.Module):
         c = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim)) \
             + self.class_embed(self.class_or_null(class_index, b, x.device))  # (B, W)
         h = self.input(x)  # (B, K, W)
+        if self.position is not None:
+            if x.shape[1] != self.position.shape[0]:
+                raise SkellabError(f"this denoiser orders {self.position.shape[0]} tokens, got {x.shape[1]}")
+            h = h + self.position
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
+from .denoiser import order_tokens
 from .sampling import LatentNormalizer, batch_classes, guided_output
 from .schedulers import EDMScheduler, _randn
 
@@ -41,6 +42,7 @@ def inpaint_latents(
     resample: int = 4,
     generator: torch.Generator | None = None,
     normalizer: LatentNormalizer | None = None,
+    _ordered: bool = False,
 ) -> torch.Tensor:
     """``num`` token sets (num, K, D) that agree with ``known`` where ``mask`` is True.
 
@@ -67,6 +69,14 @@ def inpaint_latents(
         raise SkellabError("known tokens contain NaN or infinite values")
     if num < 1 or int(resample) < 1 or not guidance >= 0:
         raise SkellabError("num and resample must be >= 1 and guidance >= 0")
+    order = getattr(denoiser.config, "token_order", "set")
+    if order != "set" and not _ordered:  # an ordered denoiser sees the tokens in its order; the result is put back in the caller's
+        perm = order_tokens(known, order)
+        inv = torch.argsort(perm)
+        out = inpaint_latents(denoiser, scheduler, known[perm], mask[perm], num=num, class_index=class_index,
+                              guidance=guidance, steps=steps, resample=resample, generator=generator,
+                              normalizer=normalizer, _ordered=True)
+        return out[:, inv]
     dev = next(denoiser.parameters()).device
     K = known.shape[0]
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)

@@ -41,6 +41,7 @@ CHECKPOINT_FORMAT = "skellab.diffusion/1"
 #: sane ranges of the :class:`DenoiserConfig` fields, checked on load and on ``skellab train --set``
 CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     **{name: SIZE_RANGE for name in ("token_dim", "width", "depth", "heads", "time_embed_dim")},
+    "num_tokens": (0, 4096),
     "mlp_ratio": (1e-3, 64.0),
     "num_classes": (0, 65536),
 }

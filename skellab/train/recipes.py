@@ -27,7 +27,7 @@ from ..baselines.point_diffusion import (
     PointDiffusion,
 )
 from ..data.sampling import sample_surface
-from ..diffusion.denoiser import DenoiserConfig, TokenDenoiser
+from ..diffusion.denoiser import DenoiserConfig, TokenDenoiser, sort_tokens
 from ..diffusion.model import LatentDiffusion
 from ..diffusion.sampling import LatentNormalizer
 from ..diffusion.schedulers import make_scheduler
@@ -222,7 +222,8 @@ def train_diffusion(
     class_index = _class_indices(latents.shape[0], class_index)
     n_cls = int(class_index.max()) + 1 if class_index is not None else 0
     stage = stage_config("diffusion", preset, **overrides)
-    config = config or replace(stage.model, token_dim=latents.shape[-1], num_classes=n_cls)
+    config = config or replace(stage.model, token_dim=latents.shape[-1], num_classes=n_cls,
+                               num_tokens=latents.shape[1] if stage.model.token_order != "set" else 0)
     if config.token_dim != latents.shape[-1]:
         raise SkellabError(f"config.token_dim={config.token_dim} but latents have D={latents.shape[-1]}")
     if n_cls > config.num_classes:
@@ -230,7 +231,7 @@ def train_diffusion(
     sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
     dev = resolve_device(device)
     normalizer = normalizer or LatentNormalizer.fit(latents)
-    data = normalizer.normalize(latents).to(dev)
+    data = normalizer.normalize(sort_tokens(latents, config.token_order)).to(dev)
     model = TokenDenoiser(config=config).to(dev)
     model, history = fit_denoiser(
         model, data, None if class_index is None else class_index.to(dev), sched, stage.engine,

@@ -32,6 +32,7 @@ from ..diffusion import (
     TokenDenoiser,
     diffusion_payload,
     make_scheduler,
+    sort_tokens,
 )
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
@@ -104,7 +105,8 @@ class _LatentTask(DenoisingTask):
         except (KeyError, TypeError, ValueError) as exc:
             raise SkellabError(f"{autoencoder_path}: checkpoint config is missing or malformed") from exc
         self.classes = list(ae.get("classes") or [])
-        cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes))
+        cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes),
+                      num_tokens=num_tokens if config.token_order != "set" else config.num_tokens)
         self.model_config, self.num_tokens = cfg, num_tokens
         self.autoencoder_path, self.data_root, self.skeleton_cache = autoencoder_path, data, skeleton_cache
         self.ae_sha = file_sha256(autoencoder_path)
@@ -123,11 +125,12 @@ class _LatentTask(DenoisingTask):
         lat = precompute_latents(self.autoencoder_path, self.data_root, out, device=device, progress=progress,
                                  skeleton_cache=self.skeleton_cache)
         train, val = lat["train"], lat["val"]
+        order = self.model_config.token_order
         self.normalizer = LatentNormalizer.fit(train.tokens)
-        self.data = self.normalizer.normalize(train.tokens.float()).to(device)
+        self.data = self.normalizer.normalize(sort_tokens(train.tokens.float(), order)).to(device)
         self.class_index = train.class_index.to(device) if train.class_index is not None else None
         if val is not None:
-            self.val_data = self.normalizer.normalize(val.tokens.float()).to(device)
+            self.val_data = self.normalizer.normalize(sort_tokens(val.tokens.float(), order)).to(device)
             self.val_class_index = val.class_index
         self.latent_count = int(train.tokens.shape[0])
 
