@@ -37,11 +37,16 @@ from skellab.evaluation import FIDELITY_KEYS, evaluate_fidelity
 from skellab.tables import format_table
 
 
-def test_fold_shapes(root: str, max_per_class: int) -> list:
+def test_fold_shapes(root: str, max_per_class: int, exclude: list[str] = ()) -> list:
+    """Test-fold shapes of ``root`` (first ``max_per_class`` ids per class), minus any shape that is in the
+    train or val split of a dataset in ``exclude`` (so models trained on different datasets are compared on
+    shapes none of them saw)."""
     store = MedSDF.open(root)
+    seen = {sid for other in exclude for split in ("train", "val") for sid in MedSDF.open(other).ids(split=split)}
     by_class = defaultdict(list)
     for sid in store.ids(split="test"):
-        by_class[store.record(sid)["class"]].append(sid)
+        if sid not in seen:
+            by_class[store.record(sid)["class"]].append(sid)
     return [store.shape(s) for c in sorted(by_class) for s in sorted(by_class[c])[:max_per_class]]
 
 
@@ -71,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: the shipped one)")
     ap.add_argument("--data", default=None, help="MedSDF folder: evaluates its test fold")
+    ap.add_argument("--exclude-train-of", nargs="*", default=[], metavar="DIR",
+                    help="drop test shapes that are in the train/val split of these MedSDF datasets")
     ap.add_argument("--unseen", action="store_true", help="also the unseen-class split")
     ap.add_argument("--points", type=int, default=20000)
     ap.add_argument("--resolution", type=int, default=128)
@@ -84,7 +91,9 @@ def main() -> None:
               "points": args.points, "resolution": args.resolution, "keys": list(FIDELITY_KEYS),
               "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
     if args.data:
-        report["splits"]["test_fold"] = run(model, test_fold_shapes(args.data, args.max_per_class), args, "test")
+        shapes = test_fold_shapes(args.data, args.max_per_class, args.exclude_train_of)
+        report["test_fold_excludes_train_of"] = list(args.exclude_train_of)
+        report["splits"]["test_fold"] = run(model, shapes, args, "test")
     if args.unseen:
         from skellab.data.atlases import unseen_shapes
 
