@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,13 @@ from ..data.checks import check_dataset
 from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
 from ..errors import SkellabError
-from ..evaluation import evaluate_generation, generation_table
+from ..evaluation import (
+    GalleryRow,
+    evaluate_fresh,
+    evaluate_generation,
+    fresh_table,
+    generation_table,
+)
 from ..generation import (
     GENERATED_NAME,
     iter_generated,
@@ -46,6 +53,7 @@ from ..runtime import (
 )
 from ..skeleton.io import skeletonize_file
 from ..skeleton.types import check_skeleton_path
+from ..views.training import figure_png, nearest_reference_gallery
 from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
 from .train import add_train_arguments, run_train
 
@@ -207,18 +215,71 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the names ``skellab evaluate --gallery DIR`` writes (what its --overwrite may replace)
+GALLERY_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
 
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.fresh is not None:
+        return _evaluate_fresh(args, say)
+    if args.data is None:
+        raise SkellabError("evaluate needs --data DIR (test-fold references) or --fresh N (fresh procedural ones)")
+    for flag, value in (("--gallery", args.gallery), ("--bootstrap", args.bootstrap), ("--overwrite", args.overwrite)):
+        if value:
+            raise SkellabError(f"{flag} needs --fresh N")
+    points = args.points
     results = evaluate_generation(
-        args.data, split=args.split, n=args.n, num_points=args.points, emd_points=min(args.emd_points, args.points),
-        resolution=args.resolution, steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes,
+        args.data, split=args.split, n=2 if args.n is None else args.n, num_points=points,
+        emd_points=min(args.emd_points or 512, points), resolution=96 if args.resolution is None else args.resolution,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
-        baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
-        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
+        baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds, log=say)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
     print(generation_table(results))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _evaluate_fresh(args: argparse.Namespace, say) -> int:
+    """``evaluate --fresh N``: fresh procedural references (+ the held-out real classes of --data)."""
+    if args.n is not None:
+        raise SkellabError("--n counts test-fold shapes; with --fresh N the references per family are N")
+    gallery = Path(args.gallery) if args.gallery else None
+    if gallery is not None:
+        check_output_not_input(gallery, [args.data, args.checkpoint, args.autoencoder, args.baseline_checkpoint],
+                               folder=True)
+        check_folder_output(gallery, overwrite=args.overwrite, owned=GALLERY_NAME.match,
+                            what="gallery folder")  # before the work
+    elif args.overwrite:
+        raise SkellabError("--overwrite applies to --gallery DIR only")
+    check_output_not_input(args.out, [args.checkpoint, args.autoencoder, args.baseline_checkpoint])
+    pictures: dict[str, bytes] = {}
+
+    def picture(row: GalleryRow) -> None:  # rendered as each class is done: a missing matplotlib shows early
+        if row.method == "skellab":
+            fig = nearest_reference_gallery(row.generated, row.references, chamfer=row.chamfer,
+                                            title=f"{row.organ}: generated / nearest reference")
+            pictures[row.organ] = figure_png(fig)
+
+    results = evaluate_fresh(
+        args.fresh, classes=args.classes, data=args.data, split=args.split, num_points=args.points,
+        emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
+        resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
+        diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
+        baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
+        gallery=picture if gallery else None, log=say)
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(json.dumps(results, indent=1))
+    print(fresh_table(results))
+    print(f"wrote {args.out}")
+    if gallery is not None:
+        with replace_folder(gallery, overwrite=args.overwrite, owned=GALLERY_NAME.match, what="gallery folder") as tmp:
+            for organ, png in pictures.items():
+                (tmp / f"{organ}.png").write_bytes(png)
+        print(f"wrote {len(pictures)} gallery image(s) to {gallery}")
     return 0
 
 
@@ -341,13 +402,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="MMD / COV / 1-NNA / Betti table: skellab vs point diffusion vs ablation")
-    ev.add_argument("--data", required=True, help="MedSDF dataset folder (e.g. MedSDF-mini)")
+    ev.add_argument("--data", default=None,
+                    help="MedSDF dataset folder (e.g. MedSDF-mini): its --split shapes are the references; with "
+                         "--fresh optional: its held-out real classes join the fresh references, and the baseline "
+                         "is trained on its training split")
     ev.add_argument("--out", required=True, help="output JSON")
+    ev.add_argument("--fresh", type=positive_int, default=None, metavar="N",
+                    help="compare with N fresh procedural shapes per family (seeds from 1,000,000, never in a "
+                         "dataset) instead of the test fold; bootstrap intervals and plausibility statistics")
+    ev.add_argument("--gallery", default=None, metavar="DIR",
+                    help="with --fresh: one PNG per class, generated organs on top, nearest references below")
+    ev.add_argument("--overwrite", action="store_true", help=FOLDER_RULE.format(names="CLASS.png") + " (--gallery)")
+    ev.add_argument("--bootstrap", type=positive_int, default=None, metavar="REPS",
+                    help="with --fresh: bootstrap resamples for the intervals (default 200)")
     ev.add_argument("--split", default="test", help="reference split: test (default), val, train or all")
-    ev.add_argument("--n", type=int, default=2, help="at most N reference shapes per class")
+    ev.add_argument("--n", type=positive_int, default=None, help="at most N reference shapes per class (default 2)")
     ev.add_argument("--points", type=positive_int, default=2048, help="surface points per shape (CD)")
-    ev.add_argument("--emd-points", type=positive_int, default=512, help="points per shape for EMD")
-    ev.add_argument("--resolution", type=int, default=96, help="marching-cubes grid of generated meshes")
+    ev.add_argument("--emd-points", type=positive_int, default=None,
+                    help="points per shape for EMD (default 512; with --fresh 256)")
+    ev.add_argument("--resolution", type=int, default=None,
+                    help="marching-cubes grid of generated meshes (default 96; with --fresh 64)")
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
     ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
     ev.add_argument("--seed", type=seed_arg, default=0)

@@ -48,6 +48,10 @@ class BuildPreset:
     augment: tuple[str, ...] = ()  # "mirror" / "scale": one extra copy of every real shape each (its fold)
 
 
+#: every preset :func:`preset` knows
+PRESET_NAMES: tuple[str, ...] = ("tiny", "mini", "fidelity")
+
+
 def preset(name: str) -> BuildPreset:
     """``tiny`` (20 procedural shapes, light sampling: seconds, for tests/CI), ``mini`` (MedSDF-mini, 465 shapes)
     or ``fidelity`` (695 shapes: MedSDF-mini's sources, detailed and thin-walled families, honest augmentation)."""
@@ -66,7 +70,7 @@ def preset(name: str) -> BuildPreset:
         # held-out perforated_shell excluded), 105 real shapes + 105 mirrored + 105 scaled = 315: 695
         return BuildPreset(name="medsdf-fidelity", families=None, per_family=20, anatomy=True,
                            detail_families=TRAIN_DETAIL_FAMILIES, detail_per_family=40, augment=("mirror", "scale"))
-    raise SkellabError(f"unknown preset {name!r}: use tiny, mini or fidelity")
+    raise SkellabError(f"unknown preset {name!r}: use {', '.join(PRESET_NAMES[:-1])} or {PRESET_NAMES[-1]}")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

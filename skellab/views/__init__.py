@@ -22,10 +22,10 @@ from .course import (
 from .completion import CompletionWidget, completion_widget
 from .k3d_views import mesh_view, points_view, skeleton_view, snapshot_html
 from .plots import sdf_slices_figure
-from .training import mesh_gallery, training_curves
+from .training import figure_png, mesh_gallery, nearest_reference_gallery, training_curves
 
 __all__ = ["mesh_view", "points_view", "skeleton_view", "snapshot_html", "sdf_slices_figure", "training_curves",
-           "mesh_gallery", "COURSE", "pipeline_figure", "require_dataset", "held_out_status", "offline_view",
+           "mesh_gallery", "nearest_reference_gallery", "figure_png", "COURSE", "pipeline_figure", "require_dataset", "held_out_status", "offline_view",
            "schedules_figure", "trajectory_figure", "solver_figure", "latent_statistics_figure",
            "generation_table_figure", "per_class_figure", "read_generation_table", "CompletionWidget",
            "completion_widget"]

@@ -1,4 +1,4 @@
-"""matplotlib figures of a training run: loss curves per stage and a gallery of meshes.
+"""matplotlib figures of a training run: loss curves per stage and galleries of meshes.
 
 Both return the figure and never show it (``plt.show()`` in a notebook), so they work
 headless (Agg) and the pictures stay in an executed notebook as PNGs.
@@ -6,6 +6,7 @@ headless (Agg) and the pictures stay in an executed notebook as PNGs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..errors import SkellabError
 from ..train import read_log
 from .plots import _plt
 
-__all__ = ["training_curves", "mesh_gallery"]
+__all__ = ["training_curves", "mesh_gallery", "nearest_reference_gallery", "figure_png"]
 
 STAGE_ORDER = ("skeleton", "autoencoder", "diffusion")
 
@@ -182,3 +183,36 @@ def mesh_gallery(meshes: Sequence[Any], titles: Sequence[str] | None = None, *, 
         if titles is not None:
             a.set_title(str(titles[i]), fontsize=9)
     return fig
+
+
+def nearest_reference_gallery(generated: Sequence[Any], references: Sequence[Any], *,
+                              chamfer: Sequence[float] | None = None, title: str | None = None,
+                              size: float = 2.2) -> Any:
+    """Generated meshes in the top row and, under each, its nearest reference (:func:`mesh_gallery`).
+
+    generated, references : equally many meshes (``references[i]`` is the one nearest ``generated[i]``,
+                            e.g. a :class:`~skellab.evaluation.GalleryRow`); chamfer: their distances for the
+                            titles (raw CD, shown ×10³); title: a figure title
+    """
+    if len(generated) != len(references):
+        raise SkellabError(f"got {len(generated)} generated meshes and {len(references)} references")
+    if chamfer is not None and len(chamfer) != len(generated):
+        raise SkellabError(f"got {len(chamfer)} distances for {len(generated)} pairs")
+    titles = [f"generated {i}" for i in range(len(generated))]
+    titles += ["nearest reference" if chamfer is None else f"nearest ref, CD {1e3 * float(d):.1f}e-3"
+               for d in (chamfer if chamfer is not None else [None] * len(references))]
+    fig = mesh_gallery(list(generated) + list(references), titles, cols=max(1, len(generated)), size=size)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def figure_png(fig: Any, *, dpi: int = 100, close: bool = True) -> bytes:
+    """A matplotlib figure as PNG bytes (white background); ``close`` frees it from pyplot."""
+    out = io.BytesIO()
+    try:
+        fig.savefig(out, format="png", dpi=dpi, facecolor="white")
+    finally:
+        if close:
+            _plt().close(fig)
+    return out.getvalue()
