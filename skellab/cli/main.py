@@ -23,6 +23,7 @@ from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
 from ..errors import SkellabError
 from ..evaluation import (
+    FRESH_METHODS,
     GalleryRow,
     evaluate_fresh,
     evaluate_generation,
@@ -226,7 +227,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_fresh(args, say)
     if args.data is None:
         raise SkellabError("evaluate needs --data DIR (test-fold references) or --fresh N (fresh procedural ones)")
-    for flag, value in (("--gallery", args.gallery), ("--bootstrap", args.bootstrap), ("--overwrite", args.overwrite)):
+    for flag, value in (("--gallery", args.gallery), ("--bootstrap", args.bootstrap), ("--overwrite", args.overwrite),
+                        ("--methods", args.methods)):
         if value:
             raise SkellabError(f"{flag} needs --fresh N")
     points = args.points
@@ -270,7 +272,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
-        gallery=picture if gallery else None, log=say)
+        gallery=picture if gallery else None, methods=args.methods or FRESH_METHODS, log=say)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
     print(fresh_table(results))
@@ -413,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gallery", default=None, metavar="DIR",
                     help="with --fresh: one PNG per class, generated organs on top, nearest references below")
     ev.add_argument("--overwrite", action="store_true", help=FOLDER_RULE.format(names="CLASS.png") + " (--gallery)")
+    ev.add_argument("--methods", nargs="+", choices=FRESH_METHODS, default=None,
+                    help="with --fresh: only these methods (default: all three)")
     ev.add_argument("--bootstrap", type=positive_int, default=None, metavar="REPS",
                     help="with --fresh: bootstrap resamples for the intervals (default 200)")
     ev.add_argument("--split", default="test", help="reference split: test (default), val, train or all")

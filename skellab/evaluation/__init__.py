@@ -13,6 +13,7 @@
 
 from .autoencoder import evaluate_autoencoder
 from .fidelity import FIDELITY_KEYS, evaluate_fidelity, fidelity_of_shape
+from .fresh import METHODS as FRESH_METHODS
 from .fresh import (
     FRESH_SEED0,
     TREE_FAMILIES,
@@ -32,6 +33,6 @@ from .generation import (
            train_baseline,
 )
 
-__all__ = ["evaluate_autoencoder", "evaluate_fidelity", "fidelity_of_shape", "FIDELITY_KEYS", "METRIC_KEYS", "evaluate_generation", "generation_table", "shipped_results",
+__all__ = ["FRESH_METHODS", "evaluate_autoencoder", "evaluate_fidelity", "fidelity_of_shape", "FIDELITY_KEYS", "METRIC_KEYS", "evaluate_generation", "generation_table", "shipped_results",
            "train_baseline", "FRESH_SEED0", "TREE_FAMILIES", "GalleryRow", "bootstrap_metrics", "evaluate_fresh",
            "fresh_references", "fresh_table", "shape_statistics", "skeleton_graph_measures"]

@@ -123,6 +123,7 @@ __all__ = ["FRESH_SEED0", "TREE_FAMILIES", "GalleryRow", "fresh_references", "sh
 #: first seed of the fresh references; every dataset preset uses seeds 0 … per_family − 1 (far below)
 FRESH_SEED0 = 1_000_000
 #: families whose skeleton is a tree of tubes (a ring for vascular_ring): junction / leaf / depth are reported
+METHODS: tuple[str, ...] = ("skellab", "point_diffusion", "surface_latent_ablation")
 TREE_FAMILIES: tuple[str, ...] = ("vessel_tree", "airway_tree", "colon", "aortic_arch", "vascular_ring")
 PROCEDURAL_FAMILIES: tuple[str, ...] = FAMILIES + DETAIL_FAMILIES
 METRICS = ("mmd_cd_x1e3", "cov_cd", "1nna_cd", "mmd_emd_x1e2", "cov_emd", "1nna_emd")
@@ -571,6 +572,7 @@ def evaluate_fresh(
     ablation_checkpoints: tuple[str | os.PathLike, str | os.PathLike] | None = None,
     gallery: Callable[[GalleryRow], None] | None = None,
     gallery_size: int = 8,
+    methods: Sequence[str] = METHODS,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generation vs ``n`` fresh references per procedural family (module docstring); a JSON-serialisable dict.
@@ -592,6 +594,8 @@ def evaluate_fresh(
     ablation_checkpoints : (surface-token autoencoder, its diffusion model); default the shipped pair
     gallery              : called once per class and mesh-producing method with a :class:`GalleryRow` of
                            the first ``gallery_size`` generated meshes and their nearest references
+    methods              : which of :data:`METHODS` to run (e.g. ``("skellab",)`` to compare denoiser variants
+                           under one protocol without re-running the baseline and the ablation)
     returns              : ``{"format", "classes", "references", "methods": {name: {"available",
                            "per_class": {class: {"metrics", "plausibility", …}}, "summary"}}, "conventions",
                            "setup"}``
@@ -605,6 +609,9 @@ def evaluate_fresh(
         raise SkellabError(f"emd_points ({emd_points}) must be <= num_points ({num_points})")
     reps, level = _check_bootstrap(reps, level)
     seed = check_seed(seed)
+    methods_wanted = list(dict.fromkeys(methods))
+    if not methods_wanted or any(m not in METHODS for m in methods_wanted):
+        raise SkellabError(f"methods must be some of {', '.join(METHODS)}, got {', '.join(map(str, methods)) or 'none'}")
     _check_seeds(seed0, n)
     t_start, clock = time.perf_counter(), _Clock()
 
@@ -641,9 +648,14 @@ def evaluate_fresh(
     methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
                           "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
                                           "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
-    methods["point_diffusion"], base = _baseline(store, known, baseline_checkpoint, baseline_seconds,
-                                                 train_info, num_points, seed, clock, say)
-    methods["surface_latent_ablation"], ablation = _load_ablation(ablation_checkpoints)
+    base = ablation = None
+    if "point_diffusion" in methods_wanted:
+        methods["point_diffusion"], base = _baseline(store, known, baseline_checkpoint, baseline_seconds,
+                                                     train_info, num_points, seed, clock, say)
+    if "surface_latent_ablation" in methods_wanted:
+        methods["surface_latent_ablation"], ablation = _load_ablation(ablation_checkpoints)
+    if "skellab" not in methods_wanted:
+        del methods["skellab"], makers["skellab"]
     if ablation is not None:
         makers["surface_latent_ablation"] = _LatentMethod("surface_latent_ablation", *ablation, steps, guidance,
                                                           resolution, largest_component)
