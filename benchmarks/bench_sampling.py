@@ -1,0 +1,67 @@
+"""Latent sampling time of diffusion checkpoints side by side: one organ and a batch of 16, one thread.
+
+    python benchmarks/bench_sampling.py --diffusion skellab/weights/diffusion.pt RUN/diffusion/model.pt \
+        [--organ kidney] [--steps 20] [--batch 16] [--repeats 3] [--out sampling.json]
+
+Every checkpoint samples the same organ with the same sampler (EDM Heun, ``--steps`` steps, guidance 2,
+i.e. 2·steps − 1 network calls, each a conditional + unconditional pass). Runs are interleaved after one
+warm-up of each, and the minimum over ``--repeats`` is reported, as seconds per call and per organ. The
+first checkpoint is the baseline; ``ratio`` = its seconds / the candidate's (> 1: the candidate is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from skellab.diffusion import load_diffusion
+from skellab.runtime import make_generator
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--diffusion", nargs="+", required=True, help="checkpoints; the first is the baseline")
+    ap.add_argument("--organ", default="kidney")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = {path: load_diffusion(path, device="cpu") for path in args.diffusion}
+    times: dict[str, dict[int, list[float]]] = {p: {1: [], args.batch: []} for p in models}
+    for rep in range(args.repeats + 1):  # repeat 0 is the warm-up
+        for path, model in models.items():
+            for num in (1, args.batch):
+                t0 = time.perf_counter()
+                model.sample(num, class_index=args.organ, steps=args.steps, generator=make_generator(rep))
+                if rep:
+                    times[path][num].append(time.perf_counter() - t0)
+    base = args.diffusion[0]
+    rows = {}
+    for path, model in models.items():
+        best = {num: min(v) for num, v in times[path].items()}
+        rows[path] = {"parameters": sum(p.numel() for p in model.denoiser.parameters()),
+                      "config": model.denoiser.config.to_dict(),
+                      "seconds_one_organ": best[1], f"seconds_batch_{args.batch}": best[args.batch],
+                      f"seconds_per_organ_batch_{args.batch}": best[args.batch] / args.batch,
+                      "ratio_one_organ": min(times[base][1]) / best[1],
+                      f"ratio_batch_{args.batch}": min(times[base][args.batch]) / best[args.batch]}
+        print(f"{path}: {rows[path]['parameters'] / 1e6:.2f} M parameters, one organ {best[1]:.3f} s, batch of "
+              f"{args.batch} {best[args.batch]:.3f} s ({best[args.batch] / args.batch:.3f} s per organ)")
+    report = {"benchmark": "sampling", "organ": args.organ, "steps": args.steps, "sampler": "edm heun, guidance 2",
+              "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+              "machine": platform.machine(), "baseline": base, "checkpoints": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
