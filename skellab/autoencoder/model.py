@@ -20,6 +20,14 @@ skeletal spheres, itself a coarse SDF of the shape). Cross-attention blocks
 with τ the truncation distance. The output head starts at zero, so an untrained
 model already decodes the sphere union.
 
+Three decoders share that form (``AutoencoderConfig.decoder``): ``"global"`` (above: every
+query attends to all K tokens), ``"local"`` (the same blocks, attention restricted to the
+``decoder_neighbors`` nearest spheres by sphere distance) and ``"kernel"`` (no attention: each
+query pools its nearest spheres through one small MLP of the neighbour's features and its
+offset from the query, :class:`_KernelDecoder`; local and translation-equivariant by construction
+and the cheapest per query). ``benchmarks/fidelity.py`` and ``benchmarks/bench_decoder.py``
+compare them.
+
 Conventions: normalised frame (per-shape, max |coordinate| = 1); SDF **negative
 inside**, positive outside (skellab's sign, see :mod:`skellab.data.sampling`), in
 normalised units, truncated to [−τ, τ].
