@@ -29,6 +29,8 @@ NAMES = {
     "skeleton_learned": "learned (Point2Skeleton-style) skeleton network",
     "autoencoder_surface": "ablation: surface-point tokens, no sphere prior (SPSDF-like)",
     "diffusion_surface": "ablation: diffusion over the surface-point autoencoder's latents",
+    "autoencoder_kernel": "fidelity candidate: kernel decoder (k nearest spheres, no attention), trained on "
+                          "MedSDF-fidelity; reconstruction only (no diffusion model on its latents yet)",
 }
 
 
