@@ -853,7 +853,8 @@ def test_generation_is_batched_and_a_function_of_the_seed():
     a = generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False, batch_size=2)
     b = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False, batch_size=2)
     assert a.tokens.shape[0] == 5 and torch.equal(a.tokens[:2], b.tokens[:2])  # organ i does not depend on n
-    assert torch.allclose(a.tokens[2], b.tokens[2], atol=1e-3)  # (up to rounding: batches of 2 and of 1)
+    # up to float32 rounding between batches of 2 and of 1, relative to the value (latents reach |x| ~ 40 after 2 steps)
+    assert torch.allclose(a.tokens[2], b.tokens[2], rtol=1e-4, atol=1e-3)
     assert torch.equal(a.tokens, generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False,
                                                       batch_size=2).tokens)
     tokens = torch.zeros(diff.num_tokens, diff.denoiser.config.token_dim)
