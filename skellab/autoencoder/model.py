@@ -228,15 +228,17 @@ def sphere_union_sdf(queries: torch.Tensor, centers: torch.Tensor, radii: torch.
 
 
 def _neighbours(queries: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, k: int,
-                *, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                *, chunk: int = 16384, ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``k`` spheres nearest each query by sphere distance ``‖q − c‖ − r``.
 
-    returns idx (B, Q, k) int64 (nearest first), rel (B, Q, k, 6) = [offset / max(r, 0.01) (3),
-    ‖offset‖, sphere distance, r] and the sphere-union SDF (B, Q) (= the first sphere distance).
+    returns idx (B, Q, k) int64 (nearest first; in no particular order with ``ordered=False``, which is
+    cheaper), rel (B, Q, k, 6) = [offset / max(r, 0.01) (3), ‖offset‖, sphere distance, r] and the
+    sphere-union SDF (B, Q) (the smallest sphere distance).
     The neighbour choice is discrete (no gradient); ``rel`` is differentiable wrt queries and spheres.
     """
     idx = torch.cat([(torch.cdist(queries[:, s : s + chunk], centers) - radii.unsqueeze(1))
-                     .topk(k, dim=-1, largest=False).indices for s in range(0, queries.shape[1], chunk)], dim=1)
+                     .topk(k, dim=-1, largest=False, sorted=ordered).indices
+                     for s in range(0, queries.shape[1], chunk)], dim=1)
     B, Q, _ = idx.shape
     c = gather(centers, idx.reshape(B, Q * k)).view(B, Q, k, 3)
     r = torch.gather(radii, 1, idx.reshape(B, Q * k)).view(B, Q, k)
@@ -244,7 +246,7 @@ def _neighbours(queries: torch.Tensor, centers: torch.Tensor, radii: torch.Tenso
     dist = off.norm(dim=-1)
     sd = dist - r
     rel = torch.cat([off / r.clamp_min(0.01).unsqueeze(-1), dist.unsqueeze(-1), sd.unsqueeze(-1), r.unsqueeze(-1)], -1)
-    return idx, rel, sd[..., 0]
+    return idx, rel, sd[..., 0] if ordered else sd.amin(-1)
 
 
 def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
@@ -341,21 +343,12 @@ class _KernelDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, queries: torch.Tensor, k: int, truncation: float,
                 use_prior: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, K, 4 + F), queries (B, Q, 3) → (residual (B, Q), clamped prior s(q)/τ (B, Q))."""
-        B, Q, K = queries.shape[0], queries.shape[1], tokens.shape[1]
-        kk = min(k, K)
-        c, r = tokens[..., :3], tokens[..., 3]
-        # the k nearest spheres by sphere distance, unordered (the pooling is a set function)
-        sd, idx = (torch.cdist(queries, c) - r.unsqueeze(1)).topk(kk, dim=-1, largest=False, sorted=False)
-        flat = (idx + K * torch.arange(B, device=idx.device).view(B, 1, 1)).reshape(-1)
-        val = torch.cat([tokens[..., :3], self.value(tokens[..., 3:])], dim=-1).reshape(B * K, -1)
-        nb = val.index_select(0, flat).view(B, Q, kk, -1)  # [centre (3), value (C)] of each neighbour
-        rn = r.reshape(B * K).index_select(0, flat).view(B, Q, kk, 1)
-        off = queries.unsqueeze(2) - nb[..., :3]  # (B, Q, k, 3)
-        dist = off.norm(dim=-1, keepdim=True)
-        rel = torch.cat([off / rn.clamp_min(0.01), dist, sd.unsqueeze(-1), rn], dim=-1)
+        B = queries.shape[0]
+        # the k nearest spheres, unordered (the pooling is a set function); union: the sphere-union SDF
+        idx, rel, union = _neighbours(queries, tokens[..., :3], tokens[..., 3], min(k, tokens.shape[1]), ordered=False)
+        v = gather(self.value(tokens[..., 3:]), idx.reshape(B, -1)).view(*idx.shape, -1)  # (B, Q, k, C)
+        off = rel[..., :3] * rel[..., 5:6].clamp_min(0.01)  # q − c (rel holds it divided by max(r, 0.01))
         e = torch.cat([fourier_features(off, self.num_frequencies), rel], dim=-1)
-        v = nb[..., 3:]
-        union = sd.amin(-1)
         h = F.gelu(v + self.rel(e))
         h = F.gelu(self.hidden(h))  # (B, Q, k, C)
         w = self.score(h).softmax(dim=2)  # (B, Q, k, 1)
