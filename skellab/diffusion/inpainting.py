@@ -42,7 +42,6 @@ def inpaint_latents(
     resample: int = 4,
     generator: torch.Generator | None = None,
     normalizer: LatentNormalizer | None = None,
-    _ordered: bool = False,
 ) -> torch.Tensor:
     """``num`` token sets (num, K, D) that agree with ``known`` where ``mask`` is True.
 
@@ -69,14 +68,11 @@ def inpaint_latents(
         raise SkellabError("known tokens contain NaN or infinite values")
     if num < 1 or int(resample) < 1 or not guidance >= 0:
         raise SkellabError("num and resample must be >= 1 and guidance >= 0")
+    # an ordered denoiser sees the tokens in its order; the result goes back to the caller's order at the end
     order = getattr(denoiser.config, "token_order", "set")
-    if order != "set" and not _ordered:  # an ordered denoiser sees the tokens in its order; the result is put back in the caller's
-        perm = order_tokens(known, order)
-        inv = torch.argsort(perm)
-        out = inpaint_latents(denoiser, scheduler, known[perm], mask[perm], num=num, class_index=class_index,
-                              guidance=guidance, steps=steps, resample=resample, generator=generator,
-                              normalizer=normalizer, _ordered=True)
-        return out[:, inv]
+    perm = order_tokens(known, order) if order != "set" else None
+    if perm is not None:
+        known, mask = known[perm], mask[perm]
     dev = next(denoiser.parameters()).device
     K = known.shape[0]
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)
@@ -111,4 +107,5 @@ def inpaint_latents(
     denoiser.train(was_training)
     x = torch.where(m, z_known, x).float().cpu()
     out = normalizer.denormalize(x) if normalizer is not None else x
-    return torch.where(mask.expand(num, K, dim), known.expand(num, K, dim), out)  # exact, no round trip
+    out = torch.where(mask.expand(num, K, dim), known.expand(num, K, dim), out)  # exact, no round trip
+    return out if perm is None else out[:, torch.argsort(perm)]
