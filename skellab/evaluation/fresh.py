@@ -643,19 +643,18 @@ def evaluate_fresh(
     # the methods
     methods: dict[str, dict[str, Any]] = {}
     makers: dict[str, _LatentMethod] = {}
-    makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component)
-    train_info = diff.info.get("train") or {}
-    methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
-                          "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
-                                          "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
+    train_info = diff.info.get("train") or {}  # also the baseline's default compute budget
+    if "skellab" in methods_wanted:
+        makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component)
+        methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
+                              "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
+                                              "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
     base = ablation = None
     if "point_diffusion" in methods_wanted:
         methods["point_diffusion"], base = _baseline(store, known, baseline_checkpoint, baseline_seconds,
                                                      train_info, num_points, seed, clock, say)
     if "surface_latent_ablation" in methods_wanted:
         methods["surface_latent_ablation"], ablation = _load_ablation(ablation_checkpoints)
-    if "skellab" not in methods_wanted:
-        del methods["skellab"], makers["skellab"]
     if ablation is not None:
         makers["surface_latent_ablation"] = _LatentMethod("surface_latent_ablation", *ablation, steps, guidance,
                                                           resolution, largest_component)
