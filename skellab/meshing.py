@@ -214,12 +214,16 @@ def decode_grid_guided(
 
 
 def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level: float = 0.0,
-                 largest_component: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 largest_component: bool = False, min_piece_cells: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes on a grid: vertices (V, 3) float64 in the grid's frame, faces (F, 3) int64.
 
     grid : :class:`SDFGrid`, or an (R, R, R) array over [-box, box]^3 (``box`` default 1.1),
            negative inside. Faces are oriented outward (positive enclosed volume).
     largest_component : keep only the connected component with the most faces.
+    min_piece_cells   : drop pieces that enclose less than this many grid cells (h³ each): 1 removes
+                        the sub-voxel specks marching cubes makes around an isolated grid value
+                        below ``level``, which no grid of this resolution can resolve (the largest
+                        piece is always kept).
     Raises :class:`SkellabError` when the grid has no zero crossing (no surface).
     """
     if isinstance(grid, SDFGrid):
@@ -238,10 +242,16 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
     verts = verts.astype(np.float64) - box
     faces = faces.astype(np.int64)
     mesh = trimesh.Trimesh(verts, faces, process=False)
-    if largest_component:
+    if largest_component or min_piece_cells > 0:
         parts = mesh.split(only_watertight=False)
         if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
+            big = max(parts, key=lambda m: len(m.faces))
+            if largest_component:
+                mesh = big
+            else:
+                keep = [m for m in parts if m is big or abs(m.volume) >= min_piece_cells * h**3]
+                if len(keep) < len(parts):
+                    mesh = trimesh.util.concatenate(keep)
     if mesh.volume < 0:  # SDF negative inside: make the faces point outward
         mesh.invert()
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
