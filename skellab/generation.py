@@ -67,16 +67,19 @@ from .meshing import (
     extract_mesh,
 )
 from .runtime import atomic_path, make_generator
+from .skeleton.connect import connect_spheres
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 from .weights import weights_path
 
-__all__ = ["SAMPLERS", "GENERATION_BATCH", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
+__all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
            "iter_generated",
            "decode_organ", "load_generation_models", "check_autoencoder_pair", "GENERATED_NAME", "sampling_scheduler", "list_organs", "write_generated"]
 
 SAMPLERS = ("edm", "ddpm", "ddim")
 GENERATION_BATCH = 16  # organs sampled (then decoded one by one) at a time: memory does not grow with n
+#: overlap margin of :func:`connect_latents` (None switches it off): the default of every generator
+CONNECT_OVERLAP = 0.1
 
 
 @dataclass
@@ -217,7 +220,8 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     t1 = time.perf_counter()
     # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ)
     values, clipped = cap_at_box(grid, float(autoencoder.config.truncation))
-    v, f = extract_mesh(values, grid.box, largest_component=largest_component)
+    # min_piece_cells=1: specks smaller than one grid cell are marching-cubes artefacts, not organ parts
+    v, f = extract_mesh(values, grid.box, largest_component=largest_component, min_piece_cells=1.0)
     mesh = trimesh.Trimesh(v, f, process=False)
     t2 = time.perf_counter()
     centers = latent.centers[0].detach().float().cpu()
@@ -236,12 +240,16 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                          steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         resample: int = 4, batch_size: int = GENERATION_BATCH) -> list[GeneratedOrgan] | Latent:
+                         resample: int = 4, batch_size: int = GENERATION_BATCH,
+                         connect: float | None = CONNECT_OVERLAP) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
 
     keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
            keeps ``tokens[mask]`` and diffusion completes the rest (:func:`skellab.diffusion.inpaint_latents`,
            ``resample`` RePaint jumps per step; EDM only).
+    connect : stray islands of spheres in each sampled token set are moved onto the organ's main body
+           until they overlap it by this margin (:func:`connect_latents`; kept tokens never move);
+           None samples without it (the raw sampler output).
 
     Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
     decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow
@@ -253,11 +261,12 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
     if decode:
         return list(iter_generated(diffusion, autoencoder, organ, n, steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, resolution=resolution, largest_component=largest_component,
-                                   max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size))
+                                   max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size,
+                                   connect=connect))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SkellabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed))
+                      resample=resample, generator=make_generator(seed), connect=connect)
     return Latent.cat([sample(min(int(batch_size), n - s))[0] for s in range(0, n, int(batch_size))])
 
 
@@ -265,7 +274,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                    steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
                    resolution: int = 128, largest_component: bool = True, max_attempts: int = 3,
                    keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
-                   batch_size: int = GENERATION_BATCH) -> Iterator[GeneratedOrgan]:
+                   batch_size: int = GENERATION_BATCH,
+                   connect: float | None = CONNECT_OVERLAP) -> Iterator[GeneratedOrgan]:
     """:func:`generate_from_models`, organ by organ (index 0 … n − 1), in memory independent of ``n``.
 
     Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
@@ -281,10 +291,10 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed))
+                      resample=resample, generator=make_generator(seed), connect=connect)
     for start in range(0, n, int(batch_size)):
         todo = list(range(start, min(n, start + int(batch_size))))
-        latents, t_sample = sample(len(todo))
+        latents, t_sample, joins = sample(len(todo))
         out: dict[int, GeneratedOrgan] = {}
         for attempt in range(1, max_attempts + 1):
             failed = []
@@ -297,13 +307,13 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                     continue
                 g.seconds = {"sample": t_sample, **g.seconds}
                 g.info.update(steps=int(steps), guidance=float(guidance), scheduler=scheduler, seed=int(seed),
-                              attempts=attempt)
+                              attempts=attempt, connect={"overlap": connect, **joins[j]})
                 out[i] = g
             todo = failed
             if not todo:
                 break
             if attempt < max_attempts:  # fresh samples from the same generator: still a function of the seed
-                latents, t_sample = sample(len(todo))
+                latents, t_sample, joins = sample(len(todo))
         if todo:
             raise SkellabError(f"{len(todo)} sampled {organ} latent(s) decoded to no surface in {max_attempts} "
                                "attempts (is the autoencoder the one the diffusion model was trained with?)")
@@ -312,9 +322,33 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
             yield out.pop(i)
 
 
+def connect_latents(latents: Latent, overlap: float | None = CONNECT_OVERLAP,
+                    anchored: torch.Tensor | None = None) -> tuple[Latent, list[dict[str, Any]]]:
+    """Attach each sampled token set's stray islands of spheres to its main body (:func:`~skellab.skeleton.connect.connect_spheres`).
+
+    Encoded training shapes are one piece and so is the union of their skeletal spheres; sampled
+    token sets leave small groups of spheres floating beside the organ, each decoded as a separate
+    bead. Each island is moved rigidly (features unchanged) until it overlaps the body by
+    ``overlap`` × (r_i + r_j). ``anchored`` (K,) bool marks tokens that must not move (kept tokens
+    of an inpainting). ``overlap=None`` returns the latents unchanged.
+    returns : (connected :class:`Latent`, one info dict per token set: islands and spheres moved, shifts)
+    """
+    if overlap is None:
+        return latents, [{} for _ in range(latents.tokens.shape[0])]
+    tokens = latents.tokens.clone()
+    infos = []
+    for b in range(tokens.shape[0]):
+        centers, info = connect_spheres(tokens[b, :, :3], tokens[b, :, 3].clamp_min(0.0), overlap=float(overlap),
+                                        anchored=anchored)
+        tokens[b, :, :3] = centers.to(tokens)
+        infos.append(info)
+    return Latent(tokens, latents.class_index), infos
+
+
 def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: float, scheduler: str,
-             keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator):
-    """``sample(num) → (Latent (num, K, D), seconds per organ)``, every draw from ``generator``."""
+             keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator,
+             connect: float | None = CONNECT_OVERLAP):
+    """``sample(num) → (Latent (num, K, D), seconds per organ, connect infos)``, every draw from ``generator``."""
     if organ not in (diffusion.classes or []):
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.classes or [])}")
     ci = diffusion.class_id(organ)
@@ -322,7 +356,12 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 
-    def sample(num: int) -> tuple[Latent, float]:
+    anchored = None
+    if keep is not None:
+        mask = torch.as_tensor(keep[1]).bool()
+        anchored = mask if mask.ndim == 1 else mask.any(-1)
+
+    def sample(num: int) -> tuple[Latent, float, list[dict[str, Any]]]:
         t0 = time.perf_counter()
         if keep is None:
             tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
@@ -332,7 +371,8 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
             tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
                                      guidance=float(guidance), steps=int(steps), resample=int(resample),
                                      generator=generator, normalizer=diffusion.normalizer)
-        return Latent(tokens, torch.full((num,), ci, dtype=torch.long)), (time.perf_counter() - t0) / num
+        latents, infos = connect_latents(Latent(tokens, torch.full((num,), ci, dtype=torch.long)), connect, anchored)
+        return latents, (time.perf_counter() - t0) / num, infos
 
     return sample
 
@@ -402,6 +442,7 @@ def generate_organs(
     device: str | torch.device = "cpu",
     keep: tuple[torch.Tensor, torch.Tensor] | None = None,
     batch_size: int = GENERATION_BATCH,
+    connect: float | None = CONNECT_OVERLAP,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
@@ -414,6 +455,8 @@ def generate_organs(
     resolution : marching-cubes grid R (R³ over [-1.1, 1.1]³, decoded only near the skeleton)
     largest_component : keep only the largest connected piece of each mesh
     keep       : tokens to keep and a mask (:func:`load_keep`): diffusion completes the rest of each organ
+    connect    : move stray islands of sampled spheres onto the main body, to this overlap margin
+                 (:func:`connect_latents`; default 0.1, None: the raw sampler output)
     returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
     Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
     Not differentiable.
@@ -422,7 +465,7 @@ def generate_organs(
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                 resolution=resolution, largest_component=largest_component, keep=keep,
-                                batch_size=batch_size)
+                                batch_size=batch_size, connect=connect)
 
 
 #: the names :func:`write_generated` writes (what ``skellab generate --overwrite`` may replace)

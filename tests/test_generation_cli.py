@@ -79,6 +79,8 @@ def test_sampler_choice_follows_the_training_scheduler():
     (("--organ", "kidney", "--scheduler", "ddpm"), "trained with EDM"),
     (("--organ", "kidney", "--checkpoint", "/nonexistent/diffusion.pt"), "diffusion checkpoint not found"),
     (("--organ", "kidney", "--n", "two"), "invalid int value"),
+    (("--organ", "kidney", "--connect", "1.5"), "the margin must be in [0, 1)"),
+    (("--organ", "kidney", "--connect", "yes"), "expected a margin in [0, 1) or 'off'"),
 ])
 def test_bad_generate_input_is_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "gen"

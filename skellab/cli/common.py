@@ -38,6 +38,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def connect_arg(text: str) -> float | None:
+    """argparse type: an overlap margin in [0, 1) for joining sampled islands of spheres, or ``off``."""
+    if text.strip().lower() in ("off", "none", "no"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a margin in [0, 1) or 'off', got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"the margin must be in [0, 1), got {value}")
+    return value
+
+
 def seed_arg(text: str) -> int:
     """argparse type: a seed in 0 .. 2**32 - 1 (what numpy and torch accept)."""
     try:

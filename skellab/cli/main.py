@@ -31,6 +31,7 @@ from ..evaluation import (
     generation_table,
 )
 from ..generation import (
+    CONNECT_OVERLAP,
     GENERATED_NAME,
     iter_generated,
     list_organs,
@@ -55,7 +56,7 @@ from ..runtime import (
 from ..skeleton.io import skeletonize_file
 from ..skeleton.types import check_skeleton_path
 from ..views.training import figure_png, nearest_reference_gallery
-from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
+from .common import Parser, add_debug_flag, connect_arg, positive_int, run_command, seed_arg
 from .train import add_train_arguments, run_train
 
 __all__ = ["build_parser", "main"]
@@ -202,7 +203,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     elif args.keep_tokens:
         raise SkellabError("--keep-tokens needs --keep FILE")
     organs = iter_generated(diffusion, autoencoder, args.organ, args.n, steps=args.steps, guidance=args.guidance,
-                            seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep)
+                            seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep,
+                            connect=args.connect)
     count = 0
     with replace_folder(out, overwrite=args.overwrite, owned=GENERATED_NAME.match) as tmp:
         for g in organs:  # written and dropped one by one: memory does not grow with --n
@@ -235,7 +237,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_generation(
         args.data, split=args.split, n=2 if args.n is None else args.n, num_points=points,
         emd_points=min(args.emd_points or 512, points), resolution=96 if args.resolution is None else args.resolution,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes, connect=args.connect,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds, log=say)
     with atomic_path(args.out) as tmp:
@@ -270,6 +272,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
         args.fresh, classes=args.classes, data=args.data, split=args.split, num_points=args.points,
         emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
+        connect=args.connect,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
         gallery=picture if gallery else None, methods=args.methods or FRESH_METHODS, log=say)
@@ -290,6 +293,10 @@ FOLDER_RULE = ("replace a non-empty output folder. The folder is always written 
                "files and an interrupted run leaves the previous folder intact. Without --overwrite a non-empty "
                "folder is refused; with it, only a folder that holds nothing but {names} is replaced. A folder "
                "that holds an input is refused")
+
+
+CONNECT_HELP = ("overlap margin in [0, 1) to which stray islands of sampled spheres are moved onto the organ's "
+                "main body before decoding (default 0.1), or 'off' for the raw sampler output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", default=None, help="diffusion checkpoint (default: shipped weights)")
     gen.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped weights)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    gen.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off", help=CONNECT_HELP)
     gen.add_argument("--list-organs", action="store_true", help="print the organ classes, one per line, and exit")
     gen.add_argument("--keep", default=None, metavar="FILE",
                      help="complete an edited organ: keep the tokens of FILE (organ_XX_latent.npz: tokens; "
@@ -430,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
     ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
+    ev.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off",
+                    help=CONNECT_HELP + " (skellab only)")
     ev.add_argument("--baseline-seconds", type=float, default=None,
                     help="baseline training budget in CPU seconds (default: the diffusion model's, i.e. matched)")
     ev.add_argument("--baseline-checkpoint", default=None, help="reuse this baseline if it exists, else save it here")

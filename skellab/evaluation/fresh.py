@@ -101,7 +101,7 @@ from ..data.medsdf import MedSDF
 from ..data.procedural import FAMILIES, make_shape
 from ..data.shape import Normalization, Shape
 from ..errors import SkellabError
-from ..generation import decode_organ, generate_from_models, load_generation_models
+from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
 from ..meshing import count_components
 from ..metrics import (
     betti_numbers,
@@ -525,13 +525,15 @@ class _LatentMethod:
     guidance: float
     resolution: int
     largest_component: bool
+    connect: float | None = None
 
     def generate(self, organ: str, count: int, seed: int, clock: _Clock
                  ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
         """(meshes in their own normalised frames, failures, raw (max |coordinate|, bbox-centre offset) of each)."""
         t = time.perf_counter()
         latents = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
-                                       guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False)
+                                       guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False,
+                                       connect=self.connect)
         meshes, raw, failed = [], [], 0
         for i in range(count):
             try:
@@ -562,6 +564,7 @@ def evaluate_fresh(
     guidance: float = 2.0,
     seed: int = 0,
     largest_component: bool = False,
+    connect: float | None = CONNECT_OVERLAP,
     reps: int = 200,
     level: float = 0.95,
     skeleton_spheres: int = 64,
@@ -587,6 +590,8 @@ def evaluate_fresh(
     num_points, emd_points : surface samples per shape for CD, and the prefix of them used for EMD
     resolution, steps, guidance, seed : generation (both latent models; the baseline uses steps, guidance, seed)
     largest_component    : keep only each generated mesh's largest piece (default False: measure the raw output)
+    connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`;
+                           None: the raw sampler output). The surface-token ablation has no spheres to join.
     reps, level          : bootstrap resamples and interval level (:func:`bootstrap_metrics`)
     baseline_checkpoint  : a ``skellab.point_diffusion/1`` file: loaded if it exists, else trained (needs
                            ``data``) and saved there; baseline_seconds: its CPU-second budget (default: the
@@ -645,7 +650,8 @@ def evaluate_fresh(
     makers: dict[str, _LatentMethod] = {}
     train_info = diff.info.get("train") or {}  # also the baseline's default compute budget
     if "skellab" in methods_wanted:
-        makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component)
+        makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component,
+                                          connect)
         methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
                               "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
                                               "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
@@ -657,7 +663,7 @@ def evaluate_fresh(
         methods["surface_latent_ablation"], ablation = _load_ablation(ablation_checkpoints)
     if ablation is not None:
         makers["surface_latent_ablation"] = _LatentMethod("surface_latent_ablation", *ablation, steps, guidance,
-                                                          resolution, largest_component)
+                                                          resolution, largest_component, None)
     for m in methods.values():
         if m["available"]:
             m["per_class"] = {}
@@ -719,7 +725,9 @@ def evaluate_fresh(
                             "is 2 by the frame); junctions/leaves/depth of the 64-sphere medial skeleton graph "
                             f"for {', '.join(TREE_FAMILIES)}",
             "generated_meshes": ("largest component only" if largest_component else
-                                 "whole (every fragment kept)") + f", marching cubes at {resolution}^3; a sample "
+                                 "whole (every fragment larger than one grid cell kept)")
+                                + f", marching cubes at {resolution}^3; skellab's token sets joined with overlap "
+                                f"margin {connect} (None: raw sampler output); a sample "
                                  "that decodes to no surface counts as failed and is left out of the metrics",
             "summary": "mean over classes; its interval from the mean of each class's b-th bootstrap replicate",
         },
@@ -729,7 +737,7 @@ def evaluate_fresh(
             "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
             "bootstrap": {"reps": reps, "level": level, "seeds": "the class's generation seed"},
-            "skeleton_spheres": skeleton_spheres, "largest_component": largest_component,
+            "skeleton_spheres": skeleton_spheres, "largest_component": largest_component, "connect": connect,
             "data": str(store.root) if store else None, "split": split if store else None,
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,

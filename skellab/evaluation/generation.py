@@ -53,7 +53,7 @@ from ..baselines.point_diffusion import (
 from ..data.medsdf import MedSDF
 from ..diffusion import make_scheduler
 from ..errors import SkellabError
-from ..generation import decode_organ, generate_from_models, load_generation_models
+from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
 from ..metrics import betti_error, generation_metrics, sample_points
 from ..runtime import make_generator
 from ..tables import format_table
@@ -153,6 +153,7 @@ def evaluate_generation(
     num_points: int = 2048,
     emd_points: int = 512,
     resolution: int = 96,
+    connect: float | None = CONNECT_OVERLAP,
     steps: int = 20,
     guidance: float = 2.0,
     seed: int = 0,
@@ -169,6 +170,7 @@ def evaluate_generation(
     n                    : at most this many reference shapes per class (first ids, sorted)
     num_points           : points per cloud for CD (PointFlow: 2048); emd_points: prefix used for EMD
     resolution           : marching-cubes grid for skellab's meshes
+    connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`; None: off)
     classes              : restrict to these classes (default: every class of the split the model knows)
     baseline_checkpoint  : a ``skellab.point_diffusion/1`` file: loaded if it exists, else trained and saved there
     baseline_seconds     : the baseline's CPU-second budget (default: the diffusion model's recorded training
@@ -205,7 +207,8 @@ def evaluate_generation(
     methods: dict[str, Any] = {}
     methods["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
                                                 emd_points=emd_points, resolution=resolution, steps=steps,
-                                                guidance=guidance, seed=seed, say=say, name="skellab")
+                                                guidance=guidance, seed=seed, say=say, name="skellab",
+                                                connect=connect)
     train_info = diff.info.get("train") or {}
     methods["skellab"]["training"] = train_info
 
@@ -264,12 +267,12 @@ def evaluate_generation(
 
 
 def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, emd_points, resolution, steps,
-                           guidance, seed, say, name) -> dict[str, Any]:
+                           guidance, seed, say, name, connect=None) -> dict[str, Any]:
     per_class, failures, t0 = {}, 0, time.perf_counter()
     watertight = total = 0
     for ci, (c, ids) in enumerate(refs.items()):
         organs = generate_from_models(diff, ae, c, len(ids), steps=steps, guidance=guidance, seed=seed + 1000 * ci,
-                                      resolution=resolution, decode=False)
+                                      resolution=resolution, decode=False, connect=connect)
         meshes, pts = [], []
         for i in range(len(ids)):
             try:
