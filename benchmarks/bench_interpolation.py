@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: the shipped one)")
     ap.add_argument("--different-topology", action="store_true", help="only pairs with different Euler numbers")
     ap.add_argument("--no-slider", action="store_true", help="skip the slider-latency part")
+    ap.add_argument("--connect", type=float, default=None, metavar="MARGIN",
+                    help="also decode every pair with islands of spheres joined at this overlap margin "
+                         "(interpolate_meshes(connect=...)) and report both, same pairs, same run")
     ap.add_argument("--out", default="interpolation.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,19 +56,26 @@ def main() -> None:
             pairs.append((a, b))
     rows = []
     for a, b in pairs:
-        meshes = interpolate_meshes(model, latents[int(a):int(a) + 1], latents[int(b):int(b) + 1], args.steps,
-                                    args.resolution)
-        rows.append({"a": ids[a], "b": ids[b], "watertight": [bool(m.watertight) for m in meshes],
-                     "components": [int(m.components) for m in meshes]})
+        row = {"a": ids[a], "b": ids[b]}
+        for key, margin in [("", None)] + ([("connected_", args.connect)] if args.connect is not None else []):
+            meshes = interpolate_meshes(model, latents[int(a):int(a) + 1], latents[int(b):int(b) + 1], args.steps,
+                                        args.resolution, connect=margin)
+            row[key + "watertight"] = [bool(m.watertight) for m in meshes]
+            row[key + "components"] = [int(m.components) for m in meshes]
+        rows.append(row)
     total = len(rows) * args.steps
     ok = sum(w and c == 1 for r in rows for w, c in zip(r["watertight"], r["components"]))
+    extra = {}
+    if args.connect is not None:
+        extra = {"connect": args.connect, "connected_watertight_single_component_fraction": sum(
+            w and c == 1 for r in rows for w, c in zip(r["connected_watertight"], r["connected_components"])) / total}
     report = {
         "benchmark": "interpolation", "split": "test", "pairs": len(rows), "steps": args.steps,
         "checkpoint": str(args.checkpoint or "shipped"), "different_topology": args.different_topology,
         "resolution": args.resolution, "torch_threads": args.threads,
         "watertight_single_component_fraction": ok / total, "meshes": total,
         "watertight_fraction": sum(w for r in rows for w in r["watertight"]) / total,
-        "single_component_fraction": sum(c == 1 for r in rows for c in r["components"]) / total,
+        "single_component_fraction": sum(c == 1 for r in rows for c in r["components"]) / total, **extra,
         "rows": rows,
     }
     if not args.no_slider:

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from .autoencoder.model import Latent, SkeletalAutoencoder
 from .errors import SkellabError
 from .meshing import count_components, decode_grid_guided, extract_mesh
+from .skeleton.connect import connect_spheres
 
 __all__ = ["match_tokens", "interpolate_latents", "interpolate_meshes", "InterpolatedMesh"]
 
@@ -93,13 +94,23 @@ class InterpolatedMesh:
 
 
 def interpolate_meshes(model: SkeletalAutoencoder, latent_a: Latent, latent_b: Latent, steps: int = 5,
-                       resolution: int = 96, *, match: bool = True) -> list[InterpolatedMesh]:
+                       resolution: int = 96, *, match: bool = True,
+                       connect: float | None = None) -> list[InterpolatedMesh]:
     """Decode ``steps`` interpolated latents to meshes (guided decoding), with topology flags.
 
     Every intermediate mesh should be watertight and single-component (METHOD §10);
     the flags let a notebook or test check it.
+    connect : when given, each blended token set's stray islands of spheres are first moved onto its
+              main body to this overlap margin (:func:`skellab.skeleton.connect.connect_spheres`, as
+              :func:`skellab.generation.connect_latents` does for sampled organs); None: plain blends.
     """
     lats = interpolate_latents(latent_a, latent_b, steps, match=match)
+    if connect is not None:
+        tokens = lats.tokens.clone()
+        for i in range(tokens.shape[0]):
+            centers, _ = connect_spheres(tokens[i, :, :3], tokens[i, :, 3].clamp_min(0.0), overlap=float(connect))
+            tokens[i, :, :3] = centers.to(tokens)
+        lats = Latent(tokens, lats.class_index)
     ts = np.linspace(0.0, 1.0, int(steps))
     out = []
     for i in range(int(steps)):
