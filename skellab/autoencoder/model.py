@@ -340,16 +340,26 @@ class _KernelDecoder(nn.Module):
         nn.init.zeros_(self.head[-1].weight)  # start from the sphere-union prior
         nn.init.zeros_(self.head[-1].bias)
 
+    def _frequencies(self, like: torch.Tensor) -> torch.Tensor:
+        """π·2^i, i < num_frequencies: the frequencies of :func:`fourier_features`."""
+        return math.pi * 2.0 ** torch.arange(self.num_frequencies, device=like.device, dtype=like.dtype)
+
     def forward(self, tokens: torch.Tensor, queries: torch.Tensor, k: int, truncation: float,
                 use_prior: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, K, 4 + F), queries (B, Q, 3) → (residual (B, Q), clamped prior s(q)/τ (B, Q))."""
         B = queries.shape[0]
         # the k nearest spheres, unordered (the pooling is a set function); union: the sphere-union SDF
         idx, rel, union = _neighbours(queries, tokens[..., :3], tokens[..., 3], min(k, tokens.shape[1]), ordered=False)
-        v = gather(self.value(tokens[..., 3:]), idx.reshape(B, -1)).view(*idx.shape, -1)  # (B, Q, k, C)
+        # v + W_rel e + b_rel, with the bias folded into the per-token values and the add fused into one addmm
+        values = self.value(tokens[..., 3:]) + self.rel.bias  # (B, K, C), once per shape
+        v = gather(values, idx.reshape(B, -1)).reshape(-1, values.shape[-1])  # (B·Q·k, C)
         off = rel[..., :3] * rel[..., 5:6].clamp_min(0.01)  # q − c (rel holds it divided by max(r, 0.01))
-        e = torch.cat([fourier_features(off, self.num_frequencies), rel], dim=-1)
-        h = F.gelu(v + self.rel(e))
+        if self.num_frequencies:
+            xf = (off.unsqueeze(-1) * self._frequencies(off)).flatten(-2)  # fourier_features(off), in one cat with rel
+            e = torch.cat([off, xf.sin(), xf.cos(), rel], dim=-1)
+        else:
+            e = torch.cat([off, rel], dim=-1)
+        h = F.gelu(torch.addmm(v, e.reshape(v.shape[0], -1), self.rel.weight.t())).view(*idx.shape, -1)
         h = F.gelu(self.hidden(h))  # (B, Q, k, C)
         w = self.score(h).softmax(dim=2)  # (B, Q, k, 1)
         pooled = (w * h).sum(2)  # (B, Q, C)
