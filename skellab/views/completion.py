@@ -10,6 +10,7 @@ import torch
 from ..autoencoder import Latent, SkeletalAutoencoder
 from ..diffusion import LatentDiffusion
 from ..errors import SkellabError
+from ..generation import CONNECT_OVERLAP, connect_latents
 from ..meshing import check_resolution, decode_mesh
 from ..runtime import make_generator
 from .k3d_views import PALETTE, _k3d
@@ -95,7 +96,9 @@ class CompletionWidget:
         k3d = _k3d()
         tokens = self.diffusion.complete(self.edited.tokens[0], self.mask, self.num, class_index=self.organ,
                                          steps=self.steps, resample=self.resample, generator=make_generator(self.seed))
-        self.completions = Latent(tokens, torch.full((self.num,), self.diffusion.class_id(self.organ)))
+        # stray islands joined onto the organ, as every generator does; the kept spheres never move
+        self.completions, _ = connect_latents(Latent(tokens, torch.full((self.num,), self.diffusion.class_id(self.organ))),
+                                              CONNECT_OVERLAP, anchored=self.mask)
         for obj in self._completed:
             self.plot -= obj
         self._completed, self.meshes, failed = [], [], 0
