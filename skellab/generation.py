@@ -97,7 +97,7 @@ class GeneratedOrgan:
     seconds    : wall time per stage: ``sample`` (this organ's share of the batched sampling),
                  ``decode`` (guided SDF grid), ``mesh`` (marching cubes), ``skeleton`` (graph)
     info       : sampler settings (``steps``, ``guidance``, ``scheduler``, ``seed``, ``resolution``,
-                 ``query_fraction`` of the grid decoded)
+                 ``query_fraction`` of the grid decoded, ``connect``: the margin and the islands moved)
     """
 
     organ: str
@@ -356,6 +356,9 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 
+    if connect is not None and (isinstance(connect, bool) or not isinstance(connect, (int, float))
+                                or not 0.0 <= float(connect) < 1.0):
+        raise SkellabError(f"connect must be an overlap margin in [0, 1) or None, got {connect!r}")
     anchored = None
     if keep is not None:
         mask = torch.as_tensor(keep[1]).bool()

@@ -85,6 +85,8 @@ def test_generated_token_sets_are_one_piece_and_only_positions_change():
         r = joined.radii[b].clamp_min(0)
         assert overlap_components(joined.centers[b], r, overlap=0.3).max() + 1 == 1
     assert sum(overlap_components(raw.centers[b], raw.radii[b].clamp_min(0)).max() + 1 for b in range(2)) > 2
+    with pytest.raises(SkellabError, match="connect must be an overlap margin"):
+        generate_from_models(diff, ae, "vessel_tree", 1, steps=2, decode=False, connect=1.0)
 
 
 def test_sub_voxel_specks_are_dropped_from_a_mesh():
