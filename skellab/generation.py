@@ -67,7 +67,7 @@ from .meshing import (
     extract_mesh,
 )
 from .runtime import atomic_path, make_generator
-from .skeleton.connect import connect_spheres
+from .skeleton.connect import DEFAULT_OVERLAP, connect_spheres
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 from .weights import weights_path
@@ -79,7 +79,7 @@ __all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents",
 SAMPLERS = ("edm", "ddpm", "ddim")
 GENERATION_BATCH = 16  # organs sampled (then decoded one by one) at a time: memory does not grow with n
 #: overlap margin of :func:`connect_latents` (None switches it off): the default of every generator
-CONNECT_OVERLAP = 0.1
+CONNECT_OVERLAP = DEFAULT_OVERLAP
 
 
 @dataclass

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from .autoencoder.model import Latent, SkeletalAutoencoder
 from .errors import SkellabError
 from .meshing import count_components, decode_grid_guided, extract_mesh
-from .skeleton.connect import connect_spheres
+from .skeleton.connect import DEFAULT_OVERLAP, connect_spheres
 
 __all__ = ["match_tokens", "interpolate_latents", "interpolate_meshes", "InterpolatedMesh"]
 
@@ -95,14 +95,15 @@ class InterpolatedMesh:
 
 def interpolate_meshes(model: SkeletalAutoencoder, latent_a: Latent, latent_b: Latent, steps: int = 5,
                        resolution: int = 96, *, match: bool = True,
-                       connect: float | None = None) -> list[InterpolatedMesh]:
+                       connect: float | None = DEFAULT_OVERLAP) -> list[InterpolatedMesh]:
     """Decode ``steps`` interpolated latents to meshes (guided decoding), with topology flags.
 
     Every intermediate mesh should be watertight and single-component (METHOD §10);
     the flags let a notebook or test check it.
-    connect : when given, each blended token set's stray islands of spheres are first moved onto its
-              main body to this overlap margin (:func:`skellab.skeleton.connect.connect_spheres`, as
-              :func:`skellab.generation.connect_latents` does for sampled organs); None: plain blends.
+    connect : each blended token set's stray islands of spheres are first moved onto its main body to
+              this overlap margin (:func:`skellab.skeleton.connect.connect_spheres`, as every generator
+              does; default 0.1); None: plain blends. Measured on 10 pairs of different topology × 7
+              steps: 64 % → 90 % of the meshes watertight and one piece (``benchmarks/bench_interpolation.py``).
     """
     lats = interpolate_latents(latent_a, latent_b, steps, match=match)
     if connect is not None:

@@ -47,3 +47,20 @@ def test_interpolate_meshes_topology():
     assert [m.t for m in meshes] == [0.0, 1 / 3, 2 / 3, 1.0] or len(meshes) == 4
     assert all(m.watertight and m.single_component for m in meshes)
     assert all(m.num_queries < 40**3 for m in meshes)
+
+
+def test_interpolated_islands_are_joined_by_default():
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(num_tokens=8, num_surface=32, encoder_width=16, encoder_blocks=1, group_k=8,
+                            num_frequencies=2, decoder_width=16, decoder_heads=2, decoder_blocks=1)
+    model = SkeletalAutoencoder(config=cfg).eval()  # untrained: its output is the sphere-union prior
+    t = torch.linspace(-0.5, 0.5, 8)
+    line = torch.stack([t, 0 * t, 0 * t], -1)[None]
+    a = Latent.from_parts(line, torch.full((1, 8), 0.1), torch.zeros(1, 8, 12))
+    apart = line.clone()
+    apart[0, 6:, 1] += 0.6  # two spheres lifted off the line: the blends hold an island
+    b = Latent.from_parts(apart, torch.full((1, 8), 0.1), torch.zeros(1, 8, 12))
+    plain = interpolate_meshes(model, a, b, steps=3, resolution=40, connect=None)
+    joined = interpolate_meshes(model, a, b, steps=3, resolution=40)
+    assert plain[0].single_component and plain[-1].components == 2
+    assert all(m.watertight and m.single_component for m in joined)

@@ -23,7 +23,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import SkellabError
 
-__all__ = ["overlap_components", "connect_spheres"]
+__all__ = ["DEFAULT_OVERLAP", "overlap_components", "connect_spheres"]
+
+#: the margin every generator and interpolation joins islands to (chosen on fresh references: benchmarks/README.md)
+DEFAULT_OVERLAP = 0.1
 
 
 def _joined(c: np.ndarray, r: np.ndarray, overlap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +72,7 @@ def overlap_components(centers: torch.Tensor | np.ndarray, radii: torch.Tensor |
 
 
 def connect_spheres(centers: torch.Tensor | np.ndarray, radii: torch.Tensor | np.ndarray, *,
-                    overlap: float = 0.1, anchored: torch.Tensor | np.ndarray | None = None
+                    overlap: float = DEFAULT_OVERLAP, anchored: torch.Tensor | np.ndarray | None = None
                     ) -> tuple[torch.Tensor, dict]:
     """Move every island of the overlap graph onto the main body; radii are unchanged.
 
