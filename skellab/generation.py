@@ -67,7 +67,7 @@ from .meshing import (
     extract_mesh,
 )
 from .runtime import atomic_path, make_generator
-from .skeleton.connect import DEFAULT_OVERLAP, connect_spheres
+from .skeleton.connect import DEFAULT_OVERLAP, connect_sphere_sets
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 from .weights import weights_path
@@ -336,12 +336,8 @@ def connect_latents(latents: Latent, overlap: float | None = CONNECT_OVERLAP,
     if overlap is None:
         return latents, [{} for _ in range(latents.tokens.shape[0])]
     tokens = latents.tokens.clone()
-    infos = []
-    for b in range(tokens.shape[0]):
-        centers, info = connect_spheres(tokens[b, :, :3], tokens[b, :, 3].clamp_min(0.0), overlap=float(overlap),
-                                        anchored=anchored)
-        tokens[b, :, :3] = centers.to(tokens)
-        infos.append(info)
+    tokens[..., :3], infos = connect_sphere_sets(tokens[..., :3], tokens[..., 3], overlap=float(overlap),
+                                                 anchored=anchored)
     return Latent(tokens, latents.class_index), infos
 
 

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from .autoencoder.model import Latent, SkeletalAutoencoder
 from .errors import SkellabError
 from .meshing import count_components, decode_grid_guided, extract_mesh
-from .skeleton.connect import DEFAULT_OVERLAP, connect_spheres
+from .skeleton.connect import DEFAULT_OVERLAP, connect_sphere_sets
 
 __all__ = ["match_tokens", "interpolate_latents", "interpolate_meshes", "InterpolatedMesh"]
 
@@ -108,9 +108,7 @@ def interpolate_meshes(model: SkeletalAutoencoder, latent_a: Latent, latent_b: L
     lats = interpolate_latents(latent_a, latent_b, steps, match=match)
     if connect is not None:
         tokens = lats.tokens.clone()
-        for i in range(tokens.shape[0]):
-            centers, _ = connect_spheres(tokens[i, :, :3], tokens[i, :, 3].clamp_min(0.0), overlap=float(connect))
-            tokens[i, :, :3] = centers.to(tokens)
+        tokens[..., :3], _ = connect_sphere_sets(tokens[..., :3], tokens[..., 3], overlap=float(connect))
         lats = Latent(tokens, lats.class_index)
     ts = np.linspace(0.0, 1.0, int(steps))
     out = []

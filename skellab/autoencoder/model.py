@@ -204,12 +204,16 @@ class Latent:
         return Latent(torch.cat([lat.tokens for lat in latents]), cls_index)
 
 
+def _frequencies(num_frequencies: int, like: torch.Tensor) -> torch.Tensor:
+    """π·2^i for i < num_frequencies, on ``like``'s device and dtype: the frequencies of :func:`fourier_features`."""
+    return math.pi * 2.0 ** torch.arange(num_frequencies, device=like.device, dtype=like.dtype)
+
+
 def fourier_features(x: torch.Tensor, num_frequencies: int) -> torch.Tensor:
     """``[x, sin(2^i π x), cos(2^i π x)]`` for i < n: (..., 3) → (..., 3 + 6n). Differentiable."""
     if num_frequencies == 0:
         return x
-    freqs = math.pi * 2.0 ** torch.arange(num_frequencies, device=x.device, dtype=x.dtype)
-    xf = (x.unsqueeze(-1) * freqs).flatten(-2)  # (..., 3n)
+    xf = (x.unsqueeze(-1) * _frequencies(num_frequencies, x)).flatten(-2)  # (..., 3n)
     return torch.cat([x, xf.sin(), xf.cos()], dim=-1)
 
 
@@ -340,10 +344,6 @@ class _KernelDecoder(nn.Module):
         nn.init.zeros_(self.head[-1].weight)  # start from the sphere-union prior
         nn.init.zeros_(self.head[-1].bias)
 
-    def _frequencies(self, like: torch.Tensor) -> torch.Tensor:
-        """π·2^i, i < num_frequencies: the frequencies of :func:`fourier_features`."""
-        return math.pi * 2.0 ** torch.arange(self.num_frequencies, device=like.device, dtype=like.dtype)
-
     def forward(self, tokens: torch.Tensor, queries: torch.Tensor, k: int, truncation: float,
                 use_prior: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, K, 4 + F), queries (B, Q, 3) → (residual (B, Q), clamped prior s(q)/τ (B, Q))."""
@@ -355,7 +355,7 @@ class _KernelDecoder(nn.Module):
         v = gather(values, idx.reshape(B, -1)).reshape(-1, values.shape[-1])  # (B·Q·k, C)
         off = rel[..., :3] * rel[..., 5:6].clamp_min(0.01)  # q − c (rel holds it divided by max(r, 0.01))
         if self.num_frequencies:
-            xf = (off.unsqueeze(-1) * self._frequencies(off)).flatten(-2)  # fourier_features(off), in one cat with rel
+            xf = (off.unsqueeze(-1) * _frequencies(self.num_frequencies, off)).flatten(-2)  # fourier_features(off), in one cat with rel
             e = torch.cat([off, xf.sin(), xf.cos(), rel], dim=-1)
         else:
             e = torch.cat([off, rel], dim=-1)

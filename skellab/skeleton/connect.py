@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import SkellabError
 
-__all__ = ["DEFAULT_OVERLAP", "overlap_components", "connect_spheres"]
+__all__ = ["DEFAULT_OVERLAP", "overlap_components", "connect_spheres", "connect_sphere_sets"]
 
 #: the margin every generator and interpolation joins islands to (chosen on fresh references: benchmarks/README.md)
 DEFAULT_OVERLAP = 0.1
@@ -127,3 +127,16 @@ def connect_spheres(centers: torch.Tensor | np.ndarray, radii: torch.Tensor | np
     info = {"islands": int(islands), "spheres_moved": int(moved.sum()), "max_shift": float(shift.max()),
             "mean_shift": float(shift[moved].mean()) if moved.any() else 0.0}
     return torch.from_numpy(c.astype(np.float32)), info
+
+
+def connect_sphere_sets(centers: torch.Tensor, radii: torch.Tensor, *, overlap: float = DEFAULT_OVERLAP,
+                        anchored: torch.Tensor | np.ndarray | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """:func:`connect_spheres` on each of B sets: centers (B, K, 3), radii (B, K) → (new centers (B, K, 3)
+    with the input's dtype and device, one info dict per set). ``anchored`` (K,) applies to every set."""
+    out = centers.clone()
+    infos = []
+    for b in range(centers.shape[0]):
+        joined, info = connect_spheres(centers[b], radii[b], overlap=overlap, anchored=anchored)
+        out[b] = joined.to(out)
+        infos.append(info)
+    return out, infos
