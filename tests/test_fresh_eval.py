@@ -25,6 +25,7 @@ from skellab.evaluation import (
     skeleton_graph_measures,
 )
 from skellab.metrics import pairwise_distances, sample_points
+from skellab.runtime import MAX_SEED
 
 
 def _one_line_error(code: int, out: str, err: str) -> None:
@@ -169,7 +170,8 @@ def test_evaluate_fresh_end_to_end(tiny_dataset, one_thread):
     json.dumps(res)  # JSON-serialisable
     assert res["classes"] == ["vessel_tree", "kidney"]  # procedural only: the tiny dataset has no real class
     assert res["references"]["kidney"] == {"kind": "procedural", "seeds": [FRESH_SEED0, FRESH_SEED0 + 2], "n": 3}
-    assert set(res["methods"]) == {"skellab", "point_diffusion", "surface_latent_ablation"}
+    assert set(res["methods"]) == {"skellab", "point_diffusion", "surface_latent_ablation", "reference_draw",
+                                   "autoencoder_reconstruction"}
     for name, method in res["methods"].items():
         assert method["available"], name
         for c in res["classes"]:
@@ -197,7 +199,8 @@ def test_evaluate_fresh_end_to_end(tiny_dataset, one_thread):
     assert "1-NNA-CD" in fresh_table(res)
 
     # the gallery: per class and mesh method, generated meshes beside their nearest reference by CD
-    assert {(r.method, r.organ) for r in rows} == {(m, c) for m in ("skellab", "surface_latent_ablation")
+    assert {(r.method, r.organ) for r in rows} == {(m, c) for m in ("skellab", "surface_latent_ablation", "reference_draw",
+                                                                     "autoencoder_reconstruction")
                                                    for c in ("vessel_tree", "kidney")}
     row = next(r for r in rows if r.method == "skellab" and r.organ == "kidney")
     refs = [s.to_trimesh() for s in fresh_references("kidney", 3)]
@@ -205,6 +208,29 @@ def test_evaluate_fresh_end_to_end(tiny_dataset, one_thread):
     for mesh, i, j, cd in zip(row.generated, row.indices, row.reference_indices, row.chamfer):
         d = pairwise_distances(sample_points(mesh, 512, seed=i)[None], ref_pts)[0]
         assert int(d.argmin()) == j and d[j] == pytest.approx(cd)
+
+
+def test_second_draw_rows_are_the_draw_and_its_reconstructions(one_thread):
+    """reference_draw scores a second fresh draw as it is; autoencoder_reconstruction scores that same draw
+    encoded and decoded: each reconstruction is far nearer its own source than any other shape of the draw."""
+    rows = []
+    res = evaluate_fresh(4, classes=["vessel_tree"], methods=["reference_draw", "autoencoder_reconstruction"],
+                         resolution=32, reps=20, num_points=256, emd_points=64, gallery=rows.append, gallery_size=4)
+    assert res["setup"]["second_draw_seeds"] == [FRESH_SEED0 + 4, FRESH_SEED0 + 7]
+    assert list(res["methods"]) == ["reference_draw", "autoencoder_reconstruction"]
+    second = [s.to_trimesh() for s in fresh_references("vessel_tree", 4, seed0=FRESH_SEED0 + 4)]
+    src = np.stack([sample_points(m, 512, seed=j) for j, m in enumerate(second)])
+    by_method = {r.method: r for r in rows}
+    for a, b in zip(by_method["reference_draw"].generated, second):  # the draw itself, in its own frame
+        np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)
+    recon = by_method["autoencoder_reconstruction"]
+    assert res["methods"]["autoencoder_reconstruction"]["per_class"]["vessel_tree"]["failed"] == 0
+    d = pairwise_distances(np.stack([sample_points(m, 512, seed=j) for j, m in enumerate(recon.generated)]), src)
+    assert list(d.argmin(axis=1)) == [0, 1, 2, 3]
+    off = d + np.diag(np.full(4, np.inf))
+    assert (off.min(axis=1) > 5 * np.diag(d)).all()  # measured: 37x-80x apart at 32^3
+    with pytest.raises(SkellabError, match="seeds"):  # the second draw must fit below the largest seed
+        evaluate_fresh(4, classes=["kidney"], seed0=MAX_SEED - 5, methods=["reference_draw"])
 
 
 def test_evaluate_fresh_refuses_bad_arguments():

@@ -424,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --fresh: one PNG per class, generated organs on top, nearest references below")
     ev.add_argument("--overwrite", action="store_true", help=FOLDER_RULE.format(names="CLASS.png") + " (--gallery)")
     ev.add_argument("--methods", nargs="+", choices=FRESH_METHODS, default=None,
-                    help="with --fresh: only these methods (default: all three)")
+                    help="with --fresh: only these methods (default: all five; reference_draw and "
+                         "autoencoder_reconstruction score a second fresh draw: a perfect generator, a perfect sampler "
+                         "of the latents)")
     ev.add_argument("--bootstrap", type=positive_int, default=None, metavar="REPS",
                     help="with --fresh: bootstrap resamples for the intervals (default 200)")
     ev.add_argument("--split", default="test", help="reference split: test (default), val, train or all")

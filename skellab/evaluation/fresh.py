@@ -23,7 +23,17 @@ What is compared, per class:
 * **point_diffusion**: the PVD-like baseline — a given checkpoint, or trained on the dataset's
   training split at the diffusion model's recorded CPU-second budget (equal compute, as
   :func:`~skellab.evaluation.generation.evaluate_generation`); point clouds only;
-* **surface_latent_ablation**: the shipped (or given) surface-token autoencoder + its diffusion model.
+* **surface_latent_ablation**: the shipped (or given) surface-token autoencoder + its diffusion model;
+* **reference_draw** (the calibration row): a *second* fresh draw of ``n`` shapes per family (seeds
+  ``seed0 + n … seed0 + 2n − 1``) scored as if generated. A perfect generator measures like this
+  row: 1-NNA near 0.5, COV and MMD at what ``n`` shapes of the true distribution reach. It says what
+  the numbers mean at this ``n`` (procedural families only: real classes have one held-out set);
+* **autoencoder_reconstruction** (the ceiling of the latent): the same second draw, each shape
+  encoded by skellab's autoencoder (its own skeleton of ``num_surface`` area-uniform surface
+  samples) and decoded and meshed exactly as generated organs are (guided grid, ``resolution``³,
+  same post-processing). A diffusion model that sampled the latent distribution perfectly would
+  measure like this row, so the gap between it and **skellab** is the denoiser's, and the gap
+  between it and **reference_draw** is the autoencoder's.
 
 Frame: every shape — reference, generated mesh, baseline cloud — is put in its own normalised
 frame (bounding-box centre at 0, max |coordinate| = 1) before anything is measured, the frame of
@@ -91,6 +101,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, shortest_path
 from scipy.stats import ks_2samp, wasserstein_distance
 
+from ..autoencoder import encode_points
 from ..baselines.point_diffusion import (
     PointDiffusion,
     load_point_diffusion,
@@ -99,6 +110,7 @@ from ..baselines.point_diffusion import (
 from ..data.detail import DETAIL_FAMILIES
 from ..data.medsdf import MedSDF
 from ..data.procedural import FAMILIES, make_shape
+from ..data.sampling import sample_surface
 from ..data.shape import Normalization, Shape
 from ..errors import SkellabError
 from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
@@ -123,7 +135,10 @@ __all__ = ["FRESH_SEED0", "TREE_FAMILIES", "GalleryRow", "fresh_references", "sh
 #: first seed of the fresh references; every dataset preset uses seeds 0 … per_family − 1 (far below)
 FRESH_SEED0 = 1_000_000
 #: families whose skeleton is a tree of tubes (a ring for vascular_ring): junction / leaf / depth are reported
-METHODS: tuple[str, ...] = ("skellab", "point_diffusion", "surface_latent_ablation")
+METHODS: tuple[str, ...] = ("skellab", "point_diffusion", "surface_latent_ablation", "reference_draw",
+                             "autoencoder_reconstruction")
+#: rows scored on a second fresh draw of each procedural family (seeds seed0 + n … seed0 + 2n − 1)
+REDRAW_METHODS: tuple[str, ...] = ("reference_draw", "autoencoder_reconstruction")
 TREE_FAMILIES: tuple[str, ...] = ("vessel_tree", "airway_tree", "colon", "aortic_arch", "vascular_ring")
 PROCEDURAL_FAMILIES: tuple[str, ...] = FAMILIES + DETAIL_FAMILIES
 METRICS = ("mmd_cd_x1e3", "cov_cd", "1nna_cd", "mmd_emd_x1e2", "cov_emd", "1nna_emd")
@@ -549,6 +564,42 @@ class _LatentMethod:
         return meshes, failed, raw
 
 
+@dataclass
+class _ReconstructionMethod:
+    """Fresh shapes through the autoencoder: encoded, then decoded and meshed as generated organs are."""
+
+    autoencoder: Any
+    resolution: int
+    largest_component: bool
+    name: str = "autoencoder_reconstruction"
+
+    def generate(self, organ: str, shapes: list[Shape], seed: int, clock: _Clock
+                 ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
+        """(meshes in their own normalised frames, failures, raw (max |coordinate|, bbox-centre offset) of each)."""
+        t = time.perf_counter()
+        ae = self.autoencoder
+        classes = list(ae.classes or [])
+        if ae.config.class_conditioning and organ not in classes:
+            raise SkellabError(f"the autoencoder was not trained on {organ!r}")
+        ci = classes.index(organ) if organ in classes else None
+        meshes, raw, failed = [], [], 0
+        for i, shape in enumerate(shapes):
+            s = (seed + i) % (MAX_SEED + 1)
+            pts, nrm = sample_surface(shape, ae.config.num_surface, seed=s)
+            latent = encode_points(ae, torch.from_numpy(pts), torch.from_numpy(nrm), class_index=ci)
+            try:
+                g = decode_organ(ae, latent, organ=organ, index=i, resolution=self.resolution,
+                                 largest_component=self.largest_component, seed=s)
+            except SkellabError:  # no surface: counted as failed, as for generated organs
+                failed += 1
+                continue
+            m, raw_max, offset = _normalised(g.to_trimesh())
+            meshes.append(m)
+            raw.append((raw_max, offset))
+        clock.add(f"generate_{self.name}", time.perf_counter() - t, len(shapes))
+        return meshes, failed, raw
+
+
 def evaluate_fresh(
     n: int = 64,
     *,
@@ -600,7 +651,10 @@ def evaluate_fresh(
     gallery              : called once per class and mesh-producing method with a :class:`GalleryRow` of
                            the first ``gallery_size`` generated meshes and their nearest references
     methods              : which of :data:`METHODS` to run (e.g. ``("skellab",)`` to compare denoiser variants
-                           under one protocol without re-running the baseline and the ablation)
+                           under one protocol without re-running the baseline and the ablation);
+                           ``reference_draw`` and ``autoencoder_reconstruction`` score a second fresh draw
+                           (seeds ``seed0 + n … seed0 + 2n − 1``) and say what a perfect generator and a
+                           perfect sampler of this autoencoder's latents would measure
     returns              : ``{"format", "classes", "references", "methods": {name: {"available",
                            "per_class": {class: {"metrics", "plausibility", …}}, "summary"}}, "conventions",
                            "setup"}``
@@ -617,7 +671,7 @@ def evaluate_fresh(
     methods_wanted = list(dict.fromkeys(methods))
     if not methods_wanted or any(m not in METHODS for m in methods_wanted):
         raise SkellabError(f"methods must be some of {', '.join(METHODS)}, got {', '.join(map(str, methods)) or 'none'}")
-    _check_seeds(seed0, n)
+    _check_seeds(seed0, 2 * n if set(methods_wanted) & set(REDRAW_METHODS) else n)
     t_start, clock = time.perf_counter(), _Clock()
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
@@ -664,6 +718,14 @@ def evaluate_fresh(
     if ablation is not None:
         makers["surface_latent_ablation"] = _LatentMethod("surface_latent_ablation", *ablation, steps, guidance,
                                                           resolution, largest_component, None)
+    recon = _ReconstructionMethod(ae, resolution, largest_component)
+    for name in REDRAW_METHODS:
+        if name in methods_wanted:
+            methods[name] = {"available": True, "kind": "meshes",
+                             "source": {"kind": "procedural", "seeds": "seed0 + n … seed0 + 2n − 1 per family"}}
+            if name == "autoencoder_reconstruction":
+                methods[name]["checkpoints"] = {
+                    "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}
     for m in methods.values():
         if m["available"]:
             m["per_class"] = {}
@@ -674,10 +736,29 @@ def evaluate_fresh(
         refs = _class_references(c, n, seed0, held_out, store, num_points, seed, skeleton_spheres, clock)
         references[c] = {**refs.source, "n": len(refs.meshes)}
         say(f"{c}: {len(refs.meshes)} {refs.kind} references")
+        redraw = None  # the second draw of this family, shared by the two rows that score it
         for name, method in methods.items():
             if not method["available"]:
                 continue
-            if name == "point_diffusion":
+            if name in REDRAW_METHODS:
+                if refs.kind != "procedural":
+                    method["per_class"][c] = {"available": False,
+                                              "reason": "a real class has one held-out set: no second draw"}
+                    continue
+                if redraw is None:
+                    t = time.perf_counter()
+                    redraw = fresh_references(c, n, seed0=seed0 + n)
+                    clock.add("second_draw", time.perf_counter() - t, n)
+                if name == "reference_draw":
+                    meshes, failed, raw = [], 0, []
+                    for shape in redraw:
+                        m, raw_max, offset = _normalised(shape.to_trimesh())
+                        meshes.append(m)
+                        raw.append((raw_max, offset))
+                else:
+                    meshes, failed, raw = recon.generate(c, redraw, class_seed[c], clock)
+                stats, pts = _measure(meshes, "generated", num_points, seed, skeleton_spheres, clock)
+            elif name == "point_diffusion":
                 if c not in (base.classes or []):
                     method["per_class"][c] = {"available": False, "reason": f"the baseline does not know {c!r}"}
                     continue
@@ -729,10 +810,16 @@ def evaluate_fresh(
                                 + f", marching cubes at {resolution}^3; skellab's token sets joined with overlap "
                                 f"margin {connect} (None: raw sampler output); a sample "
                                  "that decodes to no surface counts as failed and is left out of the metrics",
+            "reference_draw": "a second fresh draw (second_draw_seeds) scored as if generated: what a perfect "
+                              "generator measures at this n",
+            "autoencoder_reconstruction": "the second draw encoded by skellab's autoencoder and decoded like "
+                                          "generated organs: what a perfect sampler of its latents measures",
             "summary": "mean over classes; its interval from the mean of each class's b-th bootstrap replicate",
         },
         "setup": {
             "n_per_family": n, "seed0": seed0, "reference_seeds": [seed0, seed0 + n - 1],
+            "second_draw_seeds": ([seed0 + n, seed0 + 2 * n - 1] if set(methods_wanted) & set(REDRAW_METHODS)
+                                  else None),
             "num_points": num_points, "emd_points": emd_points, "resolution": resolution, "steps": steps,
             "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
