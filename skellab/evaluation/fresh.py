@@ -24,10 +24,11 @@ What is compared, per class:
   training split at the diffusion model's recorded CPU-second budget (equal compute, as
   :func:`~skellab.evaluation.generation.evaluate_generation`); point clouds only;
 * **surface_latent_ablation**: the shipped (or given) surface-token autoencoder + its diffusion model;
-* **reference_draw** (the calibration row): a *second* fresh draw of ``n`` shapes per family (seeds
-  ``seed0 + n … seed0 + 2n − 1``) scored as if generated. A perfect generator measures like this
-  row: 1-NNA near 0.5, COV and MMD at what ``n`` shapes of the true distribution reach. It says what
-  the numbers mean at this ``n`` (procedural families only: real classes have one held-out set);
+* **reference_draw** (the calibration row): a *second* fresh draw of ``n`` shapes per family (the
+  seeds after the references', normally ``seed0 + n … seed0 + 2n − 1``) scored as if generated. A
+  perfect generator measures like this row: 1-NNA near 0.5, COV and MMD at what ``n`` shapes of the
+  true distribution reach. It says what the numbers mean at this ``n`` (procedural families only:
+  real classes have one held-out set);
 * **autoencoder_reconstruction** (the ceiling of the latent): the same second draw, each shape
   encoded by skellab's autoencoder (its own skeleton of ``num_surface`` area-uniform surface
   samples) and decoded and meshed exactly as generated organs are (guided grid, ``resolution``³,
@@ -137,7 +138,7 @@ FRESH_SEED0 = 1_000_000
 #: families whose skeleton is a tree of tubes (a ring for vascular_ring): junction / leaf / depth are reported
 METHODS: tuple[str, ...] = ("skellab", "point_diffusion", "surface_latent_ablation", "reference_draw",
                              "autoencoder_reconstruction")
-#: rows scored on a second fresh draw of each procedural family (seeds seed0 + n … seed0 + 2n − 1)
+#: rows scored on a second fresh draw of each procedural family (the n seeds after the references')
 REDRAW_METHODS: tuple[str, ...] = ("reference_draw", "autoencoder_reconstruction")
 TREE_FAMILIES: tuple[str, ...] = ("vessel_tree", "airway_tree", "colon", "aortic_arch", "vascular_ring")
 PROCEDURAL_FAMILIES: tuple[str, ...] = FAMILIES + DETAIL_FAMILIES
@@ -155,18 +156,37 @@ def _check_count(value: Any, name: str) -> int:
     return int(value)
 
 
-def fresh_references(family: str, n: int, *, seed0: int = FRESH_SEED0) -> list[Shape]:
-    """``n`` procedural shapes of ``family`` from seeds ``seed0 … seed0 + n − 1``, which no dataset uses.
+def fresh_references(family: str, n: int, *, seed0: int = FRESH_SEED0,
+                     skipped: list[dict[str, Any]] | None = None) -> list[Shape]:
+    """``n`` procedural shapes of ``family`` from seeds ``seed0, seed0 + 1, …``, which no dataset uses.
 
     Each :class:`Shape` is watertight and in the normalised frame (bbox centre 0, max |coordinate| = 1),
-    the frame of MedSDF's meshes and of generated organs. Seeds below :data:`FRESH_SEED0` belong to the
-    dataset presets and are refused; so are an unknown family and a non-positive ``n``.
+    the frame of MedSDF's meshes and of generated organs; ``shape.seed`` is its seed. A seed whose shape
+    fails to build (e.g. its mesh is not watertight) is skipped, as the dataset builder skips it, and
+    appended to ``skipped`` (``{"seed", "error"}``) when a list is given; the next seed is drawn instead,
+    so the seeds are ``seed0 … seed0 + n − 1`` unless something was skipped. More than ``n`` failures is
+    an error. Seeds below :data:`FRESH_SEED0` belong to the dataset presets and are refused; so are an
+    unknown family and a non-positive ``n``.
     """
     if family not in PROCEDURAL_FAMILIES:
         raise SkellabError(f"unknown procedural family {family!r}; valid: {', '.join(PROCEDURAL_FAMILIES)}")
     n = _check_count(n, "n")
-    seed0 = _check_seeds(seed0, n)
-    return [make_shape(family, seed0 + i) for i in range(n)]
+    seed = _check_seeds(seed0, n)
+    shapes: list[Shape] = []
+    failures: list[dict[str, Any]] = []
+    while len(shapes) < n:
+        _check_seeds(seed, 1)
+        try:
+            shapes.append(make_shape(family, seed))
+        except SkellabError as exc:
+            failures.append({"seed": seed, "error": str(exc)})
+            if len(failures) > n:
+                raise SkellabError(f"{family}: {len(failures)} of the seeds from {seed0} give no valid shape "
+                                   f"(last: {exc})") from exc
+        seed += 1
+    if skipped is not None:
+        skipped.extend(failures)
+    return shapes
 
 
 def _check_seeds(seed0: Any, n: int) -> int:
@@ -653,7 +673,7 @@ def evaluate_fresh(
     methods              : which of :data:`METHODS` to run (e.g. ``("skellab",)`` to compare denoiser variants
                            under one protocol without re-running the baseline and the ablation);
                            ``reference_draw`` and ``autoencoder_reconstruction`` score a second fresh draw
-                           (seeds ``seed0 + n … seed0 + 2n − 1``) and say what a perfect generator and a
+                           (the n seeds after the references') and say what a perfect generator and a
                            perfect sampler of this autoencoder's latents would measure
     returns              : ``{"format", "classes", "references", "methods": {name: {"available",
                            "per_class": {class: {"metrics", "plausibility", …}}, "summary"}}, "conventions",
@@ -722,7 +742,7 @@ def evaluate_fresh(
     for name in REDRAW_METHODS:
         if name in methods_wanted:
             methods[name] = {"available": True, "kind": "meshes",
-                             "source": {"kind": "procedural", "seeds": "seed0 + n … seed0 + 2n − 1 per family"}}
+                             "source": {"kind": "procedural", "seeds": "references[class].second_draw"}}
             if name == "autoencoder_reconstruction":
                 methods[name]["checkpoints"] = {
                     "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}
@@ -745,9 +765,12 @@ def evaluate_fresh(
                     method["per_class"][c] = {"available": False,
                                               "reason": "a real class has one held-out set: no second draw"}
                     continue
-                if redraw is None:
+                if redraw is None:  # seeds after the references' last one
                     t = time.perf_counter()
-                    redraw = fresh_references(c, n, seed0=seed0 + n)
+                    first, skipped = refs.source["seeds"][1] + 1, []
+                    redraw = fresh_references(c, n, seed0=first, skipped=skipped)
+                    references[c]["second_draw"] = {"seeds": [first, int(redraw[-1].seed)],
+                                                    **({"skipped": skipped} if skipped else {})}
                     clock.add("second_draw", time.perf_counter() - t, n)
                 if name == "reference_draw":
                     meshes, failed, raw = [], 0, []
@@ -810,7 +833,7 @@ def evaluate_fresh(
                                 + f", marching cubes at {resolution}^3; skellab's token sets joined with overlap "
                                 f"margin {connect} (None: raw sampler output); a sample "
                                  "that decodes to no surface counts as failed and is left out of the metrics",
-            "reference_draw": "a second fresh draw (second_draw_seeds) scored as if generated: what a perfect "
+            "reference_draw": "a second fresh draw (references[class].second_draw) scored as if generated: what a perfect "
                               "generator measures at this n",
             "autoencoder_reconstruction": "the second draw encoded by skellab's autoencoder and decoded like "
                                           "generated organs: what a perfect sampler of its latents measures",
@@ -818,8 +841,8 @@ def evaluate_fresh(
         },
         "setup": {
             "n_per_family": n, "seed0": seed0, "reference_seeds": [seed0, seed0 + n - 1],
-            "second_draw_seeds": ([seed0 + n, seed0 + 2 * n - 1] if set(methods_wanted) & set(REDRAW_METHODS)
-                                  else None),
+            "second_draw_seeds": ("references[class].second_draw: the n seeds after the class's last reference "
+                                  "seed" if set(methods_wanted) & set(REDRAW_METHODS) else None),
             "num_points": num_points, "emd_points": emd_points, "resolution": resolution, "steps": steps,
             "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
@@ -875,8 +898,12 @@ def _class_references(c: str, n: int, seed0: int, held_out: dict[str, list[str]]
         meshes = [_normalised(store.shape(s).to_trimesh())[0] for s in held_out[c]]  # (already normalised: a no-op)
         kind, source = "real", {"kind": "real", "split_ids": held_out[c]}
     else:
-        meshes = [_normalised(s.to_trimesh())[0] for s in fresh_references(c, n, seed0=seed0)]
-        kind, source = "procedural", {"kind": "procedural", "seeds": [seed0, seed0 + n - 1]}
+        skipped: list[dict[str, Any]] = []
+        shapes = fresh_references(c, n, seed0=seed0, skipped=skipped)
+        meshes = [_normalised(s.to_trimesh())[0] for s in shapes]
+        kind, source = "procedural", {"kind": "procedural", "seeds": [seed0, int(shapes[-1].seed)]}
+        if skipped:
+            source["skipped"] = skipped
     clock.add("references", time.perf_counter() - t, len(meshes))
     stats, points = _measure(meshes, "reference", num_points, seed, skeleton_spheres, clock)
     return _ClassRefs(c, kind, meshes, points, stats, source, {})
