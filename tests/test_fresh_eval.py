@@ -169,7 +169,8 @@ def test_evaluate_fresh_end_to_end(tiny_dataset, one_thread):
                          gallery_size=2)
     json.dumps(res)  # JSON-serialisable
     assert res["classes"] == ["vessel_tree", "kidney"]  # procedural only: the tiny dataset has no real class
-    assert res["references"]["kidney"] == {"kind": "procedural", "seeds": [FRESH_SEED0, FRESH_SEED0 + 2], "n": 3}
+    assert res["references"]["kidney"] == {"kind": "procedural", "seeds": [FRESH_SEED0, FRESH_SEED0 + 2], "n": 3,
+                                           "second_draw": {"seeds": [FRESH_SEED0 + 3, FRESH_SEED0 + 5]}}
     assert set(res["methods"]) == {"skellab", "point_diffusion", "surface_latent_ablation", "reference_draw",
                                    "autoencoder_reconstruction"}
     for name, method in res["methods"].items():
