@@ -833,8 +833,8 @@ def evaluate_fresh(
                                 + f", marching cubes at {resolution}^3; skellab's token sets joined with overlap "
                                 f"margin {connect} (None: raw sampler output); a sample "
                                  "that decodes to no surface counts as failed and is left out of the metrics",
-            "reference_draw": "a second fresh draw (references[class].second_draw) scored as if generated: what a perfect "
-                              "generator measures at this n",
+            "reference_draw": "a second fresh draw (references[class].second_draw) scored as if generated: what a "
+                              "perfect generator measures at this n",
             "autoencoder_reconstruction": "the second draw encoded by skellab's autoencoder and decoded like "
                                           "generated organs: what a perfect sampler of its latents measures",
             "summary": "mean over classes; its interval from the mean of each class's b-th bootstrap replicate",
