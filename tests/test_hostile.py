@@ -854,8 +854,11 @@ def test_generation_is_batched_and_a_function_of_the_seed():
     a = generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False, batch_size=2)
     b = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False, batch_size=2)
     assert a.tokens.shape[0] == 5 and torch.equal(a.tokens[:2], b.tokens[:2])  # organ i does not depend on n
-    # up to float32 rounding between batches of 2 and of 1, relative to the value (latents reach |x| ~ 40 after 2 steps)
-    assert torch.allclose(a.tokens[2], b.tokens[2], rtol=1e-4, atol=1e-3)
+    # up to float32 rounding between batches of 2 and of 1. Rounding errors spread through the network from the
+    # largest entries, so they scale with the latent's magnitude (|x| reaches ~60 after 2 steps from sigma 80),
+    # not with each entry's own value: bound them relative to that magnitude (measured: 4.4e-5 of it)
+    scale = a.tokens[2].abs().max()
+    assert (a.tokens[2] - b.tokens[2]).abs().max() <= 1e-4 * scale
     assert torch.equal(a.tokens, generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False,
                                                       batch_size=2).tokens)
     tokens = torch.zeros(diff.num_tokens, diff.denoiser.config.token_dim)
