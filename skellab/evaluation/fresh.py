@@ -569,19 +569,28 @@ class _LatentMethod:
         latents = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
                                        guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False,
                                        connect=self.connect)
-        meshes, raw, failed = [], [], 0
-        for i in range(count):
-            try:
-                g = decode_organ(self.autoencoder, latents[i], organ=organ, index=i, resolution=self.resolution,
-                                 largest_component=self.largest_component, seed=(seed + i) % (MAX_SEED + 1))
-            except SkellabError:  # the decoded SDF has no surface: counted, left out of the metrics
-                failed += 1
-                continue
-            m, raw_max, offset = _normalised(g.to_trimesh())
-            meshes.append(m)
-            raw.append((raw_max, offset))
+        out = _decode_all(self.autoencoder, [latents[i] for i in range(count)], organ, self.resolution,
+                          self.largest_component, seed)
         clock.add(f"generate_{self.name}", time.perf_counter() - t, count)
-        return meshes, failed, raw
+        return out
+
+
+def _decode_all(autoencoder: Any, latents: Sequence[Any], organ: str, resolution: int, largest_component: bool,
+                seed: int) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
+    """Decode and mesh each latent as a generated organ (the i-th with seed + i): (meshes in their own normalised
+    frames, failures, raw (max |coordinate|, bbox-centre offset) of each)."""
+    meshes, raw, failed = [], [], 0
+    for i, latent in enumerate(latents):
+        try:
+            g = decode_organ(autoencoder, latent, organ=organ, index=i, resolution=resolution,
+                             largest_component=largest_component, seed=(seed + i) % (MAX_SEED + 1))
+        except SkellabError:  # the decoded SDF has no surface: counted, left out of the metrics
+            failed += 1
+            continue
+        m, raw_max, offset = _normalised(g.to_trimesh())
+        meshes.append(m)
+        raw.append((raw_max, offset))
+    return meshes, failed, raw
 
 
 @dataclass
@@ -602,22 +611,13 @@ class _ReconstructionMethod:
         if ae.config.class_conditioning and organ not in classes:
             raise SkellabError(f"the autoencoder was not trained on {organ!r}")
         ci = classes.index(organ) if organ in classes else None
-        meshes, raw, failed = [], [], 0
+        latents = []
         for i, shape in enumerate(shapes):
-            s = (seed + i) % (MAX_SEED + 1)
-            pts, nrm = sample_surface(shape, ae.config.num_surface, seed=s)
-            latent = encode_points(ae, torch.from_numpy(pts), torch.from_numpy(nrm), class_index=ci)
-            try:
-                g = decode_organ(ae, latent, organ=organ, index=i, resolution=self.resolution,
-                                 largest_component=self.largest_component, seed=s)
-            except SkellabError:  # no surface: counted as failed, as for generated organs
-                failed += 1
-                continue
-            m, raw_max, offset = _normalised(g.to_trimesh())
-            meshes.append(m)
-            raw.append((raw_max, offset))
+            pts, nrm = sample_surface(shape, ae.config.num_surface, seed=(seed + i) % (MAX_SEED + 1))
+            latents.append(encode_points(ae, torch.from_numpy(pts), torch.from_numpy(nrm), class_index=ci))
+        out = _decode_all(ae, latents, organ, self.resolution, self.largest_component, seed)
         clock.add(f"generate_{self.name}", time.perf_counter() - t, len(shapes))
-        return meshes, failed, raw
+        return out
 
 
 def evaluate_fresh(
