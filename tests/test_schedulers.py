@@ -186,6 +186,68 @@ def test_edm_heun_gaussian_oracle_matches_distribution():
     assert abs(heun20 - 0.5) < abs(euler20 - 0.5)
 
 
+def _edm_churn_sample(s, n=4000, seed=1, mu=-0.4, sd=0.5):
+    """Sample N(mu, sd²) with its exact denoiser through the generic loop (scale_model_input, step)."""
+    gen = make_generator(seed)
+    x = s.init_noise((n, 1, 1), gen, dtype=torch.float64)
+    for t in s.timesteps:
+        sig = float(t)
+        d = mu + sd**2 / (sd**2 + sig**2) * (x - mu)
+        c_skip, c_out, _, _ = s.precondition(torch.tensor(sig, dtype=torch.float64))
+        x = s.step((d - c_skip * x) / c_out, t, x, generator=gen).prev_sample
+    return x
+
+
+def test_edm_churn_zero_is_the_deterministic_sampler():
+    """S_churn = 0 (the default) changes nothing: same σ at every call, generator unused, bit-identical."""
+    a, b = EDMScheduler(num_steps=12), EDMScheduler(num_steps=12, s_churn=0.0, s_tmin=0.1, s_tmax=5.0)
+    assert torch.equal(a.timesteps, b.timesteps) and torch.equal(a.sigmas_hat, a.sigmas)
+    assert not a.stochastic and not b.stochastic
+    x0 = a.init_noise((50, 1, 1), make_generator(3), dtype=torch.float64)
+    outs = []
+    for s, seed in ((a, 5), (b, 6)):  # the step generators differ; without churn they are never drawn from
+        x, gen = x0.clone(), make_generator(seed)
+        s.set_timesteps(12)
+        for t in s.timesteps:
+            c_skip, c_out, _, _ = s.precondition(torch.as_tensor(float(t), dtype=torch.float64))
+            x = s.step((0.3 - c_skip * x) / c_out, t, x, generator=gen).prev_sample
+        outs.append(x)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_edm_churn_schedule_follows_alg2():
+    """γ_i = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], 0 outside; each step starts at σ̂_i = (1 + γ_i)σ_i."""
+    s = EDMScheduler(num_steps=10, s_churn=2.0, s_tmin=0.05, s_tmax=10.0)
+    g = s.churn_gammas(10)
+    inside = (s.sigmas[:-1] >= 0.05) & (s.sigmas[:-1] <= 10.0)
+    assert inside.any() and (~inside).any()
+    assert torch.allclose(g[inside], torch.full_like(g[inside], 0.2)) and (g[~inside] == 0).all()
+    assert torch.allclose(s.sigmas_hat[:-1], s.sigmas[:-1] * (1 + g))
+    firsts = [s.timesteps[0]] + [s.timesteps[k] for k in range(2, len(s.timesteps), 2)]
+    assert torch.allclose(torch.stack(firsts), s.sigmas_hat[:-1])  # Heun: σ̂_i, σ_{i+1}, σ̂_{i+1}, …
+    assert s.stochastic
+    assert EDMScheduler(num_steps=4, s_churn=100.0).churn_gammas(4).max().item() == pytest.approx(math.sqrt(2) - 1)
+
+
+def test_edm_churn_samples_the_right_distribution_and_is_reproducible():
+    """With the exact denoiser, the stochastic sampler still reproduces N(mu, sd²); the same generator
+    seed gives the same samples, another seed other samples."""
+    s = EDMScheduler(num_steps=40, s_churn=10.0)
+    x = _edm_churn_sample(s)
+    assert x.mean().item() == pytest.approx(-0.4, abs=0.03)
+    assert x.std().item() == pytest.approx(0.5, rel=0.04)
+    assert torch.equal(x, _edm_churn_sample(s))
+    assert not torch.equal(x, _edm_churn_sample(s, seed=2))
+
+
+def test_edm_churn_config_round_trip_and_old_configs_load():
+    s = EDMScheduler(num_steps=9, s_churn=4.0, s_tmin=0.01, s_tmax=20.0, s_noise=1.003)
+    r = make_scheduler(**s.config)
+    assert r.config == s.config and torch.equal(r.timesteps, s.timesteps)
+    old = {k: v for k, v in EDMScheduler().config.items() if not k.startswith("s_")}  # a pre-churn checkpoint
+    assert make_scheduler(**old).s_churn == 0.0
+
+
 # ---------------------------------------------------------------------- errors
 @pytest.mark.parametrize("make", [
     lambda: EDMScheduler(num_steps=0),
@@ -198,6 +260,10 @@ def test_edm_heun_gaussian_oracle_matches_distribution():
     lambda: DDIMScheduler(eta=-0.1),
     lambda: make_scheduler("dpm"),
     lambda: make_scheduler("edm", gamma=2),
+    lambda: EDMScheduler(s_churn=-1.0),
+    lambda: EDMScheduler(s_churn=float("nan")),
+    lambda: EDMScheduler(s_noise=0.0),
+    lambda: EDMScheduler(s_tmin=1.0, s_tmax=0.5),
 ])
 def test_bad_arguments_raise_skellab_error(make):
     with pytest.raises(SkellabError):

@@ -93,30 +93,44 @@ class EDMScheduler:
 
     The forward process is x_σ = x₀ + σ·ε (VE, s(t) = 1, σ(t) = t). The network F is
     wrapped as the denoiser D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ)),
-    eq. (7) with Table 1's coefficients, and sampled with Heun's 2nd-order method
-    (Alg. 2 with S_churn = 0, i.e. the deterministic Alg. 1) or Euler.
+    eq. (7) with Table 1's coefficients, and sampled with Heun's 2nd-order method or Euler.
 
-    ``timesteps`` lists the σ at which the network is evaluated, in order. For Heun a
-    step from σ_i to σ_{i+1} > 0 needs two evaluations, so σ_{i+1} appears twice (once as
-    the correction of step i, once as the start of step i+1): 2N − 1 evaluations for N
-    steps, as in the paper. ``step`` keeps the half-finished Heun step internally; call
-    it once per entry of ``timesteps``, in order.
+    ``s_churn`` = 0 (default) is the deterministic sampler (Alg. 1). ``s_churn`` > 0 is the
+    stochastic sampler of Alg. 2: before step i, when S_tmin ≤ σ_i ≤ S_tmax, noise raises
+    the sample from σ_i to σ̂_i = (1 + γ_i)·σ_i, γ_i = min(S_churn/N, √2 − 1) (lines 4–6;
+    x̂ = x + √(σ̂² − σ²)·S_noise·ε), and the step then runs from σ̂_i to σ_{i+1}. Fresh noise
+    corrects errors the network made at earlier steps (the paper's §4), at the price of
+    randomness that depends on the generator. Here the noise is added at the end of the
+    previous ``step`` (and drawn at σ̂_0 by ``init_noise``), so the sampling loop is the same
+    for both samplers.
+
+    ``timesteps`` lists the σ at which the network is evaluated, in order (σ̂_i where churn
+    applies). For Heun a step from σ̂_i to σ_{i+1} > 0 needs two evaluations (σ̂_i, σ_{i+1}):
+    2N − 1 evaluations for N steps, as in the paper. ``step`` keeps the half-finished Heun
+    step internally; call it once per entry of ``timesteps``, in order.
     """
 
     name = "edm"
 
     def __init__(self, *, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
                  rho: float = 7.0, p_mean: float = -1.2, p_std: float = 1.2, solver: str = "heun",
-                 num_steps: int = 20):
+                 num_steps: int = 20, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float | None = None,
+                 s_noise: float = 1.0):
         if not 0 < sigma_min < sigma_max:
             raise SkellabError(f"EDM needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if not sigma_data > 0 or not rho > 0 or not p_std > 0:
             raise SkellabError("EDM sigma_data, rho and p_std must be > 0")
         if solver not in ("heun", "euler"):
             raise SkellabError(f"unknown EDM solver {solver!r}: use heun or euler")
+        if not (math.isfinite(s_churn) and s_churn >= 0) or not (math.isfinite(s_noise) and s_noise > 0):
+            raise SkellabError(f"EDM needs s_churn >= 0 and s_noise > 0, got {s_churn}, {s_noise}")
+        if not (math.isfinite(s_tmin) and s_tmin >= 0) or (s_tmax is not None and not s_tmax >= s_tmin):
+            raise SkellabError(f"EDM needs 0 <= s_tmin <= s_tmax (or s_tmax None), got {s_tmin}, {s_tmax}")
         self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
         self.rho, self.p_mean, self.p_std = float(rho), float(p_mean), float(p_std)
         self.solver = solver
+        self.s_churn, self.s_tmin, self.s_noise = float(s_churn), float(s_tmin), float(s_noise)
+        self.s_tmax = None if s_tmax is None else float(s_tmax)
         self.num_steps = _check_steps(num_steps)
         self.set_timesteps(num_steps)
 
@@ -125,7 +139,8 @@ class EDMScheduler:
         """Everything needed to rebuild this scheduler (``make_scheduler(**config)``)."""
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "sigma_data": self.sigma_data, "rho": self.rho, "p_mean": self.p_mean, "p_std": self.p_std,
-                "solver": self.solver, "num_steps": self.num_steps}
+                "solver": self.solver, "num_steps": self.num_steps, "s_churn": self.s_churn, "s_tmin": self.s_tmin,
+                "s_tmax": self.s_tmax, "s_noise": self.s_noise}
 
     # ------------------------------------------------------------------ schedule
     def sigma_schedule(self, num_steps: int) -> torch.Tensor:
@@ -136,9 +151,24 @@ class EDMScheduler:
         sigmas = (hi + ramp * (lo - hi)) ** self.rho
         return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
+    @property
+    def stochastic(self) -> bool:
+        """True when the sampler adds fresh noise (``s_churn`` > 0 at some step): results depend on the generator."""
+        return bool((self.sigmas_hat[:-1] > self.sigmas[:-1]).any())
+
+    def churn_gammas(self, num_steps: int) -> torch.Tensor:
+        """(N,) float64 γ_i = min(S_churn/N, √2 − 1) where S_tmin ≤ σ_i ≤ S_tmax, else 0 (Alg. 2, line 4)."""
+        sig = self.sigma_schedule(num_steps)[:-1]
+        inside = sig >= self.s_tmin
+        if self.s_tmax is not None:
+            inside &= sig <= self.s_tmax
+        return torch.where(inside, min(self.s_churn / num_steps, math.sqrt(2) - 1), 0.0).to(torch.float64)
+
     def set_timesteps(self, num_steps: int) -> None:
-        """Set ``sigmas`` (N + 1, ending at 0) and ``timesteps`` (the σ of every network call)."""
+        """Set ``sigmas`` (N + 1, ending at 0), ``sigmas_hat`` (σ̂_i = (1 + γ_i)·σ_i, where each step starts;
+        equal to ``sigmas`` without churn) and ``timesteps`` (the σ of every network call)."""
         self.sigmas = self.sigma_schedule(num_steps)
+        self.sigmas_hat = torch.cat([self.sigmas[:-1] * (1 + self.churn_gammas(num_steps)), self.sigmas[-1:]])
         self.num_inference_steps = num_steps
         stages: list[tuple[str, int]] = []
         for i in range(num_steps):
@@ -146,8 +176,8 @@ class EDMScheduler:
             if self.solver == "heun" and self.sigmas[i + 1] > 0:
                 stages.append(("correct", i))
         self._stages = stages
-        self.timesteps = torch.tensor([float(self.sigmas[i + (s == "correct")]) for s, i in stages],
-                                      dtype=torch.float64)
+        self.timesteps = torch.tensor([float(self.sigmas[i + 1] if s == "correct" else self.sigmas_hat[i])
+                                       for s, i in stages], dtype=torch.float64)
         self._step_index = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -209,17 +239,19 @@ class EDMScheduler:
     # ------------------------------------------------------------------ sampling
     def init_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None, *,
                    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x₀ ~ N(0, σ_max² I) (Alg. 2, line 1, with t₀ = σ_max). Also resets the step counter."""
+        """x₀ ~ N(0, σ̂_0² I): Alg. 2, line 1 (t₀ = σ_max), with step 0's churn folded in (σ̂_0 = σ_max
+        without churn). Also resets the step counter."""
         self._step_index, self._pending = 0, None
-        return _randn(shape, generator, device=device, dtype=dtype) * float(self.sigmas[0])
+        return _randn(shape, generator, device=device, dtype=dtype) * float(self.sigmas_hat[0])
 
     def step(self, model_output: torch.Tensor, t: Any, sample: torch.Tensor, *,
              generator: torch.Generator | None = None) -> SchedulerOutput:
-        """One network evaluation's worth of Alg. 2 (S_churn = 0); deterministic, ``generator`` unused."""
+        """One network evaluation's worth of Alg. 2. Deterministic without churn (``generator`` unused);
+        with churn, a finished step's sample is raised to the next step's σ̂ with noise from ``generator``."""
         if self._step_index >= len(self._stages):
             raise SkellabError("EDM step called more times than there are timesteps: call set_timesteps again")
         stage, i = self._stages[self._step_index]
-        sigma_i, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        sigma_i, sigma_next = float(self.sigmas_hat[i]), float(self.sigmas[i + 1])
         sigma_now = sigma_i if stage == "first" else sigma_next
         if abs(float(torch.as_tensor(t, dtype=torch.float64).reshape(-1)[0]) - sigma_now) > 1e-6 * sigma_now:
             raise SkellabError(f"EDM step got t={t!r} but expected σ={sigma_now:g}: pass the entries of "
@@ -227,19 +259,31 @@ class EDMScheduler:
         self._step_index += 1
         denoised = self.predict_original(model_output, sigma_now, sample)
         if stage == "first":
-            # Alg. 2 lines 7–8: d_i = (x_i − D(x_i; t_i))/t_i, Euler step x_{i+1} = x_i + (t_{i+1} − t_i)·d_i.
+            # Alg. 2 lines 7–8: d_i = (x̂_i − D(x̂_i; t̂_i))/t̂_i, Euler step x_{i+1} = x̂_i + (t_{i+1} − t̂_i)·d_i.
             d = (sample - denoised) / sigma_i
             x_next = sample + (sigma_next - sigma_i) * d
             if self.solver == "heun" and sigma_next > 0:
                 self._pending = (sample, d)  # finished by the "correct" stage (lines 9–11)
-            return SchedulerOutput(x_next, denoised)
+                return SchedulerOutput(x_next, denoised)
+            return SchedulerOutput(self._churn(x_next, i + 1, generator), denoised)
         # Alg. 2 lines 9–11: d'_i = (x_{i+1} − D(x_{i+1}; t_{i+1}))/t_{i+1};
-        # x_{i+1} = x_i + (t_{i+1} − t_i)·(½ d_i + ½ d'_i).
+        # x_{i+1} = x̂_i + (t_{i+1} − t̂_i)·(½ d_i + ½ d'_i).
         assert self._pending is not None
         x_i, d = self._pending
         self._pending = None
         d_prime = (sample - denoised) / sigma_next
-        return SchedulerOutput(x_i + (sigma_next - sigma_i) * 0.5 * (d + d_prime), denoised)
+        x_next = x_i + (sigma_next - sigma_i) * 0.5 * (d + d_prime)
+        return SchedulerOutput(self._churn(x_next, i + 1, generator), denoised)
+
+    def _churn(self, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Alg. 2 lines 5–6 for step i: x̂_i = x_i + √(σ̂_i² − σ_i²)·S_noise·ε (x unchanged where γ_i = 0)."""
+        if i >= len(self.sigmas) - 1:
+            return x
+        lo, hi = float(self.sigmas[i]), float(self.sigmas_hat[i])
+        if hi <= lo:
+            return x
+        eps = _randn(tuple(x.shape), generator, device=x.device, dtype=x.dtype)
+        return x + math.sqrt(hi * hi - lo * lo) * self.s_noise * eps
 
 
 # ============================================================================ DDPM
