@@ -1,6 +1,7 @@
 """Benchmark: end-to-end generation time of one organ on CPU, skellab vs the point-diffusion baseline.
 
-skellab: sample a skeletal latent (EDM Heun, ``--steps`` steps, guidance 2) + skeleton-guided SDF
+skellab: sample a skeletal latent (EDM Heun, ``--steps`` steps, ``--guidance``: default the library's
+``DEFAULT_GUIDANCE``; w = 1 needs one network call per stage, w ≠ 0, 1 two) + skeleton-guided SDF
 decoding + marching cubes at ``--resolution``³ + skeleton graph, per organ, at batch 1 and batch
 ``--batch`` (the latents of a batch are sampled together; each is decoded on its own).
 Baseline: sampling ``--points``-point clouds with the same sampler, steps and guidance, at the same
@@ -35,17 +36,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped)")
     ap.add_argument("--baseline", default=None, help="point-diffusion checkpoint (default: untrained tiny network)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance weight (default: skellab.diffusion.DEFAULT_GUIDANCE)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
 
     from skellab.baselines import PointDenoiser, PointDenoiserConfig, PointDiffusion, load_point_diffusion
-    from skellab.diffusion import make_scheduler
+    from skellab.diffusion import DEFAULT_GUIDANCE, make_scheduler
     from skellab.generation import generate_from_models, load_generation_models
     from skellab.runtime import make_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     diff, ae = load_generation_models(args.diffusion, args.autoencoder)
     if args.baseline:
         base = load_point_diffusion(args.baseline)
@@ -56,12 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed)  # warm-up
     result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
-                    "guidance": 2.0, "resolution": args.resolution, "points": args.points,
+                    "guidance": guidance, "resolution": args.resolution, "points": args.points,
                     "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor(), "skellab": {}, "point_diffusion": {}}
     for batch in (1, args.batch):
         t0 = time.perf_counter()
-        organs = generate_from_models(diff, ae, args.organ, batch, steps=args.steps, guidance=2.0, seed=args.seed,
+        organs = generate_from_models(diff, ae, args.organ, batch, steps=args.steps, guidance=guidance, seed=args.seed,
                                       resolution=args.resolution, batch_size=batch)  # one sampling batch, as measured
         total = time.perf_counter() - t0
         stages = {k: sum(o.seconds[k] for o in organs) / batch for k in organs[0].seconds}
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             "watertight": sum(o.watertight for o in organs), "query_fraction":
                 sum(o.info["query_fraction"] for o in organs) / batch}
         t0 = time.perf_counter()
-        base.sample(batch, class_index=base_class, guidance=2.0, steps=args.steps, num_points=args.points,
+        base.sample(batch, class_index=base_class, guidance=guidance, steps=args.steps, num_points=args.points,
                     generator=make_generator(args.seed))
         total = time.perf_counter() - t0
         result["point_diffusion"][f"batch_{batch}"] = {"seconds_per_cloud": total / batch, "seconds_total": total}

@@ -3,8 +3,9 @@
     python benchmarks/bench_sampling.py --diffusion skellab/weights/diffusion.pt RUN/diffusion/model.pt \
         [--organ kidney] [--steps 20] [--batch 16] [--repeats 3] [--out sampling.json]
 
-Every checkpoint samples the same organ with the same sampler (EDM Heun, ``--steps`` steps, guidance 2,
-i.e. 2·steps − 1 network calls, each a conditional + unconditional pass). Runs are interleaved after one
+Every checkpoint samples the same organ with the same sampler (EDM Heun, ``--steps`` steps, i.e. 2·steps − 1
+network calls; ``--guidance``, default ``DEFAULT_GUIDANCE``: at w = 1 each call is one conditional pass, at
+w ≠ 0, 1 a conditional + unconditional pass). Runs are interleaved after one
 warm-up of each, and the minimum over ``--repeats`` is reported, as seconds per call and per organ. The
 first checkpoint is the baseline; ``ratio`` = its seconds / the candidate's (> 1: the candidate is faster).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from skellab.diffusion import load_diffusion
+from skellab.diffusion import DEFAULT_GUIDANCE, load_diffusion
 from skellab.runtime import make_generator
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
         for path, model in models.items():
             for num in (1, args.batch):
                 t0 = time.perf_counter()
-                model.sample(num, class_index=args.organ, steps=args.steps, generator=make_generator(rep))
+                model.sample(num, class_index=args.organ, steps=args.steps, guidance=args.guidance,
+                             generator=make_generator(rep))
                 if rep:
                     times[path][num].append(time.perf_counter() - t0)
     base = args.diffusion[0]
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"ratio_batch_{args.batch}": min(times[base][args.batch]) / best[args.batch]}
         print(f"{path}: {rows[path]['parameters'] / 1e6:.2f} M parameters, one organ {best[1]:.3f} s, batch of "
               f"{args.batch} {best[args.batch]:.3f} s ({best[args.batch] / args.batch:.3f} s per organ)")
-    report = {"benchmark": "sampling", "organ": args.organ, "steps": args.steps, "sampler": "edm heun, guidance 2",
+    report = {"benchmark": "sampling", "organ": args.organ, "steps": args.steps, "sampler": f"edm heun, guidance {args.guidance:g}",
               "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
               "machine": platform.machine(), "baseline": base, "checkpoints": rows}
     if args.out:

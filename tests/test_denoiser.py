@@ -97,6 +97,36 @@ def test_sampling_w0_equals_unconditional_and_is_deterministic():
     assert not torch.allclose(a, d)
 
 
+def test_every_sampler_entry_point_defaults_to_one_guidance_weight():
+    """One constant decides the default w everywhere: library functions, the baseline and both CLI commands."""
+    import inspect
+
+    from skellab.baselines.point_diffusion import sample_point_clouds
+    from skellab.cli.main import build_parser
+    from skellab.diffusion import DEFAULT_GUIDANCE, LatentDiffusion, inpaint_latents
+    from skellab.evaluation.fresh import evaluate_fresh
+    from skellab.evaluation.generation import evaluate_generation
+    from skellab.generation import generate_from_models, generate_organs, iter_generated
+
+    for fn in (sample_latents, inpaint_latents, LatentDiffusion.sample, LatentDiffusion.complete, sample_point_clouds,
+               generate_from_models, generate_organs, iter_generated, evaluate_fresh, evaluate_generation):
+        assert inspect.signature(fn).parameters["guidance"].default == DEFAULT_GUIDANCE, fn.__qualname__
+    parser = build_parser()
+    for argv in (["generate", "--organ", "kidney", "--out", "x"], ["evaluate", "--out", "x.json"]):
+        assert parser.parse_args(argv).guidance == DEFAULT_GUIDANCE
+
+
+def test_sampling_with_churn_is_reproducible_and_differs_from_the_ode():
+    """A stochastic (S_churn > 0) EDM sampler: the same generator seed gives the same tokens, and they are not
+    the deterministic sampler's."""
+    model = _random_model()
+    kw = dict(num=3, num_tokens=6, steps=4, class_index=1)
+    ode = sample_latents(model, EDMScheduler(num_steps=4), generator=make_generator(0), **kw)
+    sde = [sample_latents(model, EDMScheduler(num_steps=4, s_churn=2.0), generator=make_generator(0), **kw)
+           for _ in range(2)]
+    assert torch.equal(sde[0], sde[1]) and not torch.allclose(ode, sde[0])
+
+
 def test_normalizer_round_trip():
     x = torch.randn(10, 7, 16) * torch.linspace(0.1, 3, 16) + torch.arange(16.0)
     n = LatentNormalizer.fit(x)

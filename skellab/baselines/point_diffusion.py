@@ -25,7 +25,7 @@ from torch import nn
 
 from ..checkpoint import build_with_weights, read_checkpoint, save_bytes
 from ..diffusion.denoiser import _modulate, class_or_null, timestep_embedding
-from ..diffusion.sampling import sample_latents
+from ..diffusion.sampling import DEFAULT_GUIDANCE, sample_latents
 from ..diffusion.schedulers import make_scheduler
 from ..errors import SkellabError
 from ..runtime import atomic_path, resolve_device
@@ -147,7 +147,7 @@ class PointDiffusion:
 
 
 def sample_point_clouds(denoiser: nn.Module, scheduler: Any, *, num: int, num_points: int = 2048,
-                        class_index: int | torch.Tensor | None = None, guidance: float = 2.0,
+                        class_index: int | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                         steps: int | None = None, generator: torch.Generator | None = None,
                         return_trajectory: bool = False):
     """Point clouds (num, num_points, 3) in the normalised frame: the same loop as

@@ -21,6 +21,7 @@ from ..data.build import build_dataset, import_files, merge_shards
 from ..data.checks import check_dataset
 from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
+from ..diffusion import DEFAULT_GUIDANCE
 from ..errors import SkellabError
 from ..evaluation import (
     FRESH_METHODS,
@@ -395,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true",
                      help=FOLDER_RULE.format(names="organ_XX.ply, organ_XX_skeleton.npz, organ_XX_latent.npz"))
     gen.add_argument("--steps", type=int, default=20, help="sampler steps (EDM Heun: 2*steps-1 network calls)")
-    gen.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (>= 0)")
+    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                     help=f"classifier-free guidance weight (>= 0; default {DEFAULT_GUIDANCE:g}, the paper 2)")
     gen.add_argument("--seed", type=seed_arg, default=0)
     gen.add_argument("--scheduler", default="edm", help="edm (Heun), ddim (deterministic Euler) or ddpm")
     gen.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
@@ -437,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=None,
                     help="marching-cubes grid of generated meshes (default 96; with --fresh 64)")
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
-    ev.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (both models)")
+    ev.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                    help=f"classifier-free guidance weight (both models; default {DEFAULT_GUIDANCE:g})")
     ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off",

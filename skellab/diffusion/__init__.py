@@ -4,7 +4,7 @@ Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :f
 
     from skellab.diffusion import load_diffusion
     diffusion = load_diffusion()                    # the shipped model (skellab/weights/diffusion.pt)
-    tokens = diffusion.sample(8, class_index="kidney", guidance=2.0, generator=make_generator(0))  # (8, K, D)
+    tokens = diffusion.sample(8, class_index="kidney", generator=make_generator(0))  # (8, K, D)
 """
 
 from .denoiser import DenoiserConfig, TokenDenoiser, order_tokens, sort_tokens, timestep_embedding
@@ -16,7 +16,7 @@ from .model import (
     load_diffusion,
     save_diffusion,
 )
-from .sampling import LatentNormalizer, guided_output, sample_latents
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, guided_output, sample_latents
 from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -43,6 +43,7 @@ __all__ = [
     "order_tokens",
     "sort_tokens",
     "timestep_embedding",
+    "DEFAULT_GUIDANCE",
     "LatentNormalizer",
     "sample_latents",
     "guided_output",

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import SkellabError
 from .denoiser import order_tokens
-from .sampling import LatentNormalizer, batch_classes, guided_output
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, guided_output
 from .schedulers import EDMScheduler, _randn
 
 __all__ = ["inpaint_latents"]
@@ -37,7 +37,7 @@ def inpaint_latents(
     *,
     num: int,
     class_index: int | torch.Tensor | None = None,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     steps: int | None = None,
     resample: int = 4,
     generator: torch.Generator | None = None,

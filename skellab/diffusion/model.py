@@ -30,7 +30,7 @@ from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .denoiser import DenoiserConfig, TokenDenoiser
 from .inpainting import inpaint_latents
-from .sampling import LatentNormalizer, sample_latents
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, sample_latents
 from .schedulers import make_scheduler
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "diffusion_payload", "save_diffusion",
@@ -91,7 +91,7 @@ class LatentDiffusion:
             raise SkellabError(f"class index {name_or_index} out of range [0, {n})")
         return int(name_or_index)
 
-    def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = 2.0,
+    def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
                return_trajectory: bool = False):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units)."""
@@ -102,7 +102,7 @@ class LatentDiffusion:
                               normalizer=self.normalizer, return_trajectory=return_trajectory)
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
-                 class_index: int | str | torch.Tensor | None = None, guidance: float = 2.0, steps: int | None = None,
+                 class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
         if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):

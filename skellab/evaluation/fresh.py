@@ -113,6 +113,7 @@ from ..data.medsdf import MedSDF
 from ..data.procedural import FAMILIES, make_shape
 from ..data.sampling import sample_surface
 from ..data.shape import Normalization, Shape
+from ..diffusion import DEFAULT_GUIDANCE
 from ..errors import SkellabError
 from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
 from ..meshing import count_components
@@ -632,7 +633,7 @@ def evaluate_fresh(
     emd_points: int = 256,
     resolution: int = 64,
     steps: int = 20,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     largest_component: bool = False,
     connect: float | None = CONNECT_OVERLAP,

@@ -51,7 +51,7 @@ from ..baselines.point_diffusion import (
     save_point_diffusion,
 )
 from ..data.medsdf import MedSDF
-from ..diffusion import make_scheduler
+from ..diffusion import DEFAULT_GUIDANCE, make_scheduler
 from ..errors import SkellabError
 from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
 from ..metrics import betti_error, generation_metrics, sample_points
@@ -155,7 +155,7 @@ def evaluate_generation(
     resolution: int = 96,
     connect: float | None = CONNECT_OVERLAP,
     steps: int = 20,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     classes: Sequence[str] | None = None,
     diffusion_checkpoint: str | os.PathLike | None = None,
