@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--guidance", type=float, default=None,
                     help="classifier-free guidance weight (default: skellab.diffusion.DEFAULT_GUIDANCE)")
+    ap.add_argument("--autoguidance", type=float, default=None,
+                    help="weight of the checkpoint's guide network (default: the checkpoint's own; 1: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
@@ -60,12 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed)  # warm-up
     result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
-                    "guidance": guidance, "resolution": args.resolution, "points": args.points,
+                    "guidance": guidance, "autoguidance": diff.guiding(args.autoguidance)[1],
+                    "guide_parameters": (diff.guide_info or {}).get("parameters"), "resolution": args.resolution, "points": args.points,
                     "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor(), "skellab": {}, "point_diffusion": {}}
     for batch in (1, args.batch):
         t0 = time.perf_counter()
         organs = generate_from_models(diff, ae, args.organ, batch, steps=args.steps, guidance=guidance, seed=args.seed,
+                                      autoguidance=args.autoguidance,
                                       resolution=args.resolution, batch_size=batch)  # one sampling batch, as measured
         total = time.perf_counter() - t0
         stages = {k: sum(o.seconds[k] for o in organs) / batch for k in organs[0].seconds}

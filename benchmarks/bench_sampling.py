@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    ap.add_argument("--autoguidance", type=float, default=None,
+                    help="weight of each checkpoint's guide network (default: its own; 1: off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
             for num in (1, args.batch):
                 t0 = time.perf_counter()
                 model.sample(num, class_index=args.organ, steps=args.steps, guidance=args.guidance,
+                             autoguidance=args.autoguidance,
                              generator=make_generator(rep))
                 if rep:
                     times[path][num].append(time.perf_counter() - t0)
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     for path, model in models.items():
         best = {num: min(v) for num, v in times[path].items()}
         rows[path] = {"parameters": sum(p.numel() for p in model.denoiser.parameters()),
+                      "autoguidance": model.guiding(args.autoguidance)[1],
+                      "guide_parameters": (model.guide_info or {}).get("parameters"),
                       "config": model.denoiser.config.to_dict(),
                       "seconds_one_organ": best[1], f"seconds_batch_{args.batch}": best[args.batch],
                       f"seconds_per_organ_batch_{args.batch}": best[args.batch] / args.batch,

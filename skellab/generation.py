@@ -97,7 +97,7 @@ class GeneratedOrgan:
     components : connected components of the mesh
     seconds    : wall time per stage: ``sample`` (this organ's share of the batched sampling),
                  ``decode`` (guided SDF grid), ``mesh`` (marching cubes), ``skeleton`` (graph)
-    info       : sampler settings (``steps``, ``guidance``, ``scheduler``, ``seed``, ``resolution``,
+    info       : sampler settings (``steps``, ``guidance``, ``autoguidance``, ``scheduler``, ``seed``, ``resolution``,
                  ``query_fraction`` of the grid decoded, ``connect``: the margin and the islands moved)
     """
 
@@ -242,7 +242,8 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
                          resample: int = 4, batch_size: int = GENERATION_BATCH,
-                         connect: float | None = CONNECT_OVERLAP) -> list[GeneratedOrgan] | Latent:
+                         connect: float | None = CONNECT_OVERLAP,
+                         autoguidance: float | None = None) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
 
     keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
@@ -251,6 +252,8 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
     connect : stray islands of spheres in each sampled token set are moved onto the organ's main body
            until they overlap it by this margin (:func:`connect_latents`; kept tokens never move);
            None samples without it (the raw sampler output).
+    autoguidance : weight of the diffusion model's guide network (:meth:`LatentDiffusion.guiding`); None: the
+           model's own (the shipped model: 2, with its small guide); 1: off.
 
     Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
     decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow
@@ -263,11 +266,11 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
         return list(iter_generated(diffusion, autoencoder, organ, n, steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, resolution=resolution, largest_component=largest_component,
                                    max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size,
-                                   connect=connect))
+                                   connect=connect, autoguidance=autoguidance))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SkellabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed), connect=connect)
+                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance)
     return Latent.cat([sample(min(int(batch_size), n - s))[0] for s in range(0, n, int(batch_size))])
 
 
@@ -276,7 +279,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                    resolution: int = 128, largest_component: bool = True, max_attempts: int = 3,
                    keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
                    batch_size: int = GENERATION_BATCH,
-                   connect: float | None = CONNECT_OVERLAP) -> Iterator[GeneratedOrgan]:
+                   connect: float | None = CONNECT_OVERLAP,
+                   autoguidance: float | None = None) -> Iterator[GeneratedOrgan]:
     """:func:`generate_from_models`, organ by organ (index 0 … n − 1), in memory independent of ``n``.
 
     Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
@@ -292,7 +296,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed), connect=connect)
+                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance)
+    used_autoguidance = diffusion.guiding(autoguidance)[1]
     for start in range(0, n, int(batch_size)):
         todo = list(range(start, min(n, start + int(batch_size))))
         latents, t_sample, joins = sample(len(todo))
@@ -307,7 +312,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                     failed.append(i)
                     continue
                 g.seconds = {"sample": t_sample, **g.seconds}
-                g.info.update(steps=int(steps), guidance=float(guidance), scheduler=scheduler, seed=int(seed),
+                g.info.update(steps=int(steps), guidance=float(guidance), autoguidance=used_autoguidance,
+                              scheduler=scheduler, seed=int(seed),
                               attempts=attempt, connect={"overlap": connect, **joins[j]})
                 out[i] = g
             todo = failed
@@ -344,12 +350,13 @@ def connect_latents(latents: Latent, overlap: float | None = CONNECT_OVERLAP,
 
 def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: float, scheduler: str,
              keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator,
-             connect: float | None = CONNECT_OVERLAP):
+             connect: float | None = CONNECT_OVERLAP, autoguidance: float | None = None):
     """``sample(num) → (Latent (num, K, D), seconds per organ, connect infos)``, every draw from ``generator``."""
     if organ not in (diffusion.classes or []):
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.classes or [])}")
     ci = diffusion.class_id(organ)
     sampler = sampling_scheduler(diffusion, scheduler)
+    guide, a = diffusion.guiding(autoguidance)
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 
@@ -366,11 +373,13 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
         if keep is None:
             tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
                                     class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
-                                    normalizer=diffusion.normalizer)  # (num, K, D), CPU, latent units
+                                    normalizer=diffusion.normalizer, guide=guide,
+                                    autoguidance=a)  # (num, K, D), CPU, latent units
         else:
             tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
                                      guidance=float(guidance), steps=int(steps), resample=int(resample),
-                                     generator=generator, normalizer=diffusion.normalizer)
+                                     generator=generator, normalizer=diffusion.normalizer, guide=guide,
+                                     autoguidance=a)
         latents, infos = connect_latents(Latent(tokens, torch.full((num,), ci, dtype=torch.long)), connect, anchored)
         return latents, (time.perf_counter() - t0) / num, infos
 
@@ -443,13 +452,17 @@ def generate_organs(
     keep: tuple[torch.Tensor, torch.Tensor] | None = None,
     batch_size: int = GENERATION_BATCH,
     connect: float | None = CONNECT_OVERLAP,
+    autoguidance: float | None = None,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
     organ      : a class name of the diffusion model (:func:`list_organs`)
     n          : organs to generate (>= 1), sampled ``batch_size`` (16) at a time (:func:`iter_generated`)
     steps      : sampler steps (EDM Heun: 2·steps − 1 network calls; paper: 20)
-    guidance   : classifier-free guidance weight w >= 0 (0: unconditional, 1: conditional, paper: 2.0)
+    guidance   : classifier-free guidance weight w >= 0 (0: unconditional, 1: conditional, paper: 2.0;
+                 default :data:`~skellab.diffusion.DEFAULT_GUIDANCE`)
+    autoguidance : weight a of the diffusion model's guide network (a weaker denoiser shipped with it;
+                 Karras et al. 2024): None uses the model's own weight, 1 turns it off
     seed       : the result is a deterministic function of the seed (on a given machine and torch build)
     scheduler  : ``"edm"`` | ``"ddim"`` | ``"ddpm"`` — see the module docstring for what each does
     resolution : marching-cubes grid R (R³ over [-1.1, 1.1]³, decoded only near the skeleton)
@@ -465,7 +478,7 @@ def generate_organs(
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                 resolution=resolution, largest_component=largest_component, keep=keep,
-                                batch_size=batch_size, connect=connect)
+                                batch_size=batch_size, connect=connect, autoguidance=autoguidance)
 
 
 #: the names :func:`write_generated` writes (what ``skellab generate --overwrite`` may replace)

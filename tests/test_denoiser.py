@@ -1,5 +1,7 @@
 """Token denoiser, guidance, sampling loop, a tiny training run and checkpoints."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from skellab.diffusion import (
     DDIMScheduler,
     DenoiserConfig,
     EDMScheduler,
+    LatentDiffusion,
     LatentNormalizer,
     TokenDenoiser,
     guided_output,
@@ -111,9 +114,16 @@ def test_every_sampler_entry_point_defaults_to_one_guidance_weight():
     for fn in (sample_latents, inpaint_latents, LatentDiffusion.sample, LatentDiffusion.complete, sample_point_clouds,
                generate_from_models, generate_organs, iter_generated, evaluate_fresh, evaluate_generation):
         assert inspect.signature(fn).parameters["guidance"].default == DEFAULT_GUIDANCE, fn.__qualname__
+    # autoguidance: off in the low-level loops, "the checkpoint's own weight" (None) everywhere a model is at hand
+    for fn in (sample_latents, inpaint_latents):
+        assert inspect.signature(fn).parameters["autoguidance"].default == 1.0, fn.__qualname__
+    for fn in (LatentDiffusion.sample, LatentDiffusion.complete, generate_from_models, generate_organs, iter_generated,
+               evaluate_fresh, evaluate_generation):
+        assert inspect.signature(fn).parameters["autoguidance"].default is None, fn.__qualname__
     parser = build_parser()
     for argv in (["generate", "--organ", "kidney", "--out", "x"], ["evaluate", "--out", "x.json"]):
-        assert parser.parse_args(argv).guidance == DEFAULT_GUIDANCE
+        args = parser.parse_args(argv)
+        assert args.guidance == DEFAULT_GUIDANCE and args.autoguidance is None
 
 
 def test_sampling_with_churn_is_reproducible_and_differs_from_the_ode():
@@ -125,6 +135,29 @@ def test_sampling_with_churn_is_reproducible_and_differs_from_the_ode():
     sde = [sample_latents(model, EDMScheduler(num_steps=4, s_churn=2.0), generator=make_generator(0), **kw)
            for _ in range(2)]
     assert torch.equal(sde[0], sde[1]) and not torch.allclose(ode, sde[0])
+
+
+def test_autoguidance_mixes_the_main_and_the_guide_network():
+    """With ``guide`` and weight a, the output is guide + a·(main − guide), both conditioned on the class
+    (added to classifier-free guidance when w ≠ 1); a = 1 is the main network alone; a guide of other tokens
+    or classes is refused."""
+    main, weak = _random_model(seed=0), _random_model(seed=1)
+    x, t, c = torch.randn(4, 6, 16), torch.full((4,), 0.2), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        m, u, g = main(x, t, c), main(x, t, None), weak(x, t, c)
+        assert torch.allclose(guided_output(main, x, t, c, 1.0, weak, 2.5), g + 2.5 * (m - g), atol=1e-5)
+        assert torch.equal(guided_output(main, x, t, c, 1.0, weak, 1.0), m)
+        both = guided_output(main, x, t, c, 2.0, weak, 1.5)
+        assert torch.allclose(both, u + 2.0 * (m - u) + 0.5 * (m - g), atol=1e-5)
+    kw = dict(num=2, num_tokens=6, steps=3, class_index=1)
+    run = lambda **k: sample_latents(main, EDMScheduler(num_steps=3), generator=make_generator(0), **kw, **k)  # noqa: E731
+    ag, cfg, off = run(guide=weak, autoguidance=2.0), run(guidance=2.0), run(guide=weak, autoguidance=1.0)
+    assert not torch.allclose(ag, cfg) and not torch.allclose(ag, off) and torch.equal(off, run())
+    other = TokenDenoiser(config=DenoiserConfig.tiny(num_classes=5)).eval()
+    with pytest.raises(SkellabError, match="num_classes"):
+        run(guide=other, autoguidance=2.0)
+    with pytest.raises(SkellabError, match="autoguidance"):
+        run(guide=weak, autoguidance=-1.0)
 
 
 def test_normalizer_round_trip():
@@ -192,6 +225,47 @@ def test_checkpoint_round_trip_and_errors(trained, tmp_path):
     torch.save(raw, other)
     with pytest.raises(SkellabError, match="do not fit"):
         load_diffusion(other)
+
+
+def test_a_guide_network_travels_in_the_checkpoint(trained, tmp_path):
+    """attach_guide + save/load keep the guide and its weight; sampling uses them by default, autoguidance=1
+    turns them off; a model without a guide refuses a weight; a corrupt guide entry is a one-line error."""
+    from skellab.diffusion import attach_guide
+
+    diffusion, _, _ = trained
+    torch.manual_seed(3)
+    small = TokenDenoiser(config=dataclasses.replace(diffusion.denoiser.config, width=16, depth=1)).eval()
+    with torch.no_grad():  # untrained gates are zero: give the guide an output of its own
+        for p in small.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    weak = LatentDiffusion(small, diffusion.scheduler, diffusion.normalizer, list(diffusion.classes),
+                           diffusion.num_tokens)
+    guided = attach_guide(diffusion, weak, 2.0, {"source": "test"})
+    path = save_diffusion(tmp_path / "g.pt", guided)
+    back = load_diffusion(path)
+    assert back.autoguidance == 2.0 and back.guide_info["source"] == "test"
+    assert back.guide_info["parameters"] == sum(p.numel() for p in weak.denoiser.parameters())
+    kw = dict(class_index="liver", steps=3)
+    a = back.sample(2, generator=make_generator(0), **kw)
+    assert torch.equal(a, guided.sample(2, generator=make_generator(0), **kw))
+    assert torch.equal(back.sample(2, generator=make_generator(0), autoguidance=1.0, **kw),
+                       diffusion.sample(2, generator=make_generator(0), **kw))
+    assert not torch.allclose(a, diffusion.sample(2, generator=make_generator(0), **kw))
+    with pytest.raises(SkellabError, match="no guide network"):
+        diffusion.sample(2, autoguidance=2.0, **kw)
+    other = LatentDiffusion(weak.denoiser, diffusion.scheduler, diffusion.normalizer, ["liver", "kidney"], 16)
+    with pytest.raises(SkellabError, match="other classes"):
+        attach_guide(diffusion, other, 2.0)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["guide"]["autoguidance"] = float("nan")
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match="autoguidance"):
+        load_diffusion(tmp_path / "bad.pt")
+    ckpt["guide"]["autoguidance"] = 2.0
+    ckpt["guide"]["state_dict"].popitem()
+    torch.save(ckpt, tmp_path / "bad2.pt")
+    with pytest.raises(SkellabError, match="guide"):
+        load_diffusion(tmp_path / "bad2.pt")
 
 
 def test_ddpm_training_and_ddim_sampling_run():

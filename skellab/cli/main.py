@@ -205,7 +205,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise SkellabError("--keep-tokens needs --keep FILE")
     organs = iter_generated(diffusion, autoencoder, args.organ, args.n, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep,
-                            connect=args.connect)
+                            connect=args.connect, autoguidance=args.autoguidance)
     count = 0
     with replace_folder(out, overwrite=args.overwrite, owned=GENERATED_NAME.match) as tmp:
         for g in organs:  # written and dropped one by one: memory does not grow with --n
@@ -214,8 +214,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"{out / f'organ_{g.index:02d}.ply'}  {len(g.vertices)} vertices, {len(g.faces)} faces, {flags}, "
                   f"{g.skeleton.num_spheres} spheres / {len(g.skeleton.edges)} edges", flush=True)
             count += 1
+    auto = diffusion.guiding(args.autoguidance)[1]
     print(f"generated {count} {args.organ} in {time.perf_counter() - t0:.1f} s "
-          f"({args.scheduler}, {args.steps} steps, guidance {args.guidance:g}, seed {args.seed}; normalised frame)")
+          f"({args.scheduler}, {args.steps} steps, guidance {args.guidance:g}, autoguidance {auto:g}, seed {args.seed}; "
+          "normalised frame)")
     return 0
 
 
@@ -239,7 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.data, split=args.split, n=2 if args.n is None else args.n, num_points=points,
         emd_points=min(args.emd_points or 512, points), resolution=96 if args.resolution is None else args.resolution,
         steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes, connect=args.connect,
-        diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
+        autoguidance=args.autoguidance, diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds, log=say)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
@@ -273,7 +275,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
         args.fresh, classes=args.classes, data=args.data, split=args.split, num_points=args.points,
         emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
-        connect=args.connect,
+        connect=args.connect, autoguidance=args.autoguidance,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
         gallery=picture if gallery else None, methods=args.methods or FRESH_METHODS, log=say)
@@ -398,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=20, help="sampler steps (EDM Heun: 2*steps-1 network calls)")
     gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                      help=f"classifier-free guidance weight (>= 0; default {DEFAULT_GUIDANCE:g}, the paper 2)")
+    gen.add_argument("--autoguidance", type=float, default=None, metavar="A",
+                     help="weight of the checkpoint's guide network (autoguidance; default: the checkpoint's own, "
+                          "2 for the shipped model; 1: off)")
     gen.add_argument("--seed", type=seed_arg, default=0)
     gen.add_argument("--scheduler", default="edm", help="edm (Heun), ddim (deterministic Euler) or ddpm")
     gen.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
@@ -441,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=20, help="sampler steps (both models)")
     ev.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                     help=f"classifier-free guidance weight (both models; default {DEFAULT_GUIDANCE:g})")
+    ev.add_argument("--autoguidance", type=float, default=None, metavar="A",
+                    help="weight of skellab's guide network (autoguidance; default: the checkpoint's own; 1: off)")
     ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off",

@@ -12,6 +12,7 @@ from .inpainting import inpaint_latents
 from .model import (
     CHECKPOINT_FORMAT,
     LatentDiffusion,
+    attach_guide,
     diffusion_payload,
     load_diffusion,
     save_diffusion,
@@ -50,6 +51,7 @@ __all__ = [
     "inpaint_latents",
     "CHECKPOINT_FORMAT",
     "LatentDiffusion",
+    "attach_guide",
     "diffusion_payload",
     "save_diffusion",
     "load_diffusion",

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import SkellabError
 from .denoiser import order_tokens
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, guided_output
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, check_guide, guided_output
 from .schedulers import EDMScheduler, _randn
 
 __all__ = ["inpaint_latents"]
@@ -42,6 +42,8 @@ def inpaint_latents(
     resample: int = 4,
     generator: torch.Generator | None = None,
     normalizer: LatentNormalizer | None = None,
+    guide: nn.Module | None = None,
+    autoguidance: float = 1.0,
 ) -> torch.Tensor:
     """``num`` token sets (num, K, D) that agree with ``known`` where ``mask`` is True.
 
@@ -50,6 +52,8 @@ def inpaint_latents(
     mask       : (K, D) or (K,) bool — True: keep (a (K,) mask keeps whole tokens; ``mask[:, :4]``
                  keeps only the skeleton of a token and lets diffusion choose its features)
     resample   : RePaint's jumps per step (1: plain replacement; cost × resample)
+    guide      : a weaker denoiser of the same latents, for autoguidance with weight ``autoguidance`` (1: off;
+                 :func:`~.sampling.guided_output`)
     returns    : tokens (num, K, D) on CPU, latent units; kept entries equal ``known`` exactly.
     Deterministic given ``generator``.
     """
@@ -66,8 +70,8 @@ def inpaint_latents(
         raise SkellabError(f"mask must be (K,) or (K, D) = {tuple(known.shape)}, got {tuple(mask.shape)}")
     if not bool(torch.isfinite(known[mask]).all()):
         raise SkellabError("known tokens contain NaN or infinite values")
-    if num < 1 or int(resample) < 1 or not guidance >= 0:
-        raise SkellabError("num and resample must be >= 1 and guidance >= 0")
+    if num < 1 or int(resample) < 1 or not guidance >= 0 or not autoguidance >= 0:
+        raise SkellabError("num and resample must be >= 1, guidance and autoguidance >= 0")
     # an ordered denoiser sees the tokens in its order; the result goes back to the caller's order at the end
     order = getattr(denoiser.config, "token_order", "set")
     perm = order_tokens(known, order) if order != "set" else None
@@ -78,8 +82,12 @@ def inpaint_latents(
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)
     m = mask.to(dev).expand(num, K, dim)
     class_index = batch_classes(class_index, num, dev)
+    check_guide(denoiser, guide)
     was_training = denoiser.training
     denoiser.eval()
+    guide_was_training = guide.training if guide is not None else False
+    if guide is not None:
+        guide.eval()
     scheduler.set_timesteps(steps if steps is not None else scheduler.num_steps)
     sigmas = [float(s) for s in scheduler.sigmas]
     noise = lambda: _randn((num, K, dim), generator, device=dev)  # noqa: E731
@@ -87,7 +95,7 @@ def inpaint_latents(
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance)
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance)
         return x, scheduler.predict_original(out, sigma, x).to(x.dtype)
 
     x = noise() * sigmas[0]
@@ -105,6 +113,8 @@ def inpaint_latents(
             else:
                 x = x1
     denoiser.train(was_training)
+    if guide is not None:
+        guide.train(guide_was_training)
     x = torch.where(m, z_known, x).float().cpu()
     out = normalizer.denormalize(x) if normalizer is not None else x
     out = torch.where(mask.expand(num, K, dim), known.expand(num, K, dim), out)  # exact, no round trip

@@ -4,15 +4,20 @@ A plain dict, ``torch.load(weights_only=True)``-safe::
 
     {"format": "skellab.diffusion/1", "config": asdict(DenoiserConfig), "state_dict": ...,
      "normalizer": {"mean": (D,), "std": (D,)}, "scheduler": scheduler.config,
-     "classes": [...] | None, "num_tokens": K, "step": int, "metrics": {...}, "train": {...}}
+     "classes": [...] | None, "num_tokens": K, "step": int, "metrics": {...}, "train": {...},
+     "guide": {"config": ..., "state_dict": ..., "autoguidance": a, "info": {...}}}   # optional
+
+``guide`` is a weaker denoiser of the same latents shipped with the model for autoguidance (Karras et al.
+2024; :func:`~.sampling.guided_output`), with the weight ``a`` it was measured best at.
 
 Training lives in :mod:`skellab.train` (``skellab train diffusion``, :func:`skellab.train.train_diffusion`).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +35,11 @@ from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .denoiser import DenoiserConfig, TokenDenoiser
 from .inpainting import inpaint_latents
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, sample_latents
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, sample_latents
 from .schedulers import make_scheduler
 
-__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "diffusion_payload", "save_diffusion",
-           "load_diffusion"]
+__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "diffusion_payload",
+           "save_diffusion", "load_diffusion"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
 
@@ -45,6 +50,7 @@ CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     "mlp_ratio": (1e-3, 64.0),
     "num_classes": (0, 65536),
 }
+MAX_AUTOGUIDANCE = 100.0  # a stored autoguidance weight beyond this is a typo or a hostile checkpoint
 MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
 
 
@@ -71,6 +77,9 @@ class LatentDiffusion:
     classes    : class names, ``classes[i]`` ↔ class index i (None: unnamed / unconditional)
     num_tokens : K of the training latents (the default number of tokens to sample)
     info       : ``step``, ``metrics``, ``train`` from training or the checkpoint
+    guide      : a weaker denoiser of the same latents for autoguidance (None: none; :func:`attach_guide`)
+    autoguidance : the autoguidance weight used when a sampler is not given one (1: off)
+    guide_info : what the guide is (its step, parameters, source)
     """
 
     denoiser: TokenDenoiser
@@ -79,6 +88,21 @@ class LatentDiffusion:
     classes: list[str] | None = None
     num_tokens: int = 256
     info: dict[str, Any] = field(default_factory=dict)
+    guide: TokenDenoiser | None = None
+    autoguidance: float = 1.0
+    guide_info: dict[str, Any] = field(default_factory=dict)
+
+    def guiding(self, autoguidance: float | None = None) -> tuple[TokenDenoiser | None, float]:
+        """(guide network, autoguidance weight) for a sampler: ``autoguidance`` None → this model's own weight;
+        (None, 1.0) when the model has no guide or the weight is 1. A weight without a guide → SkellabError."""
+        a = self.autoguidance if autoguidance is None else autoguidance
+        if not (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0):
+            raise SkellabError(f"autoguidance must be a number >= 0, got {a!r}")
+        if a == 1:
+            return None, 1.0
+        if self.guide is None:
+            raise SkellabError("this diffusion model has no guide network, so autoguidance must be 1 (off)")
+        return self.guide, float(a)
 
     def class_id(self, name_or_index: str | int) -> int:
         """Class index of a class name (or an index, checked)."""
@@ -93,23 +117,28 @@ class LatentDiffusion:
 
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
-               return_trajectory: bool = False):
-        """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units)."""
+               return_trajectory: bool = False, autoguidance: float | None = None):
+        """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
+        ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`)."""
         if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
             class_index = self.class_id(class_index)
+        guide, a = self.guiding(autoguidance)
         return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
                               class_index=class_index, guidance=guidance, steps=steps, generator=generator,
-                              normalizer=self.normalizer, return_trajectory=return_trajectory)
+                              normalizer=self.normalizer, return_trajectory=return_trajectory, guide=guide,
+                              autoguidance=a)
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
-                 resample: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+                 resample: int = 4, generator: torch.Generator | None = None,
+                 autoguidance: float | None = None) -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
         if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
             class_index = self.class_id(class_index)
+        guide, a = self.guiding(autoguidance)
         return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
                                guidance=guidance, steps=steps, resample=resample, generator=generator,
-                               normalizer=self.normalizer)
+                               normalizer=self.normalizer, guide=guide, autoguidance=a)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -128,7 +157,35 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
         "step": int(step if step is not None else info.get("step", 0)),
         "metrics": dict(metrics if metrics is not None else info.get("metrics", {})),
         "train": info.get("train"),
+        **({"guide": {"config": diffusion.guide.config.to_dict(),
+                      "state_dict": {k: v.detach().cpu() for k, v in diffusion.guide.state_dict().items()},
+                      "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info)}}
+           if diffusion.guide is not None else {}),
     }
+
+
+def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidance: float,
+                 info: dict[str, Any] | None = None) -> LatentDiffusion:
+    """``diffusion`` with ``guide``'s network as its autoguidance guide and ``autoguidance`` as its default weight.
+
+    The guide must be a denoiser of the same latents: same classes, token size and order, scheduler
+    parameterisation and (to 1e-2 of a standard deviation) latent normalisation; else :class:`SkellabError`.
+    """
+    check_guide(diffusion.denoiser, guide.denoiser)
+    if list(guide.classes or []) != list(diffusion.classes or []):
+        raise SkellabError("the guide was trained on other classes")
+    keys = ("name", "sigma_data", "prediction_type")
+    if {k: guide.scheduler.config.get(k) for k in keys} != {k: diffusion.scheduler.config.get(k) for k in keys}:
+        raise SkellabError("the guide was trained with another scheduler parameterisation")
+    a, b = diffusion.normalizer, guide.normalizer
+    if float(((a.mean - b.mean).abs() / a.std).max()) > 1e-2 or float(((a.std - b.std).abs() / a.std).max()) > 1e-2:
+        raise SkellabError("the guide's latent normalisation differs: it was not trained on the same latents")
+    if not (math.isfinite(autoguidance) and 0 <= autoguidance <= MAX_AUTOGUIDANCE):
+        raise SkellabError(f"autoguidance must be in [0, {MAX_AUTOGUIDANCE:g}], got {autoguidance}")
+    params = sum(p.numel() for p in guide.denoiser.parameters())
+    return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=float(autoguidance),
+                   guide_info={"step": guide.info.get("step"), "parameters": params,
+                               "config": guide.denoiser.config.to_dict(), **(info or {})})
 
 
 def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
@@ -166,5 +223,24 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     classes = list(entries.classes) if entries.classes else None
     model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
     info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
-    return LatentDiffusion(model.to(resolve_device(device)).eval(), sched, normalizer, classes,
-                           int(entries.num_tokens), info)
+    dev = resolve_device(device)
+    guide, autoguidance, guide_info = None, 1.0, {}
+    if ckpt.get("guide") is not None:
+        g = ckpt["guide"]
+        if not isinstance(g, dict):
+            raise SkellabError(f"{p}: checkpoint 'guide' entry is malformed")
+        gcfg = checkpoint_config(g, DenoiserConfig, path=f"{p}: guide", ranges=CONFIG_RANGES)
+        guide = build_with_weights(lambda: TokenDenoiser(config=gcfg), g.get("state_dict"), path=f"{p}: guide")
+        autoguidance = g.get("autoguidance")
+        if isinstance(autoguidance, bool) or not isinstance(autoguidance, (int, float)) or not (
+                math.isfinite(autoguidance) and 0 <= autoguidance <= MAX_AUTOGUIDANCE):
+            raise SkellabError(f"{p}: guide autoguidance must be a number in [0, {MAX_AUTOGUIDANCE:g}], "
+                               f"got {autoguidance!r}")
+        guide_info = g.get("info") if isinstance(g.get("info"), dict) else {}
+        try:
+            check_guide(model, guide)
+        except SkellabError as exc:
+            raise SkellabError(f"{p}: {exc}") from exc
+        guide = guide.to(dev).eval()
+    return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
+                           guide, float(autoguidance), guide_info)

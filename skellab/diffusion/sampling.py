@@ -11,6 +11,13 @@ unconditional, w = 1 plain conditional, w > 1 (paper: 2.0) sharpens the class. T
 is applied to the raw network output; all our parameterisations (ε, v, x₀, EDM's F) are
 affine in it with coefficients that do not depend on the class, so mixing outputs equals
 mixing the x̂₀ estimates.
+
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") mixes the
+network's conditional output with that of a *weaker* denoiser of the same latents (smaller and/or trained less),
+out = guide + a·(main − guide), both conditioned on the class: it pushes samples away from the errors the weaker
+model makes, where classifier-free guidance pushes them towards the class and away from the others. Pass
+``guide=`` the weaker network (same scheduler, same normalizer) and ``autoguidance=`` a; a = 1 is off. With
+both weights ≠ 1 the two directions add: uncond + w·(cond − uncond) + (a − 1)·(cond − guide).
 """
 
 from __future__ import annotations
@@ -97,21 +104,48 @@ def batch_classes(class_index: int | torch.Tensor | None, num: int, device: torc
     return ci
 
 
-def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None,
-                  guidance: float) -> torch.Tensor:
-    """Classifier-free-guided network output: uncond + w·(cond − uncond), (B, K, D).
+def check_guide(denoiser: nn.Module, guide: nn.Module | None) -> None:
+    """An autoguidance ``guide`` must read and write the same tokens as ``denoiser``: same token size, token
+    order and classes (its weights and size may differ)."""
+    if guide is None:
+        return
+    a, b = denoiser.config, getattr(guide, "config", None)
+    if b is None:
+        raise SkellabError("the guide network has no config: pass a TokenDenoiser")
+    for name in ("token_dim", "num_classes", "token_order"):
+        if getattr(a, name, None) != getattr(b, name, None):
+            raise SkellabError(f"the guide network's {name} is {getattr(b, name, None)!r}, the denoiser's "
+                               f"{getattr(a, name, None)!r}: autoguidance needs a weaker model of the same latents")
 
-    One batched forward of 2B when both branches are needed; one forward of B when
-    ``class_index`` is None (unconditional), w = 0 (unconditional only) or w = 1 (conditional only).
+
+def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None,
+                  guidance: float, guide: nn.Module | None = None, autoguidance: float = 1.0) -> torch.Tensor:
+    """Guided network output, (B, K, D).
+
+    Classifier-free: uncond + w·(cond − uncond) (w = ``guidance``). With a ``guide`` network and
+    ``autoguidance`` a ≠ 1, the autoguidance direction is added: + (a − 1)·(main − guide), both with the
+    condition the sample follows (the class, or none when w = 0 or ``class_index`` is None). With w = 1
+    this is guide + a·(main − guide), Karras et al. 2024's form.
+
+    Network passes: one batched forward of 2B when both classifier-free branches are needed, one of B when
+    ``class_index`` is None (unconditional), w = 0 (unconditional only) or w = 1 (conditional only); plus
+    one forward of the guide when autoguidance is on.
     """
     if class_index is None or guidance == 0:
-        return denoiser(x, cond, None)
-    if guidance == 1:
-        return denoiser(x, cond, class_index)
-    null = torch.full_like(class_index, -1)
-    both = denoiser(torch.cat([x, x]), torch.cat([cond, cond]), torch.cat([class_index, null]))
-    out_cond, out_uncond = both.chunk(2)
-    return out_uncond + guidance * (out_cond - out_uncond)
+        out = main = denoiser(x, cond, None)
+        label = None
+    elif guidance == 1:
+        out = main = denoiser(x, cond, class_index)
+        label = class_index
+    else:
+        null = torch.full_like(class_index, -1)
+        both = denoiser(torch.cat([x, x]), torch.cat([cond, cond]), torch.cat([class_index, null]))
+        main, out_uncond = both.chunk(2)
+        out = out_uncond + guidance * (main - out_uncond)
+        label = class_index
+    if guide is not None and autoguidance != 1:
+        out = out + (autoguidance - 1) * (main - guide(x, cond, label))
+    return out
 
 
 @torch.no_grad()
@@ -128,6 +162,8 @@ def sample_latents(
     normalizer: LatentNormalizer | None = None,
     return_trajectory: bool = False,
     device: str | torch.device | None = None,
+    guide: nn.Module | None = None,
+    autoguidance: float = 1.0,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Draw ``num`` token sets from the diffusion model.
 
@@ -138,19 +174,25 @@ def sample_latents(
                   default :data:`DEFAULT_GUIDANCE`)
     steps       : sampling steps (None: the scheduler's ``num_steps``; EDM default 20, Heun: 2·steps − 1 calls)
     normalizer  : when given, the result (and trajectory) is mapped back from standardised to latent units
+    guide       : a weaker denoiser of the same latents, for autoguidance with weight ``autoguidance``
+                  (1: off; :func:`guided_output`)
     returns     : tokens (num, K, D) on CPU, and with ``return_trajectory`` a list of the x̂₀
                   estimates after each network call (each (num, K, D), CPU) — the scrubber's frames.
     Deterministic given ``generator``; not differentiable (runs under ``no_grad``).
     """
     if num < 1 or num_tokens < 1:
         raise SkellabError(f"num and num_tokens must be >= 1, got {num}, {num_tokens}")
-    if not guidance >= 0:
-        raise SkellabError(f"guidance must be >= 0, got {guidance}")
+    if not guidance >= 0 or not autoguidance >= 0:
+        raise SkellabError(f"guidance and autoguidance must be >= 0, got {guidance}, {autoguidance}")
     dev = torch.device(device) if device is not None else next(denoiser.parameters()).device
     dim = denoiser.config.token_dim
+    check_guide(denoiser, guide)
     class_index = batch_classes(class_index, num, dev)
     was_training = denoiser.training
     denoiser.eval()
+    guide_was_training = guide.training if guide is not None else False
+    if guide is not None:
+        guide.eval()
 
     # 1. the schedule, and pure noise at its largest noise level
     scheduler.set_timesteps(steps if steps is not None else scheduler.num_steps)
@@ -160,7 +202,7 @@ def sample_latents(
         # 2. what the network sees at this noise level (EDM: c_in·x and c_noise(σ); DDPM: x_t and t)
         x_in, cond = scheduler.scale_model_input(x, t)
         # 3. the network's output, guided: uncond + w·(cond − uncond)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance)
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance)
         # 4. one scheduler step: the less noisy sample, and the current estimate of the clean tokens
         step = scheduler.step(out, t, x, generator=generator)
         x = step.prev_sample
@@ -168,6 +210,8 @@ def sample_latents(
             x0 = step.pred_original_sample.float().cpu()
             trajectory.append(normalizer.denormalize(x0) if normalizer is not None else x0)
     denoiser.train(was_training)
+    if guide is not None:
+        guide.train(guide_was_training)
 
     # 5. back from standardised to latent units
     tokens = x.float().cpu()

@@ -562,6 +562,7 @@ class _LatentMethod:
     resolution: int
     largest_component: bool
     connect: float | None = None
+    autoguidance: float | None = None
 
     def generate(self, organ: str, count: int, seed: int, clock: _Clock
                  ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
@@ -569,7 +570,7 @@ class _LatentMethod:
         t = time.perf_counter()
         latents = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
                                        guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False,
-                                       connect=self.connect)
+                                       connect=self.connect, autoguidance=self.autoguidance)
         out = _decode_all(self.autoencoder, [latents[i] for i in range(count)], organ, self.resolution,
                           self.largest_component, seed)
         clock.add(f"generate_{self.name}", time.perf_counter() - t, count)
@@ -637,6 +638,7 @@ def evaluate_fresh(
     seed: int = 0,
     largest_component: bool = False,
     connect: float | None = CONNECT_OVERLAP,
+    autoguidance: float | None = None,
     reps: int = 200,
     level: float = 0.95,
     skeleton_spheres: int = 64,
@@ -661,6 +663,8 @@ def evaluate_fresh(
     seed0                : first reference seed (>= :data:`FRESH_SEED0`)
     num_points, emd_points : surface samples per shape for CD, and the prefix of them used for EMD
     resolution, steps, guidance, seed : generation (both latent models; the baseline uses steps, guidance, seed)
+    autoguidance         : weight of skellab's guide network (None: the checkpoint's own; 1: off); the baseline
+                           and the ablation have no guide
     largest_component    : keep only each generated mesh's largest piece (default False: measure the raw output)
     connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`;
                            None: the raw sampler output). The surface-token ablation has no spheres to join.
@@ -696,6 +700,7 @@ def evaluate_fresh(
     t_start, clock = time.perf_counter(), _Clock()
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
+    diff.guiding(autoguidance)  # a bad weight fails here, before any work
     known = list(diff.classes or [])
     procedural = [c for c in PROCEDURAL_FAMILIES if c in known]
     store = MedSDF.open(data) if data is not None else None
@@ -726,7 +731,7 @@ def evaluate_fresh(
     train_info = diff.info.get("train") or {}  # also the baseline's default compute budget
     if "skellab" in methods_wanted:
         makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component,
-                                          connect)
+                                          connect, autoguidance)
         methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
                               "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
                                               "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
@@ -845,7 +850,8 @@ def evaluate_fresh(
             "second_draw_seeds": ("references[class].second_draw: the n seeds after the class's last reference "
                                   "seed" if set(methods_wanted) & set(REDRAW_METHODS) else None),
             "num_points": num_points, "emd_points": emd_points, "resolution": resolution, "steps": steps,
-            "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
+            "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
+            "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
             "bootstrap": {"reps": reps, "level": level, "seeds": "the class's generation seed"},
             "skeleton_spheres": skeleton_spheres, "largest_component": largest_component, "connect": connect,

@@ -154,6 +154,7 @@ def evaluate_generation(
     emd_points: int = 512,
     resolution: int = 96,
     connect: float | None = CONNECT_OVERLAP,
+    autoguidance: float | None = None,
     steps: int = 20,
     guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
@@ -171,6 +172,7 @@ def evaluate_generation(
     num_points           : points per cloud for CD (PointFlow: 2048); emd_points: prefix used for EMD
     resolution           : marching-cubes grid for skellab's meshes
     connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`; None: off)
+    autoguidance         : weight of skellab's guide network (None: the checkpoint's own; 1: off)
     classes              : restrict to these classes (default: every class of the split the model knows)
     baseline_checkpoint  : a ``skellab.point_diffusion/1`` file: loaded if it exists, else trained and saved there
     baseline_seconds     : the baseline's CPU-second budget (default: the diffusion model's recorded training
@@ -184,6 +186,7 @@ def evaluate_generation(
         raise SkellabError("need n >= 1, points >= 1 and 0 < emd_points <= points")
     store = MedSDF.open(dataset_dir)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
+    diff.guiding(autoguidance)  # a bad weight fails here, before any work
     known = list(diff.classes or [])
     by_class: dict[str, list[str]] = {}
     for sid in sorted(store.ids(split=split)):
@@ -208,7 +211,7 @@ def evaluate_generation(
     methods["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
                                                 emd_points=emd_points, resolution=resolution, steps=steps,
                                                 guidance=guidance, seed=seed, say=say, name="skellab",
-                                                connect=connect)
+                                                connect=connect, autoguidance=autoguidance)
     train_info = diff.info.get("train") or {}
     methods["skellab"]["training"] = train_info
 
@@ -258,7 +261,8 @@ def evaluate_generation(
             "aggregation": "metrics per class (|gen| = |ref| per class), then the mean over classes",
         },
         "setup": {"n_per_class": n, "num_points": num_points, "emd_points": emd_points, "resolution": resolution,
-                  "steps": steps, "guidance": guidance, "scheduler": "edm (Heun)", "seed": seed,
+                  "steps": steps, "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
+                  "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
                   "diffusion_checkpoint": str(diffusion_checkpoint or weights_path("diffusion")),
                   "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                   "reference_seconds": time.perf_counter() - t0},
@@ -267,12 +271,12 @@ def evaluate_generation(
 
 
 def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, emd_points, resolution, steps,
-                           guidance, seed, say, name, connect=None) -> dict[str, Any]:
+                           guidance, seed, say, name, connect=None, autoguidance=1.0) -> dict[str, Any]:
     per_class, failures, t0 = {}, 0, time.perf_counter()
     watertight = total = 0
     for ci, (c, ids) in enumerate(refs.items()):
         organs = generate_from_models(diff, ae, c, len(ids), steps=steps, guidance=guidance, seed=seed + 1000 * ci,
-                                      resolution=resolution, decode=False, connect=connect)
+                                      resolution=resolution, decode=False, connect=connect, autoguidance=autoguidance)
         meshes, pts = [], []
         for i in range(len(ids)):
             try:

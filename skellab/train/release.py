@@ -21,7 +21,7 @@ from ..weights import WEIGHTS_DIR
 from .engine import read_log
 from .tasks import file_sha256
 
-__all__ = ["release_weights", "add_metrics"]
+__all__ = ["release_weights", "add_metrics", "release_guide"]
 
 
 def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
@@ -68,6 +68,33 @@ def add_metrics(name: str, metrics: dict[str, Any], *, weights_dir: str | os.Pat
     path = Path(weights_dir) / f"{name}.json"
     index = json.loads(path.read_text())
     index.setdefault("metrics", {}).update(metrics)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
+    return index
+
+
+def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: float, *,
+                  weights_dir: str | os.PathLike = WEIGHTS_DIR, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ship ``guide_checkpoint``'s denoiser inside ``weights_dir/<name>.pt`` as its autoguidance guide.
+
+    The diffusion checkpoint is rewritten atomically with the guide (:func:`skellab.diffusion.attach_guide`:
+    it must be a denoiser of the same latents) and ``autoguidance`` as its default weight; ``<name>.json``
+    gets the new sha256 and size and a ``guide`` entry (the guide's source file, its sha256, parameters,
+    step and ``info``). Returns the index.
+    """
+    from ..diffusion import attach_guide, load_diffusion, save_diffusion
+
+    dst = Path(weights_dir) / f"{name}.pt"
+    model = load_diffusion(dst)
+    guide = load_diffusion(guide_checkpoint)
+    src_info = {"source": Path(guide_checkpoint).name, "source_sha256": file_sha256(guide_checkpoint),
+                "train": guide.info.get("train"), **(info or {})}
+    save_diffusion(dst, attach_guide(model, guide, float(autoguidance), src_info))
+    path = dst.with_suffix(".json")
+    index = json.loads(path.read_text())
+    back = load_diffusion(dst)
+    index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size,
+                 guide={"autoguidance": back.autoguidance, **back.guide_info})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
