@@ -5,6 +5,7 @@ a 24³–32³ grid and a few sampler steps, so every test takes seconds on CPU.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,8 @@ def test_sampler_choice_follows_the_training_scheduler():
     (("--organ", "kidney", "--n", "-2"), "n must be >= 1"),
     (("--organ", "kidney", "--steps", "0"), "steps must be >= 1"),
     (("--organ", "kidney", "--guidance", "-0.5"), "guidance must be a number >= 0"),
+    (("--organ", "kidney", "--autoguidance", "-1"), "autoguidance must be a number >= 0"),
+    (("--organ", "kidney", "--autoguidance", "nan"), "autoguidance must be a number >= 0"),
     (("--organ", "kidney", "--scheduler", "euler"), "unknown scheduler 'euler'"),
     (("--organ", "kidney", "--scheduler", "ddpm"), "trained with EDM"),
     (("--organ", "kidney", "--checkpoint", "/nonexistent/diffusion.pt"), "diffusion checkpoint not found"),
@@ -150,3 +153,20 @@ def test_generate_keep_completes_an_edited_organ(tmp_path):
                              "--keep-tokens", "7-x", *FAST))
     _one_line_error(*run_cli("generate", "--organ", "kidney", "--out", tmp_path / "x", "--keep",
                              tmp_path / "missing.npz", *FAST))
+
+
+def test_shipped_weights_fit_the_budget_and_the_diffusion_model_carries_its_guide():
+    """Everything in skellab/weights/ stays within 20 MB; diffusion.pt ships its autoguidance guide and weight,
+    and its index records both and the file's sha256."""
+    import hashlib
+
+    from skellab.weights import WEIGHTS_DIR, weights_path
+
+    total = sum(f.stat().st_size for f in Path(WEIGHTS_DIR).iterdir() if f.is_file())
+    assert total <= 20_000_000
+    diff, _ = load_generation_models()
+    assert diff.guide is not None and diff.autoguidance == 2.0
+    index = json.loads(weights_path("diffusion").with_suffix(".json").read_text())
+    assert index["sha256"] == hashlib.sha256(weights_path("diffusion").read_bytes()).hexdigest()
+    assert index["guide"]["autoguidance"] == 2.0 and index["guide"]["parameters"] == sum(
+        p.numel() for p in diff.guide.parameters())
