@@ -847,9 +847,10 @@ def test_generation_is_batched_and_a_function_of_the_seed():
     diff, ae = load_generation_models()
     one = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False,
                                connect=None)  # n <= 16: one batch, as before; the raw sampler output
+    guide, weight = diff.guiding()  # the shipped sampler: DEFAULT_GUIDANCE with the checkpoint's autoguidance
     ref = sample_latents(diff.denoiser, sampling_scheduler(diff, "edm"), num=3, num_tokens=diff.num_tokens,
-                         class_index=diff.class_id("kidney"), guidance=2.0, steps=2, generator=make_generator(5),
-                         normalizer=diff.normalizer)
+                         class_index=diff.class_id("kidney"), steps=2, generator=make_generator(5),
+                         normalizer=diff.normalizer, guide=guide, autoguidance=weight)
     assert torch.equal(one.tokens, ref)
     a = generate_from_models(diff, ae, "kidney", 5, steps=2, seed=5, decode=False, batch_size=2)
     b = generate_from_models(diff, ae, "kidney", 3, steps=2, seed=5, decode=False, batch_size=2)

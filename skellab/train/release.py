@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion import attach_guide, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..runtime import atomic_path
 from ..weights import WEIGHTS_DIR
@@ -82,8 +83,6 @@ def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: 
     gets the new sha256 and size and a ``guide`` entry (the guide's source file, its sha256, parameters,
     step and ``info``). Returns the index.
     """
-    from ..diffusion import attach_guide, load_diffusion, save_diffusion
-
     dst = Path(weights_dir) / f"{name}.pt"
     model = load_diffusion(dst)
     guide = load_diffusion(guide_checkpoint)
