@@ -253,7 +253,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
            until they overlap it by this margin (:func:`connect_latents`; kept tokens never move);
            None samples without it (the raw sampler output).
     autoguidance : weight of the diffusion model's guide network (:meth:`LatentDiffusion.guiding`); None: the
-           model's own (the shipped model: 2, with its small guide); 1: off.
+           model's own (the shipped model: 2, its guide the previous release); 1: off.
 
     Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
     decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow

@@ -51,6 +51,14 @@ CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     "num_classes": (0, 65536),
 }
 MAX_AUTOGUIDANCE = 100.0  # a stored autoguidance weight beyond this is a typo or a hostile checkpoint
+
+
+def _check_autoguidance(a: Any, maximum: float = math.inf) -> float:
+    """An autoguidance weight: a finite number in [0, ``maximum``] → float; else :class:`SkellabError`."""
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not (math.isfinite(a) and 0 <= a <= maximum):
+        bound = "" if maximum == math.inf else f" and <= {maximum:g}"
+        raise SkellabError(f"autoguidance must be a number >= 0{bound}, got {a!r}")
+    return float(a)
 MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
 
 
@@ -95,14 +103,12 @@ class LatentDiffusion:
     def guiding(self, autoguidance: float | None = None) -> tuple[TokenDenoiser | None, float]:
         """(guide network, autoguidance weight) for a sampler: ``autoguidance`` None → this model's own weight;
         (None, 1.0) when the model has no guide or the weight is 1. A weight without a guide → SkellabError."""
-        a = self.autoguidance if autoguidance is None else autoguidance
-        if not (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0):
-            raise SkellabError(f"autoguidance must be a number >= 0, got {a!r}")
+        a = _check_autoguidance(self.autoguidance if autoguidance is None else autoguidance)
         if a == 1:
             return None, 1.0
         if self.guide is None:
             raise SkellabError("this diffusion model has no guide network, so autoguidance must be 1 (off)")
-        return self.guide, float(a)
+        return self.guide, a
 
     def class_id(self, name_or_index: str | int) -> int:
         """Class index of a class name (or an index, checked)."""
@@ -180,10 +186,9 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
     a, b = diffusion.normalizer, guide.normalizer
     if float(((a.mean - b.mean).abs() / a.std).max()) > 1e-2 or float(((a.std - b.std).abs() / a.std).max()) > 1e-2:
         raise SkellabError("the guide's latent normalisation differs: it was not trained on the same latents")
-    if not (math.isfinite(autoguidance) and 0 <= autoguidance <= MAX_AUTOGUIDANCE):
-        raise SkellabError(f"autoguidance must be in [0, {MAX_AUTOGUIDANCE:g}], got {autoguidance}")
+    weight = _check_autoguidance(autoguidance, MAX_AUTOGUIDANCE)
     params = sum(p.numel() for p in guide.denoiser.parameters())
-    return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=float(autoguidance),
+    return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight,
                    guide_info={"step": guide.info.get("step"), "parameters": params,
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
 
@@ -231,16 +236,12 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
             raise SkellabError(f"{p}: checkpoint 'guide' entry is malformed")
         gcfg = checkpoint_config(g, DenoiserConfig, path=f"{p}: guide", ranges=CONFIG_RANGES)
         guide = build_with_weights(lambda: TokenDenoiser(config=gcfg), g.get("state_dict"), path=f"{p}: guide")
-        autoguidance = g.get("autoguidance")
-        if isinstance(autoguidance, bool) or not isinstance(autoguidance, (int, float)) or not (
-                math.isfinite(autoguidance) and 0 <= autoguidance <= MAX_AUTOGUIDANCE):
-            raise SkellabError(f"{p}: guide autoguidance must be a number in [0, {MAX_AUTOGUIDANCE:g}], "
-                               f"got {autoguidance!r}")
         guide_info = g.get("info") if isinstance(g.get("info"), dict) else {}
         try:
+            autoguidance = _check_autoguidance(g.get("autoguidance"), MAX_AUTOGUIDANCE)
             check_guide(model, guide)
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, float(autoguidance), guide_info)
+                           guide, autoguidance, guide_info)

@@ -88,12 +88,12 @@ def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: 
     guide = load_diffusion(guide_checkpoint)
     src_info = {"source": Path(guide_checkpoint).name, "source_sha256": file_sha256(guide_checkpoint),
                 "train": guide.info.get("train"), **(info or {})}
-    save_diffusion(dst, attach_guide(model, guide, float(autoguidance), src_info))
+    guided = attach_guide(model, guide, autoguidance, src_info)
+    save_diffusion(dst, guided)
     path = dst.with_suffix(".json")
     index = json.loads(path.read_text())
-    back = load_diffusion(dst)
     index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size,
-                 guide={"autoguidance": back.autoguidance, **back.guide_info})
+                 guide={"autoguidance": guided.autoguidance, **guided.guide_info})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
