@@ -39,6 +39,58 @@ def test_guided_equals_dense(one_thread):
     assert np.array_equal(sign_d, sign_g)
 
 
+def thin_tube_and_speck():
+    """A tube of radius ~1.3 grid cells at 64³ and a separate small sphere: thin features the coarse lattice
+    cannot see (the untrained model decodes the sphere union, which is 1-Lipschitz)."""
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(**{**CFG.__dict__, "num_tokens": 41})
+    model = SkeletalAutoencoder(config=cfg).eval()
+    t = torch.linspace(-0.7, 0.7, 40)
+    centers = torch.cat([torch.stack([t, 0.3 * torch.sin(2 * t), 0.05 + 0 * t], -1), torch.tensor([[0.5, -0.6, 0.4]])])
+    radii = torch.cat([torch.full((40,), 0.045), torch.tensor([0.05])])
+    return model, Latent.from_parts(centers[None], radii[None], torch.randn(1, 41, 12))
+
+
+@pytest.mark.parametrize("narrow", [None, 1.0])
+@pytest.mark.parametrize("coarse", [16, 32])
+def test_guided_equals_dense_on_thin_features(one_thread, narrow, coarse):
+    model, lat = thin_tube_and_speck()
+    dense = decode_grid_dense(model, lat, 64)
+    guided = decode_grid_guided(model, lat, 64, narrow=narrow, coarse=coarse)
+    assert np.array_equal(dense.values < 0, guided.values < 0)
+    vd, fd = extract_mesh(dense)
+    vg, fg = extract_mesh(guided)
+    assert np.array_equal(fd, fg) and np.abs(vd - vg).max() < 1e-6
+    assert len(trimesh.Trimesh(vg, fg).split(only_watertight=False)) == 2  # the speck is found
+
+
+def test_narrow_decodes_fewer_points_and_repair_decodes_every_surface_corner(one_thread):
+    model, lat = thin_tube_and_speck()
+    tau = model.config.truncation
+    full = decode_grid_guided(model, lat, 64, narrow=None)
+    fewer = decode_grid_guided(model, lat, 64, narrow=1.0)
+    assert fewer.num_queries < 0.7 * full.num_queries
+    # an aggressive setting skips points on the surface: the repair pass decodes them afterwards
+    rough = decode_grid_guided(model, lat, 64, narrow=0.1)
+    neg = rough.values < 0
+    R = neg.shape[0]
+    corners = [neg[i:R - 1 + i, j:R - 1 + j, k:R - 1 + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    crossing = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)
+    assert crossing.any()
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):  # undecoded points hold exactly ±τ; a corner of a surface cell never does here
+                assert (np.abs(rough.values[i:R - 1 + i, j:R - 1 + j, k:R - 1 + k][crossing]) < tau).all()
+
+
+@pytest.mark.parametrize("kw", [{"narrow": 0}, {"narrow": -1.0}, {"narrow": True}, {"narrow": "1"}, {"coarse": 1},
+                                {"coarse": 8.5}, {"safety": 0}])
+def test_guided_bad_settings(kw):
+    model, lat = bent_tube()
+    with pytest.raises(SkellabError, match=next(iter(kw))):
+        decode_grid_guided(model, lat, 32, **kw)
+
+
 def test_extract_mesh_orientation_and_accuracy():
     r = 33
     pts = grid_points(r, 1.1)

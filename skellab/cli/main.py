@@ -25,6 +25,7 @@ from ..diffusion import DEFAULT_GUIDANCE
 from ..errors import SkellabError
 from ..evaluation import (
     FRESH_METHODS,
+    FRESH_SEED0,
     GalleryRow,
     evaluate_fresh,
     evaluate_generation,
@@ -233,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is None:
         raise SkellabError("evaluate needs --data DIR (test-fold references) or --fresh N (fresh procedural ones)")
     for flag, value in (("--gallery", args.gallery), ("--bootstrap", args.bootstrap), ("--overwrite", args.overwrite),
-                        ("--methods", args.methods)):
+                        ("--methods", args.methods), ("--ref-seed", args.ref_seed is not None)):
         if value:
             raise SkellabError(f"{flag} needs --fresh N")
     points = args.points
@@ -273,7 +274,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
 
     results = evaluate_fresh(
         args.fresh, classes=args.classes, data=args.data, split=args.split, num_points=args.points,
-        emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
+        seed0=FRESH_SEED0 if args.ref_seed is None else args.ref_seed, emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
         connect=args.connect, autoguidance=args.autoguidance,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
@@ -449,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--autoguidance", type=float, default=None, metavar="A",
                     help="weight of skellab's guide network (autoguidance; default: the checkpoint's own; 1: off)")
     ev.add_argument("--seed", type=seed_arg, default=0)
+    ev.add_argument("--ref-seed", type=seed_arg, default=None, metavar="SEED",
+                    help="with --fresh: first reference seed (default 1,000,000; must be >= 1,000,000). A second "
+                         "range, e.g. 3,000,000, is a validation set for choosing sampler settings, so that the "
+                         "default range stays an untouched test set")
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off",
                     help=CONNECT_HELP + " (skellab only)")
