@@ -262,6 +262,9 @@ def test_evaluate_fresh_refuses_bad_arguments():
     ("--fresh", "2", "--overwrite"),  # nothing to overwrite without --gallery
     ("--fresh", "2", "--methods", "diffusion"),  # not a method
     ("--data", "d", "--methods", "skellab"),  # --methods belongs to --fresh
+    ("--fresh", "2", "--ref-seed", "5"),  # a dataset preset's seed
+    ("--fresh", "2", "--ref-seed", "x"),
+    ("--data", "d", "--ref-seed", "3000000"),  # --ref-seed belongs to --fresh
 ])
 def test_evaluate_fresh_bad_flags_are_one_line_exit_2(tmp_path, args):
     _one_line_error(*run_cli("evaluate", "--out", tmp_path / "r.json", *args))
@@ -288,6 +291,8 @@ def test_evaluate_fresh_cli_writes_json_table_and_gallery(tmp_path, one_thread):
     assert (gallery / "kidney.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     only = tmp_path / "only.json"
     code, stdout, err = run_cli("evaluate", "--fresh", "2", "--classes", "kidney", "--out", only, "--methods", "skellab",
-                                "--resolution", "24", "--steps", "2", "--points", "256", "--bootstrap", "10", "--quiet")
+                                "--resolution", "24", "--steps", "2", "--points", "256", "--bootstrap", "10", "--quiet",
+                                "--ref-seed", "3000000")
     assert code == 0, err
     assert list(json.loads(only.read_text())["methods"]) == ["skellab"]  # neither the baseline nor the ablation
+    assert json.loads(only.read_text())["setup"]["reference_seeds"] == [3000000, 3000001]  # a validation range
