@@ -7,7 +7,9 @@ sphere-band) grid at each resolution, mesh both with marching cubes and report
 * ``speedup``      dense wall time / guided wall time (aim ≥ 5),
 * ``cd_vertices``  Chamfer distance (PointFlow convention: squared, summed) between the
                    two meshes' vertex sets, normalised frame (aim < 1e-5), plus whether
-                   the face arrays are identical and the largest vertex difference.
+                   the face arrays are identical and the largest vertex difference,
+* ``band_*``       the same for the previous guided setting (``coarse=32, narrow=None``: every
+                   point of every cell that can hold surface decoded), timed in the same run.
 
 Usage::
 
@@ -68,9 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         guided = decode_grid_guided(model, lat, res, chunk=args.chunk)
         t_guided = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        band = decode_grid_guided(model, lat, res, chunk=args.chunk, coarse=32, narrow=None)
+        t_band = time.perf_counter() - t0
         vd, fd = extract_mesh(dense)
         vg, fg = extract_mesh(guided)
+        vb, fb = extract_mesh(band)
         same_topology = vd.shape == vg.shape and np.array_equal(fd, fg)
+        band_same = vd.shape == vb.shape and np.array_equal(fd, fb)
         row = {
             "resolution": res,
             "dense_queries": dense.num_queries,
@@ -84,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
             "max_vertex_diff": float(np.abs(vd - vg).max()) if same_topology else None,
             "sign_mismatches": int(((dense.values < 0) != (guided.values < 0)).sum()),
             "faces": int(len(fd)),
+            "band_queries": band.num_queries,
+            "band_seconds": t_band,
+            "guided_vs_band_query_ratio": band.num_queries / guided.num_queries,
+            "guided_vs_band_speedup": t_band / t_guided,
+            "band_identical_faces": bool(band_same),
+            "band_sign_mismatches": int(((dense.values < 0) != (band.values < 0)).sum()),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -99,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
         "chunk": args.chunk,
-        "guided_settings": {"coarse": 32, "safety": 1.5, "band": 0.5},
+        "guided_settings": {k: decode_grid_guided.__kwdefaults__[k] for k in ("coarse", "safety", "band", "narrow")},
+        "band_settings": {"coarse": 32, "safety": 1.5, "band": 0.5, "narrow": None},
         "results": rows,
     }
     if args.out:

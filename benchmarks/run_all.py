@@ -277,8 +277,15 @@ def bench_decoding(ctx: Context) -> list[dict[str, Any]]:
                    chamfer_pointflow=chamfer_distance(vd, vg, convention="pointflow"),
                    identical_faces=bool(same), max_vertex_diff=float(np.abs(vd - vg).max()) if same else None,
                    sign_mismatches=int(((dense.values < 0) != (guided.values < 0)).sum()), faces=len(fd),
-                   guided_settings={"coarse": 32, "safety": 1.5, "band": 0.5}, repeats=ctx.repeats,
+                   guided_settings=_guided_settings(), repeats=ctx.repeats,
                    baseline_times=_times(t["baseline_times"]), candidate_times=_times(t["candidate_times"]), **info)]
+
+
+def _guided_settings() -> dict[str, Any]:
+    """The defaults of ``decode_grid_guided`` that shape its refinement (recorded with each figure)."""
+    from skellab.meshing import decode_grid_guided
+
+    return {k: decode_grid_guided.__kwdefaults__[k] for k in ("coarse", "safety", "band", "narrow")}
 
 
 def _organ_mesh(grid: Any, tau: float) -> tuple[np.ndarray, np.ndarray]:
