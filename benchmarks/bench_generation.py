@@ -14,7 +14,7 @@ Usage::
 
 Prints and writes JSON: seconds per organ for each stage and batch size, and ``decode_vs_previous``: the
 organs of the larger batch (at most ``--compare`` of them) decoded again with the current guided settings and
-with the previous ones (``coarse=32, narrow=None``), interleaved: seconds, queries, identical triangles (same
+with the previous ones (``coarse=32, narrow=None``, capped at the box afterwards), interleaved: seconds, queries, identical triangles (same
 faces, vertices within 1e-6).
 """
 
@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for o in organs[: args.compare]:  # the same latents, decoded both ways, interleaved
         row = {}
-        for name, kw in (("current", {}), ("previous", {"coarse": 32, "narrow": None})):
-            grid = decode_grid_guided(ae, o.latent, args.resolution, **kw)
-            values, _ = cap_at_box(grid, float(ae.config.truncation))
+        tau = float(ae.config.truncation)
+        for name, kw in (("current", {"cap": tau}), ("previous", {"coarse": 32, "narrow": None})):
+            grid = decode_grid_guided(ae, o.latent, args.resolution, **kw)  # current: capped as decode_organ does
+            values = grid.values if name == "current" else cap_at_box(grid, tau)[0]  # previous: capped afterwards
             v, f = extract_mesh(values, grid.box, largest_component=True, min_piece_cells=1.0)
             row[name] = {"seconds": grid.seconds, "queries": grid.num_queries, "mesh": (v, f)}
         (va, fa), (vb, fb) = row["current"].pop("mesh"), row["previous"].pop("mesh")

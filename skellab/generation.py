@@ -60,7 +60,6 @@ from .diffusion import (
 )
 from .errors import SkellabError
 from .meshing import (
-    cap_at_box,
     check_resolution,
     count_components,
     decode_grid_guided,
@@ -217,12 +216,13 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     :class:`SkellabError`.
     """
     t0 = time.perf_counter()
-    grid = decode_grid_guided(autoencoder, latent, int(resolution))
+    # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ),
+    # inside the guided decoding so the cells that close it are decoded like any other surface cell
+    grid = decode_grid_guided(autoencoder, latent, int(resolution), cap=float(autoencoder.config.truncation))
     t1 = time.perf_counter()
-    # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ)
-    values, clipped = cap_at_box(grid, float(autoencoder.config.truncation))
+    clipped = grid.clipped
     # min_piece_cells=1: specks smaller than one grid cell are marching-cubes artefacts, not organ parts
-    v, f = extract_mesh(values, grid.box, largest_component=largest_component, min_piece_cells=1.0)
+    v, f = extract_mesh(grid, largest_component=largest_component, min_piece_cells=1.0)
     mesh = trimesh.Trimesh(v, f, process=False)
     t2 = time.perf_counter()
     centers = latent.centers[0].detach().float().cpu()

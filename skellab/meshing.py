@@ -68,12 +68,14 @@ class SDFGrid:
     box         : half-width of the grid (normalised units)
     num_queries : decoder queries spent (R³ for dense decoding)
     seconds     : wall time of the decoding
+    clipped     : decoded with ``cap`` and the surface reached the box (some outer grid value was inside)
     """
 
     values: np.ndarray
     box: float
     num_queries: int
     seconds: float = 0.0
+    clipped: bool = False
 
     @property
     def resolution(self) -> int:
@@ -184,6 +186,7 @@ def decode_grid_guided(
     safety: float = 1.5,
     band: float | None = 0.5,
     narrow: float | None = 1.0,
+    cap: float | None = None,
     chunk: int = 65536,
     precision: str = "auto",
 ) -> SDFGrid:
@@ -197,6 +200,10 @@ def decode_grid_guided(
     narrow : decode a new point of an active cell only where the interpolation of the cell's
              corners is within ``narrow`` × half its diagonal of zero (≥ 1 keeps every skipped
              point's sign for a 1-Lipschitz SDF); None: every new point of an active cell
+    cap    : set the grid's six outer faces to at least this value (> 0) before the repair pass, so a
+             surface that reaches the box is closed there and the cells that close it are decoded like
+             any other surface cell (:func:`cap_at_box` on a finished grid leaves their inner corners at
+             ±τ where they were not decoded); ``clipped`` in the result says whether it happened
     returns: :class:`SDFGrid` whose ``num_queries`` counts decoded points only; values at
              undecoded points are ±τ (their sign is exact under the Lipschitz assumption).
     """
@@ -207,6 +214,8 @@ def decode_grid_guided(
         raise SkellabError(f"narrow must be a number > 0 or None, got {narrow!r}")
     if isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or coarse < 2:
         raise SkellabError(f"coarse must be an integer >= 2, got {coarse!r}")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+        raise SkellabError(f"cap must be a number > 0 or None, got {cap!r}")
     t0 = time.perf_counter()
     R, tau = int(resolution), float(model.config.truncation)
     h = 2.0 * box / (R - 1)
@@ -271,13 +280,19 @@ def decode_grid_guided(
         sign = V[lo[fi], lo[fj], lo[fk]]  # a corner of the (inactive, single-signed) cell
         values[L2[fi], L2[fj], L2[fk]] = np.where(sign < 0, -tau, tau).astype(np.float32)
         L = L2
+    clipped = False
+    if cap is not None:  # close a surface that reaches the box; the capped faces are final values
+        for face in (np.s_[0], np.s_[-1], np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
+            clipped = clipped or bool((values[face] < 0).any())
+            values[face] = np.maximum(values[face], cap)
+            decoded[face] = True
     # 5. repair: every corner of a sign-changing finest cell decoded
     for _ in range(4 * R):
         gi, gj, gk = np.nonzero(_corners_of_crossing_cells(values < 0) & ~decoded)
         if not len(gi):
             break
         n_queries += decode_at(gi, gj, gk)
-    return SDFGrid(values, float(box), n_queries, time.perf_counter() - t0)
+    return SDFGrid(values, float(box), n_queries, time.perf_counter() - t0, clipped)
 
 
 def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level: float = 0.0,

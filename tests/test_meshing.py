@@ -9,7 +9,7 @@ from skellab.autoencoder import AutoencoderConfig, Latent, SkeletalAutoencoder
 from skellab.data.sampling import grid_points
 from skellab.data.shape import Normalization
 from skellab.errors import SkellabError
-from skellab.meshing import decode_grid_dense, decode_grid_guided, decode_mesh, export_mesh, extract_mesh
+from skellab.meshing import cap_at_box, decode_grid_dense, decode_grid_guided, decode_mesh, export_mesh, extract_mesh
 
 CFG = AutoencoderConfig(num_tokens=12, num_surface=64, encoder_width=16, encoder_blocks=1, group_k=8,
                         num_frequencies=2, decoder_width=16, decoder_heads=2, decoder_blocks=1)
@@ -83,8 +83,31 @@ def test_narrow_decodes_fewer_points_and_repair_decodes_every_surface_corner(one
                 assert (np.abs(rough.values[i:R - 1 + i, j:R - 1 + j, k:R - 1 + k][crossing]) < tau).all()
 
 
+def test_capped_guided_decoding_equals_capped_dense_decoding(one_thread):
+    """A shape through the box: capped inside guided decoding, the cells that close it are decoded, so the mesh
+    is the dense grid's capped mesh; capping a finished guided grid leaves their inner corners at ±τ."""
+    torch.manual_seed(0)
+    model = SkeletalAutoencoder(config=CFG).eval()
+    t = torch.linspace(0.0, 1.3, CFG.num_tokens)
+    centers = torch.stack([t, 0.1 * torch.sin(3 * t), 0 * t], -1)[None]
+    lat = Latent.from_parts(centers, torch.full((1, CFG.num_tokens), 0.3), torch.randn(1, CFG.num_tokens, 12))
+    tau = model.config.truncation
+    values, clipped = cap_at_box(decode_grid_dense(model, lat, 48), tau)
+    guided = decode_grid_guided(model, lat, 48, cap=tau)
+    assert clipped and guided.clipped
+    assert np.array_equal(values < 0, guided.values < 0)
+    vd, fd = extract_mesh(values, 1.1)
+    vg, fg = extract_mesh(guided)
+    assert np.array_equal(fd, fg) and np.abs(vd - vg).max() < 1e-6
+    assert trimesh.Trimesh(vg, fg).is_watertight
+    late, _ = cap_at_box(decode_grid_guided(model, lat, 48), tau)  # capped afterwards: the closing cells differ
+    vl, fl = extract_mesh(late, 1.1)
+    assert np.array_equal(fl, fd) and np.abs(vl - vd).max() > 1e-3  # same triangles, vertices moved at the box
+    assert not decode_grid_guided(*bent_tube(), 32, cap=tau).clipped
+
+
 @pytest.mark.parametrize("kw", [{"narrow": 0}, {"narrow": -1.0}, {"narrow": True}, {"narrow": "1"}, {"coarse": 1},
-                                {"coarse": 8.5}, {"safety": 0}])
+                                {"coarse": 8.5}, {"safety": 0}, {"cap": 0.0}, {"cap": True}])
 def test_guided_bad_settings(kw):
     model, lat = bent_tube()
     with pytest.raises(SkellabError, match=next(iter(kw))):
