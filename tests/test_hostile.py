@@ -779,7 +779,9 @@ def test_folder_swap_without_rename_exchange_and_recovery(tmp_path, monkeypatch)
         (tmp / "step_00.ply").write_bytes(b"new")
     assert [p.name for p in final.iterdir()] == ["step_00.ply"] and len(list(tmp_path.iterdir())) == 1
     # a writer killed between the two renames: the previous folder sits under a temp name, none under the final one
-    old = tmp_path / (runtime._temp_prefix(final, extra=4).replace(f"-{os.getpid()}.", f"-{_dead_pid()}.")
+    dead = _dead_pid()  # may have more digits than ours: leave room for them, or the name exceeds 255 bytes
+    grow = max(0, len(str(dead)) - len(str(os.getpid())))
+    old = tmp_path / (runtime._temp_prefix(final, extra=4 + grow).replace(f"-{os.getpid()}.", f"-{dead}.")
                       + "abcdefgh.tmp.old")
     final.rename(old)
     with runtime.replace_folder(final, overwrite=True) as tmp:
