@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"batch {batch}: skellab {result['skellab'][f'batch_{batch}']['seconds_per_organ']:.2f} s/organ "
               f"(sample {stages['sample']:.2f}, decode {stages['decode']:.2f}, mesh {stages['mesh']:.2f}, "
               f"skeleton {stages['skeleton']:.2f}); point diffusion {total / batch:.2f} s/cloud", flush=True)
-    rows = []
+    rows, tau = [], float(ae.config.truncation)
     for o in organs[: args.compare]:  # the same latents, decoded both ways, interleaved
         row = {}
-        tau = float(ae.config.truncation)
         for name, kw in (("current", {"cap": tau}), ("previous", {"coarse": 32, "narrow": None})):
             grid = decode_grid_guided(ae, o.latent, args.resolution, **kw)  # current: capped as decode_organ does
             values = grid.values if name == "current" else cap_at_box(grid, tau)[0]  # previous: capped afterwards

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 from skellab.autoencoder import load_autoencoder
-from skellab.autoencoder.encode import encode_points
 from skellab.data.atlases import unseen_shapes
-from skellab.data.sampling import sample_surface
 from skellab.meshing import decode_grid_guided, extract_mesh
+from skellab.pipeline import encode_shape
 from skellab.runtime import atomic_path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,10 +42,8 @@ PREVIOUS = {"coarse": 32, "narrow": None}
 
 
 def compare(model, shape, resolution: int) -> dict:
-    points, normals = sample_surface(shape, model.config.num_surface, seed=0)
-    classes = list(model.classes or [])
-    ci = classes.index(shape.organ) if model.config.class_conditioning and shape.organ in classes else None
-    lat = encode_points(model, torch.from_numpy(points), torch.from_numpy(normals), class_index=ci)
+    known = model.config.class_conditioning and shape.organ in (model.classes or [])
+    lat = encode_shape(model, shape, seed=0, organ=shape.organ if known else None)
     current = decode_grid_guided(model, lat, resolution)
     previous = decode_grid_guided(model, lat, resolution, **PREVIOUS)
     vc, fc = extract_mesh(current)

@@ -26,9 +26,9 @@ where the trilinear interpolation f̃(p) of its cell's corners is within ``narro
 D of zero, D = half the cell diagonal; the others get ±τ with the sign of f̃(p). For a
 1-Lipschitz f, |f(p) − f̃(p)| ≤ Σ_c w_c ‖c − p‖ ≤ D, so with ``narrow`` ≥ 1 a skipped
 point has its true sign: only the points that can lie on the surface are decoded, not
-the whole band around it (2.5× fewer queries on generated organs at 128³, the same
-triangles; ``benchmarks/bench_decoding.py``). ``narrow=None`` decodes every new point of
-an active cell.
+the whole band around it (2.3–2.6× fewer queries at 128³ on reconstructed and generated
+organs, the same triangles; ``benchmarks/guided_decoding.py``). ``narrow=None`` decodes
+every new point of an active cell.
 
 Cells that reach the finest level with a sign change have all 8 corners decoded, so
 marching cubes gives the same triangles as on the dense grid whenever the decoded

@@ -274,7 +274,8 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
 
     results = evaluate_fresh(
         args.fresh, classes=args.classes, data=args.data, split=args.split, num_points=args.points,
-        seed0=FRESH_SEED0 if args.ref_seed is None else args.ref_seed, emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
+        seed0=FRESH_SEED0 if args.ref_seed is None else args.ref_seed,
+        emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
         connect=args.connect, autoguidance=args.autoguidance,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
