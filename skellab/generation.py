@@ -163,7 +163,7 @@ def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | o
 def list_organs(checkpoint: str | os.PathLike | None = None) -> list[str]:
     """Organ classes the diffusion model can generate (default: the shipped checkpoint)."""
     diff = load_diffusion(checkpoint)
-    return list(diff.classes or [])
+    return diff.organs
 
 
 def sampling_scheduler(diffusion: LatentDiffusion, name: str = "edm") -> Any:
@@ -352,8 +352,8 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
              keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator,
              connect: float | None = CONNECT_OVERLAP, autoguidance: float | None = None):
     """``sample(num) → (Latent (num, K, D), seconds per organ, connect infos)``, every draw from ``generator``."""
-    if organ not in (diffusion.classes or []):
-        raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.classes or [])}")
+    if organ not in diffusion.organs:
+        raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.organs)}")
     ci = diffusion.class_id(organ)
     sampler = sampling_scheduler(diffusion, scheduler)
     guide, a = diffusion.guiding(autoguidance)

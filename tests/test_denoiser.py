@@ -227,6 +227,26 @@ def test_checkpoint_round_trip_and_errors(trained, tmp_path):
         load_diffusion(other)
 
 
+def test_a_class_without_training_latents_is_refused_and_the_record_travels(trained, tmp_path):
+    """A diffusion model trained on latents of some of its autoencoder's classes records them: the others have an
+    untrained class embedding, so naming one is a one-line error; the record survives save/load and a record naming a
+    class the checkpoint lacks is refused on load."""
+    diffusion = dataclasses.replace(trained[0], trained_classes=["liver"])
+    assert diffusion.organs == ["liver"] and trained[0].organs == ["liver", "spleen"]
+    with pytest.raises(SkellabError, match="'spleen' had no training shapes"):
+        diffusion.sample(1, class_index="spleen", steps=2)
+    path = save_diffusion(tmp_path / "d.pt", diffusion)
+    back = load_diffusion(path)
+    assert back.trained_classes == ["liver"] and back.organs == ["liver"]
+    assert torch.equal(back.sample(1, class_index="liver", steps=2, generator=make_generator(0)),
+                       trained[0].sample(1, class_index="liver", steps=2, generator=make_generator(0)))
+    raw = torch.load(path, weights_only=True)
+    raw["trained_classes"] = ["liver", "brain"]
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match="trained_classes"):
+        load_diffusion(tmp_path / "bad.pt")
+
+
 def test_a_guide_network_travels_in_the_checkpoint(trained, tmp_path):
     """attach_guide + save/load keep the guide and its weight; sampling uses them by default, autoguidance=1
     turns them off; a model without a guide refuses a weight; a corrupt guide entry is a one-line error."""

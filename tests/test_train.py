@@ -19,6 +19,7 @@ import torch
 from conftest import run_cli
 
 from skellab.errors import SkellabError
+from skellab.data.medsdf import MedSDF
 from skellab.train import EngineConfig, StepSampler, read_log, stage_config, train_stage
 
 TINY_STEPS = 12
@@ -104,7 +105,7 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     return run
 
 
-def test_run_folder_layout_and_checkpoints(tiny_run):
+def test_run_folder_layout_and_checkpoints(tiny_run, tiny_dataset):
     from skellab.autoencoder import load_autoencoder
     from skellab.diffusion import load_diffusion
 
@@ -123,6 +124,8 @@ def test_run_folder_layout_and_checkpoints(tiny_run):
     ae = load_autoencoder(tiny_run / "autoencoder" / "model.pt")
     diff = load_diffusion(tiny_run / "diffusion" / "model.pt")
     assert diff.denoiser.config.token_dim == ae.config.token_dim and diff.classes == ae.classes
+    store = MedSDF.open(tiny_dataset)
+    assert diff.organs == [c for c in ae.classes if c in {store.record(s)["class"] for s in store.ids(split="train")}]
     lat = diff.sample(1, class_index=0, steps=2, generator=torch.Generator().manual_seed(0))
     assert lat.shape == (1, ae.config.num_tokens, ae.config.token_dim) and torch.isfinite(lat).all()
     assert (tiny_run / "diffusion" / "latents.pt").is_file()
@@ -132,6 +135,24 @@ def test_run_folder_layout_and_checkpoints(tiny_run):
         return
     events = list((tiny_run / "autoencoder" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_release_records_the_classes_a_diffusion_run_trained_on(tiny_run, tmp_path):
+    """release_weights writes trained_classes into the shipped checkpoint and its index, also for a run whose
+    model.pt predates the record (recovered from the run's cached training latents)."""
+    from skellab.diffusion import load_diffusion
+    from skellab.train.release import release_weights
+
+    expected = load_diffusion(tiny_run / "diffusion" / "model.pt").organs
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run / "diffusion", old / "diffusion")
+    payload = torch.load(old / "diffusion" / "model.pt", weights_only=True)
+    del payload["trained_classes"]
+    torch.save(payload, old / "diffusion" / "model.pt")
+    for run, name in ((tiny_run, "new"), (old, "old")):
+        index = release_weights(run, "diffusion", name, weights_dir=tmp_path)
+        assert index["trained_classes"] == expected
+        assert load_diffusion(tmp_path / f"{name}.pt").organs == expected
 
 
 def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tmp_path, one_thread):

@@ -67,6 +67,7 @@ class _Entries:
     """The checkpoint entries besides config, weights, normalizer and scheduler, as they must be typed."""
 
     classes: tuple[str, ...] | None = None
+    trained_classes: tuple[str, ...] | None = None
     num_tokens: int = field(default=256, metadata={"range": (1, MAX_TOKENS)})
     step: int = 0
     metrics: dict | None = None
@@ -88,6 +89,8 @@ class LatentDiffusion:
     guide      : a weaker denoiser of the same latents for autoguidance (None: none; :func:`attach_guide`)
     autoguidance : the autoguidance weight used when a sampler is not given one (1: off)
     guide_info : what the guide is (its step, parameters, source)
+    trained_classes : the classes that had training latents (None: all of ``classes``). A class the
+                 autoencoder knows but the denoiser never saw has an untrained embedding: it is refused.
     """
 
     denoiser: TokenDenoiser
@@ -99,6 +102,12 @@ class LatentDiffusion:
     guide: TokenDenoiser | None = None
     autoguidance: float = 1.0
     guide_info: dict[str, Any] = field(default_factory=dict)
+    trained_classes: list[str] | None = None
+
+    @property
+    def organs(self) -> list[str]:
+        """The class names this model can generate: those it had training latents of."""
+        return list(self.trained_classes if self.trained_classes is not None else (self.classes or []))
 
     def guiding(self, autoguidance: float | None = None) -> tuple[TokenDenoiser | None, float]:
         """(guide network, autoguidance weight) for a sampler: ``autoguidance`` None → this model's own weight;
@@ -116,6 +125,9 @@ class LatentDiffusion:
         if isinstance(name_or_index, str):
             if not self.classes or name_or_index not in self.classes:
                 raise SkellabError(f"unknown class {name_or_index!r}; known: {', '.join(self.classes or [])}")
+            if name_or_index not in self.organs:
+                raise SkellabError(f"class {name_or_index!r} had no training shapes in this diffusion model; "
+                                   f"it can generate: {', '.join(self.organs)}")
             return self.classes.index(name_or_index)
         if not 0 <= int(name_or_index) < n:
             raise SkellabError(f"class index {name_or_index} out of range [0, {n})")
@@ -159,6 +171,7 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
         "normalizer": diffusion.normalizer.to_dict(),
         "scheduler": dict(diffusion.scheduler.config),
         "classes": list(diffusion.classes) if diffusion.classes else None,
+        **({"trained_classes": list(diffusion.trained_classes)} if diffusion.trained_classes is not None else {}),
         "num_tokens": int(diffusion.num_tokens),
         "step": int(step if step is not None else info.get("step", 0)),
         "metrics": dict(metrics if metrics is not None else info.get("metrics", {})),
@@ -209,7 +222,7 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     p = Path(path) if path is not None else weights_path("diffusion")
     ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="diffusion")
     cfg = checkpoint_config(ckpt, DenoiserConfig, path=p, ranges=CONFIG_RANGES)
-    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "num_tokens", "step", "metrics", "train",
+    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "trained_classes", "num_tokens", "step", "metrics", "train",
                                                               "scheduler", "normalizer") if k in ckpt},
                               where=str(p), require_all=False)
     for key in ("scheduler", "normalizer"):
@@ -226,6 +239,9 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
         raise SkellabError(f"{p}: the normalizer has {normalizer.mean.shape[0]} channels, the config's "
                            f"token_dim is {cfg.token_dim}")
     classes = list(entries.classes) if entries.classes else None
+    trained = list(entries.trained_classes) if entries.trained_classes is not None else None
+    if trained is not None and not set(trained) <= set(classes or []):
+        raise SkellabError(f"{p}: trained_classes names classes the checkpoint does not have")
     model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
     info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
     dev = resolve_device(device)
@@ -244,4 +260,4 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, autoguidance, guide_info)
+                           guide, autoguidance, guide_info, trained)

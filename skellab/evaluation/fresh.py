@@ -701,7 +701,7 @@ def evaluate_fresh(
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
-    known = list(diff.classes or [])
+    known = diff.organs
     procedural = [c for c in PROCEDURAL_FAMILIES if c in known]
     store = MedSDF.open(data) if data is not None else None
     held_out: dict[str, list[str]] = {}

@@ -187,7 +187,7 @@ def evaluate_generation(
     store = MedSDF.open(dataset_dir)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
-    known = list(diff.classes or [])
+    known = diff.organs
     by_class: dict[str, list[str]] = {}
     for sid in sorted(store.ids(split=split)):
         by_class.setdefault(store.record(sid)["class"], []).append(sid)

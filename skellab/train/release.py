@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import write_checkpoint
 from ..diffusion import attach_guide, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..runtime import atomic_path
@@ -37,8 +38,11 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
     summary = json.loads(summary_path.read_text())
     rows = read_log(Path(run) / stage / "log.csv")
     dst = Path(weights_dir) / f"{name}.pt"
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    if _add_trained_classes(payload, Path(run) / stage / "latents.pt"):
+        write_checkpoint(dst, payload)
+    else:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     val = {k: [(r["step"], r[k]) for r in rows if r.get(k) == r.get(k)] for k in (rows[-1] if rows else {})
            if k.startswith("val_")}
     index = {
@@ -46,6 +50,7 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
         "bytes": dst.stat().st_size,
         "parameters": sum(int(v.numel()) for v in payload["state_dict"].values()),
         "config": payload.get("config"), "classes": payload.get("classes"),
+        **({"trained_classes": payload["trained_classes"]} if payload.get("trained_classes") is not None else {}),
         "training": {
             "stage": stage, "dataset": dataset_name, "data_fingerprint": summary.get("data"),
             "engine": summary.get("engine"), "task": summary.get("task"), "steps": summary.get("steps"),
@@ -62,6 +67,21 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
     with atomic_path(dst.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
+
+
+def _add_trained_classes(payload: dict[str, Any], latents: Path) -> bool:
+    """A diffusion checkpoint written before it recorded ``trained_classes``: add them from the run's cached
+    training latents (the classes with at least one latent). True when ``payload`` changed."""
+    classes = payload.get("classes")
+    if "trained_classes" in payload or not classes or not latents.is_file() or "normalizer" not in payload:
+        return False
+    cache = torch.load(latents, map_location="cpu", weights_only=True)
+    index = (cache.get("train") or {}).get("class_index") if isinstance(cache, dict) else None
+    if index is None or list(cache.get("classes") or []) != list(classes):
+        return False
+    seen = set(index.tolist())
+    payload["trained_classes"] = [c for i, c in enumerate(classes) if i in seen]
+    return True
 
 
 def add_metrics(name: str, metrics: dict[str, Any], *, weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, Any]:

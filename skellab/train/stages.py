@@ -114,7 +114,7 @@ class _LatentTask(DenoisingTask):
                          config={"model": cfg.to_dict(), "autoencoder_sha256": self.ae_sha[:16]},
                          fingerprint=f"{dataset_fingerprint(data)}-{self.ae_sha[:16]}",
                          payload_fn=self._payload, checkpoint_format=DIFFUSION_FORMAT)
-        self.normalizer = None
+        self.normalizer, self.trained_classes = None, None
 
     def _new_model(self):
         return TokenDenoiser(config=self.model_config)
@@ -133,13 +133,17 @@ class _LatentTask(DenoisingTask):
             self.val_data = self.normalizer.normalize(sort_tokens(val.tokens.float(), order)).to(device)
             self.val_class_index = val.class_index
         self.latent_count = int(train.tokens.shape[0])
+        seen = set(train.class_index.tolist()) if train.class_index is not None else None
+        self.trained_classes = None if seen is None or not self.classes else \
+            [c for i, c in enumerate(self.classes) if i in seen]
 
     def _payload(self, model, *, step, metrics):
         info = {"step": step, "metrics": metrics,
                 "train": {"autoencoder_sha256": self.ae_sha, "num_latents": self.latent_count,
                           "cpu_seconds": metrics.get("cpu_seconds"), "wall_seconds": metrics.get("wall_seconds")}}
         return diffusion_payload(LatentDiffusion(model, self.scheduler, self.normalizer, self.classes or None,
-                                                 self.num_tokens, info), step=step, metrics=metrics)
+                                                 self.num_tokens, info, trained_classes=self.trained_classes),
+                                 step=step, metrics=metrics)
 
 
 # ---------------------------------------------------------------------- one stage
