@@ -1,6 +1,7 @@
 """Reconstruction quality of an autoencoder checkpoint on a MedSDF split (the model-card numbers).
 
     python benchmarks/eval_autoencoder.py --data medsdf-mini --out ae_eval.json [--checkpoint PATH]
+        [--exclude-train-of medsdf-fidelity]   # leave out test shapes another dataset trained on
 
 Two point budgets, named distinctly: the paper/PointFlow-style metrics on 2,048 surface points
 per shape (CD both conventions, EMD, F1@0.02/0.06 — with 2,048 points the sampling floor itself
@@ -26,9 +27,16 @@ from skellab.meshing import decode_grid_guided, extract_mesh
 from skellab.metrics import reconstruction_metrics
 
 
-def dense_metrics(model, root: str, split: str, resolution: int, n: int) -> dict:
+def split_ids(root: str, split: str, exclude: list[str]) -> list[str]:
+    """``split``'s ids of ``root`` minus every shape in the train or val split of a dataset in ``exclude`` (so a
+    model trained on another dataset is scored only on shapes it never saw)."""
+    seen = {sid for other in exclude for part in ("train", "val") for sid in MedSDF.open(other).ids(split=part)}
+    return [sid for sid in MedSDF.open(root).ids(split=split) if sid not in seen]
+
+
+def dense_metrics(model, root: str, ids: list[str], resolution: int, n: int) -> dict:
     store = MedSDF.open(root)
-    latents, ids = encode_shapes(model, store, split=split)
+    latents, ids = encode_shapes(model, store, ids)
     per_class = defaultdict(list)
     for i, sid in enumerate(ids):
         ref = store.shape(sid)
@@ -50,15 +58,19 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--dense-points", type=int, default=30000)
+    ap.add_argument("--exclude-train-of", nargs="*", default=[], metavar="DIR",
+                    help="leave out shapes in the train/val split of these datasets (e.g. medsdf-fidelity)")
     ap.add_argument("--out", default="ae_eval.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_autoencoder(args.checkpoint)
     t0 = time.perf_counter()
-    sparse = evaluate_autoencoder(model, args.data, split=args.split, resolution=args.resolution, n=2048)
+    ids = split_ids(args.data, args.split, args.exclude_train_of)
+    sparse = evaluate_autoencoder(model, args.data, split=args.split, ids=ids, resolution=args.resolution, n=2048)
     sparse.pop("shapes")
-    dense = dense_metrics(model, args.data, args.split, args.resolution, args.dense_points)
+    dense = dense_metrics(model, args.data, ids, args.resolution, args.dense_points)
     report = {"checkpoint": args.checkpoint or "shipped", "config": model.config.to_dict(), "split": args.split,
+              "excludes_train_of": list(args.exclude_train_of), "shapes": len(ids),
               "resolution": args.resolution, "points_2048": sparse,
               f"points_{args.dense_points}": dense, "seconds": round(time.perf_counter() - t0, 1)}
     Path(args.out).write_text(json.dumps(report, indent=1))
