@@ -227,6 +227,39 @@ def test_checkpoint_round_trip_and_errors(trained, tmp_path):
         load_diffusion(other)
 
 
+def test_sphere_weight_weights_the_sphere_channels_of_the_training_loss():
+    """DenoiserConfig.sphere_weight: per-channel weights of mean 1, spheres (xyz, r) × w relative to features; the
+    training loss is the EDM-weighted MSE with those weights; 1 (the default) leaves the loss as it was."""
+    from skellab.train.tasks import DenoisingTask
+
+    cfg = DenoiserConfig.tiny(num_classes=2, sphere_weight=4.0)
+    cw = cfg.channel_weights()
+    assert cw.shape == (16,) and torch.isclose(cw.mean(), torch.tensor(1.0)) and torch.isclose(cw[0] / cw[4], torch.tensor(4.0))
+    assert DenoiserConfig.tiny().channel_weights() is None
+    with pytest.raises(SkellabError, match="sphere_weight"):
+        DenoiserConfig.tiny(sphere_weight=0.0)
+    g = make_generator(0)
+    sched = EDMScheduler()
+    batch = {"x0": torch.randn(4, 8, 16, generator=g), "noise": torch.randn(4, 8, 16, generator=g),
+             "t": torch.rand(4, generator=g) + 0.1, "class_index": None}
+    task = DenoisingTask(torch.zeros(1, 8, 16), None, sched, lambda: None)
+    losses = {}
+    for w in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = TokenDenoiser(config=DenoiserConfig.tiny(num_classes=2, sphere_weight=w))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        losses[w] = float(task.compute_loss(model, batch)["total"])
+        x_in, cond = sched.scale_model_input(sched.add_noise(batch["x0"], batch["noise"], batch["t"]), batch["t"])
+        err = (model(x_in, cond, None) - sched.training_target(batch["x0"], batch["noise"], batch["t"])) ** 2
+        weights = model.config.channel_weights()
+        err = err if weights is None else err * weights
+        manual = (sched.training_weight(batch["t"]).reshape(-1, 1, 1) * err).mean()
+        assert losses[w] == pytest.approx(float(manual), rel=1e-5)
+    assert losses[1.0] != pytest.approx(losses[4.0], rel=1e-3)
+
+
 def test_a_class_without_training_latents_is_refused_and_the_record_travels(trained, tmp_path):
     """A diffusion model trained on latents of some of its autoencoder's classes records them: the others have an
     untrained class embedding, so naming one is a one-line error; the record survives save/load and a record naming a

@@ -48,6 +48,7 @@ class DenoiserConfig:
     dropout: float = 0.0  # dropout inside attention and MLP
     token_order: str = "set"  # "set": permutation-equivariant; "morton": sorted tokens + learned positions
     num_tokens: int = 0  # K, for token_order="morton" (one learned position per token); training sets it from the data
+    sphere_weight: float = 1.0  # training only: loss weight of the 4 sphere channels (xyz, r) vs the features
 
     def __post_init__(self) -> None:
         if self.token_order not in TOKEN_ORDERS:
@@ -63,6 +64,17 @@ class DenoiserConfig:
             raise SkellabError(f"DenoiserConfig: time_embed_dim must be even, got {self.time_embed_dim}")
         if self.num_classes < 0 or not 0 <= self.class_dropout < 1 or not 0 <= self.dropout < 1:
             raise SkellabError("DenoiserConfig: num_classes >= 0, class_dropout and dropout in [0, 1)")
+        if not 0 < self.sphere_weight <= 1000:
+            raise SkellabError(f"DenoiserConfig: sphere_weight must be in (0, 1000], got {self.sphere_weight}")
+
+    def channel_weights(self) -> torch.Tensor | None:
+        """(token_dim,) per-channel loss weights with mean 1: the 4 sphere channels get ``sphere_weight`` times the
+        weight of a feature channel (None when uniform or when tokens have no feature channels)."""
+        if self.sphere_weight == 1.0 or self.token_dim <= 4:
+            return None
+        w = torch.ones(self.token_dim)
+        w[:4] = self.sphere_weight
+        return w * (self.token_dim / w.sum())
 
     # presets -------------------------------------------------------------
     @classmethod

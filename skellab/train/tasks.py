@@ -347,7 +347,12 @@ class DenoisingTask(TrainingTask):
         out = model(x_in, cond, batch["class_index"])
         target = sch.training_target(x0, noise, t)
         w = sch.training_weight(t).to(x0.device, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        return {"total": (w * (out.float() - target) ** 2).mean()}
+        err = (out.float() - target) ** 2
+        cfg = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the denoiser
+        cw = cfg.channel_weights() if hasattr(cfg, "channel_weights") else None
+        if cw is not None:  # DenoiserConfig.sphere_weight: spheres vs features (mean weight 1)
+            err = err * cw.to(err.device)
+        return {"total": (w * err).mean()}
 
     @torch.no_grad()
     def validate(self, model, device):
