@@ -53,7 +53,7 @@ def noisy(latent: Latent, std: torch.Tensor, sigma: float, channels: slice, g: t
 def run_pair(ae_path: str, diff_path: str, families, n: int, sigmas: dict, resolution: int) -> dict:
     ae = load_autoencoder(ae_path)
     std = load_diffusion(diff_path).normalizer.std.float()
-    out: dict = {}
+    out: dict = {"latent_std": [round(float(v), 4) for v in std]}  # per channel: xyz, r, features
     for fam in families:
         rows = {f"{kind}@{s}": {"to_clean": [], "to_shape": []} for kind in ("features", "spheres") for s in sigmas[kind]}
         clean_to_shape, floor = [], []

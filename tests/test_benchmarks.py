@@ -115,3 +115,19 @@ def test_training_section_measures_engine_overhead_per_stage(run_all, tiny_datas
         assert row["section"] == "training" and row["steps_timed"] > 0
         assert row["overhead"] == pytest.approx(row["candidate_seconds"] / row["baseline_seconds"] - 1)
         assert row["bare_fwd_bwd_seconds_per_step"] > 0
+
+
+def test_token_noise_reports_an_unchanged_surface_at_its_floor_and_moves_with_the_spheres(tmp_path):
+    """benchmarks/token_noise.py on one fresh kidney at 32³ with the shipped pair: the JSON has every entry, zero
+    noise would score the floor, and sphere noise of 5 % of their spread moves the surface well above it."""
+    out = tmp_path / "noise.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "token_noise.py"), "--pair",
+                        "skellab/weights/autoencoder.pt", "skellab/weights/diffusion.pt", "--families", "kidney",
+                        "--n", "1", "--feature-sigma", "0", "--sphere-sigma", "0.05", "--resolution", "32",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr
+    pair = next(iter(json.loads(out.read_text())["pairs"].values()))
+    kidney = pair["kidney"]
+    assert len(pair["latent_std"]) == 16 and kidney["clean_to_shape"] > 0
+    assert kidney["features@0.0"]["to_clean"] == pytest.approx(kidney["sampling_floor"])
+    assert kidney["spheres@0.05"]["to_clean"] > 1.5 * kidney["sampling_floor"]
