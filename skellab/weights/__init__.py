@@ -30,7 +30,8 @@ NAMES = {
     "autoencoder_surface": "ablation: surface-point tokens, no sphere prior (SPSDF-like)",
     "diffusion_surface": "ablation: diffusion over the surface-point autoencoder's latents",
     "autoencoder_kernel": "fidelity candidate: kernel decoder (k nearest spheres, no attention), trained on "
-                          "MedSDF-fidelity; reconstruction only (no diffusion model on its latents yet)",
+                          "MedSDF-fidelity; reconstruction only (a diffusion model on its latents generated no "
+                          "better than the shipped pair, so none ships)",
 }
 
 
