@@ -21,17 +21,10 @@ import numpy as np
 import torch
 
 from skellab.autoencoder import encode_shapes, load_autoencoder
-from skellab.data.medsdf import MedSDF
+from skellab.data.medsdf import MedSDF, ids_unseen_by
 from skellab.evaluation import evaluate_autoencoder
 from skellab.meshing import decode_grid_guided, extract_mesh
 from skellab.metrics import reconstruction_metrics
-
-
-def split_ids(root: str, split: str, exclude: list[str]) -> list[str]:
-    """``split``'s ids of ``root`` minus every shape in the train or val split of a dataset in ``exclude`` (so a
-    model trained on another dataset is scored only on shapes it never saw)."""
-    seen = {sid for other in exclude for part in ("train", "val") for sid in MedSDF.open(other).ids(split=part)}
-    return [sid for sid in MedSDF.open(root).ids(split=split) if sid not in seen]
 
 
 def dense_metrics(model, root: str, ids: list[str], resolution: int, n: int) -> dict:
@@ -65,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_autoencoder(args.checkpoint)
     t0 = time.perf_counter()
-    ids = split_ids(args.data, args.split, args.exclude_train_of)
+    ids = ids_unseen_by(args.data, args.split, args.exclude_train_of)
     sparse = evaluate_autoencoder(model, args.data, split=args.split, ids=ids, resolution=args.resolution, n=2048)
     sparse.pop("shapes")
     dense = dense_metrics(model, args.data, ids, args.resolution, args.dense_points)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from skellab.autoencoder import load_autoencoder
-from skellab.data.medsdf import MedSDF
+from skellab.data.medsdf import MedSDF, ids_unseen_by
 from skellab.evaluation import FIDELITY_KEYS, evaluate_fidelity
 from skellab.tables import format_table
 
@@ -42,11 +42,9 @@ def test_fold_shapes(root: str, max_per_class: int, exclude: list[str] = ()) -> 
     train or val split of a dataset in ``exclude`` (so models trained on different datasets are compared on
     shapes none of them saw)."""
     store = MedSDF.open(root)
-    seen = {sid for other in exclude for split in ("train", "val") for sid in MedSDF.open(other).ids(split=split)}
     by_class = defaultdict(list)
-    for sid in store.ids(split="test"):
-        if sid not in seen:
-            by_class[store.record(sid)["class"]].append(sid)
+    for sid in ids_unseen_by(root, "test", exclude):
+        by_class[store.record(sid)["class"]].append(sid)
     return [store.shape(s) for c in sorted(by_class) for s in sorted(by_class[c])[:max_per_class]]
 
 

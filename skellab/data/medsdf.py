@@ -514,3 +514,11 @@ class MedSDF:
             return len(self.orphans())
         except (SkellabError, OSError):  # an unreadable shard manifest: nothing can be called an orphan
             return None
+
+
+def ids_unseen_by(root: str | os.PathLike, split: str, others: Iterable[str | os.PathLike]) -> list[str]:
+    """``split``'s shape ids of the dataset at ``root`` minus every shape in the train or val split of a dataset in
+    ``others``: the shapes none of the models trained on those datasets saw (e.g. MedSDF-fidelity re-folds
+    MedSDF-mini's procedural shapes, so 28 of mini's 88 test shapes are in its train or val split)."""
+    seen = {sid for other in others for part in ("train", "val") for sid in MedSDF.open(other).ids(split=part)}
+    return [sid for sid in MedSDF.open(root).ids(split=split) if sid not in seen]
