@@ -33,9 +33,8 @@ from skellab.pipeline import encode_shape
 from skellab.runtime import make_generator
 
 FIRST_SEED = 1_000_000
-
-
 POINTS = 20_000  # dense: at 2,048 points the sampling floor (~1.4e-3 on a kidney) hides what the features do
+CHANNELS = {"features": slice(4, None), "spheres": slice(0, 4)}  # token = [xyz, r, features…]
 
 
 def cd(a, b, seed: int) -> float:
@@ -55,7 +54,7 @@ def run_pair(ae_path: str, diff_path: str, families, n: int, sigmas: dict, resol
     std = load_diffusion(diff_path).normalizer.std.float()
     out: dict = {"latent_std": [round(float(v), 4) for v in std]}  # per channel: xyz, r, features
     for fam in families:
-        rows = {f"{kind}@{s}": {"to_clean": [], "to_shape": []} for kind in ("features", "spheres") for s in sigmas[kind]}
+        rows = {f"{kind}@{s}": {"to_clean": [], "to_shape": []} for kind in CHANNELS for s in sigmas[kind]}
         clean_to_shape, floor = [], []
         for i in range(n):
             shape = make_shape(fam, FIRST_SEED + i)
@@ -63,7 +62,7 @@ def run_pair(ae_path: str, diff_path: str, families, n: int, sigmas: dict, resol
             clean = decode_mesh(ae, latent, resolution)
             clean_to_shape.append(cd(clean, shape, i))
             floor.append(cd(clean, clean, i))  # two independent point samples of the same mesh
-            for kind, channels in (("features", slice(4, None)), ("spheres", slice(0, 4))):
+            for kind, channels in CHANNELS.items():
                 for s in sigmas[kind]:
                     g = make_generator(1000 * i + int(1000 * s) + (0 if kind == "features" else 7))
                     mesh = decode_mesh(ae, noisy(latent, std, s, channels, g), resolution)
@@ -88,12 +87,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    sigmas = {"features": args.feature_sigma, "spheres": args.sphere_sigma}
     report = {"command": "python benchmarks/token_noise.py " + " ".join(f"--pair {a} {d}" for a, d in args.pair),
-              "n": args.n, "sigmas": {"features": args.feature_sigma, "spheres": args.sphere_sigma}, "points": POINTS, "resolution": args.resolution, "first_seed": FIRST_SEED,
+              "n": args.n, "sigmas": sigmas, "points": POINTS, "resolution": args.resolution, "first_seed": FIRST_SEED,
               "units": "Chamfer (PointFlow) x1e3 on 20000 points, normalised frame; noise in units of the paired "
                        "diffusion model's per-channel latent std",
-              "pairs": {f"{a} + {d}": run_pair(a, d, args.families, args.n, {"features": args.feature_sigma, "spheres": args.sphere_sigma},
-                                                   args.resolution)
+              "pairs": {f"{a} + {d}": run_pair(a, d, args.families, args.n, sigmas, args.resolution)
                         for a, d in args.pair}}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(report, indent=1))

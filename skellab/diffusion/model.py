@@ -39,7 +39,7 @@ from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, sample_la
 from .schedulers import make_scheduler
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "diffusion_payload",
-           "save_diffusion", "load_diffusion"]
+           "save_diffusion", "load_diffusion", "classes_present"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
 
@@ -60,6 +60,12 @@ def _check_autoguidance(a: Any, maximum: float = math.inf) -> float:
         raise SkellabError(f"autoguidance must be a number >= 0{bound}, got {a!r}")
     return float(a)
 MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
+
+
+def classes_present(classes: list[str], class_index: torch.Tensor) -> list[str]:
+    """The names of ``classes`` that at least one training latent has (``class_index``: (S,) indices), in order."""
+    seen = set(class_index.tolist())
+    return [c for i, c in enumerate(classes) if i in seen]
 
 
 @dataclass(frozen=True)
@@ -222,8 +228,9 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     p = Path(path) if path is not None else weights_path("diffusion")
     ckpt = read_checkpoint(p, format=CHECKPOINT_FORMAT, kind="diffusion")
     cfg = checkpoint_config(ckpt, DenoiserConfig, path=p, ranges=CONFIG_RANGES)
-    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "trained_classes", "num_tokens", "step", "metrics", "train",
-                                                              "scheduler", "normalizer") if k in ckpt},
+    entries = validate_config(_Entries, {k: ckpt[k] for k in ("classes", "trained_classes", "num_tokens", "step",
+                                                              "metrics", "train", "scheduler", "normalizer")
+                                         if k in ckpt},
                               where=str(p), require_all=False)
     for key in ("scheduler", "normalizer"):
         if key not in ckpt:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import write_checkpoint
-from ..diffusion import attach_guide, load_diffusion, save_diffusion
+from ..diffusion import attach_guide, classes_present, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..runtime import atomic_path
 from ..weights import WEIGHTS_DIR
@@ -50,7 +50,8 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
         "bytes": dst.stat().st_size,
         "parameters": sum(int(v.numel()) for v in payload["state_dict"].values()),
         "config": payload.get("config"), "classes": payload.get("classes"),
-        **({"trained_classes": payload["trained_classes"]} if payload.get("trained_classes") is not None else {}),
+        **({"trained_classes": payload["trained_classes"]} if payload.get("trained_classes") is not None
+           else {}),
         "training": {
             "stage": stage, "dataset": dataset_name, "data_fingerprint": summary.get("data"),
             "engine": summary.get("engine"), "task": summary.get("task"), "steps": summary.get("steps"),
@@ -79,8 +80,7 @@ def _add_trained_classes(payload: dict[str, Any], latents: Path) -> bool:
     index = (cache.get("train") or {}).get("class_index") if isinstance(cache, dict) else None
     if index is None or list(cache.get("classes") or []) != list(classes):
         return False
-    seen = set(index.tolist())
-    payload["trained_classes"] = [c for i, c in enumerate(classes) if i in seen]
+    payload["trained_classes"] = classes_present(classes, index)
     return True
 
 

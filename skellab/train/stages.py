@@ -30,6 +30,7 @@ from ..diffusion import (
     LatentDiffusion,
     LatentNormalizer,
     TokenDenoiser,
+    classes_present,
     diffusion_payload,
     make_scheduler,
     sort_tokens,
@@ -133,9 +134,8 @@ class _LatentTask(DenoisingTask):
             self.val_data = self.normalizer.normalize(sort_tokens(val.tokens.float(), order)).to(device)
             self.val_class_index = val.class_index
         self.latent_count = int(train.tokens.shape[0])
-        seen = set(train.class_index.tolist()) if train.class_index is not None else None
-        self.trained_classes = None if seen is None or not self.classes else \
-            [c for i, c in enumerate(self.classes) if i in seen]
+        if train.class_index is not None and self.classes:
+            self.trained_classes = classes_present(self.classes, train.class_index)
 
     def _payload(self, model, *, step, metrics):
         info = {"step": step, "metrics": metrics,
