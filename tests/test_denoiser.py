@@ -407,3 +407,29 @@ def test_morton_token_order_sorts_along_the_curve_and_adds_positions():
     keep[[0, 5]] = True
     out = diffusion.complete(known, keep, 3, class_index=0, steps=4, resample=1, generator=make_generator(2))
     assert torch.equal(out[:, keep], known[keep].expand(3, -1, -1))
+
+
+def test_pooled_feature_norm_keeps_near_constant_feature_channels_near_constant():
+    """DenoiserConfig.feature_norm="pooled": the feature channels share one mean and std (of all their values), so
+    a channel that is nearly the same on every token is not blown up to unit variance; spheres stay per channel;
+    the in-memory recipe uses it."""
+    g = make_generator(0)
+    tokens = torch.randn(6, 32, 16, generator=g)
+    tokens[..., :3] *= 0.3
+    pattern = torch.linspace(-1.5, 1.5, 12)  # every token carries the same 12 features, plus a little noise
+    tokens[..., 4:] = pattern + 0.01 * torch.randn(6, 32, 12, generator=g)
+    per_channel = LatentNormalizer.fit(tokens)
+    pooled = LatentNormalizer.fit(tokens, shared=DenoiserConfig.tiny(feature_norm="pooled").shared_channels())
+    assert torch.equal(pooled.mean[:4], per_channel.mean[:4]) and torch.equal(pooled.std[:4], per_channel.std[:4])
+    assert per_channel.normalize(tokens)[..., 4:].std(dim=(0, 1)).min() > 0.99  # noise scaled up to unit variance
+    z = pooled.normalize(tokens)[..., 4:]
+    assert z.std(dim=(0, 1)).max() < 0.02  # ... or kept at its size relative to the pattern
+    assert torch.allclose(z.mean(dim=(0, 1)), (pattern - pattern.mean()) / pattern.std(unbiased=False), atol=0.02)
+    assert torch.allclose(pooled.denormalize(pooled.normalize(tokens)), tokens, atol=1e-5)
+    assert DenoiserConfig.tiny().shared_channels() is None
+    with pytest.raises(SkellabError, match="feature_norm"):
+        DenoiserConfig.tiny(feature_norm="global")
+    with pytest.raises(SkellabError, match="select none"):
+        LatentNormalizer.fit(tokens[..., :4], shared=slice(4, None))
+    diff, _ = train_diffusion(tokens, preset="tiny", steps=2, feature_norm="pooled", device="cpu", progress=False)
+    assert torch.allclose(diff.normalizer.std, pooled.std)

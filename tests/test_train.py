@@ -177,6 +177,33 @@ def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tm
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_keep_every_keeps_step_exports_and_may_change_on_resume(tiny_dataset, tiny_run, tmp_path, one_thread):
+    from skellab.diffusion import load_diffusion
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, row):
+        if step + 1 == 8:
+            raise Crash
+
+    kw = dict(device="cpu", max_steps=TINY_STEPS, progress=False, checkpoint_every=4,
+              autoencoder=tiny_run / "autoencoder" / "model.pt")
+    with pytest.raises(Crash):
+        train_stage("diffusion", tiny_dataset, tmp_path, callback=crash, keep_every=6, **kw)
+    assert sorted(p.name for p in (tmp_path / "diffusion").glob("model_step*.pt")) == ["model_step6.pt"]
+    res = train_stage("diffusion", tiny_dataset, tmp_path, resume=True, keep_every=5, **kw)  # bookkeeping only
+    assert res.resumed_from == 6  # the kept step is also a checkpoint
+    run = tmp_path / "diffusion"
+    assert sorted(p.name for p in run.glob("model_step*.pt")) == ["model_step10.pt", "model_step6.pt"]
+    assert _losses(tmp_path, "diffusion") == _losses(tiny_run, "diffusion")  # keeping changes nothing trained
+    kept = torch.load(run / "model_step6.pt", map_location="cpu", weights_only=True)
+    assert kept["step"] == 6 and "train_state" not in kept
+    assert load_diffusion(run / "model_step10.pt").organs == load_diffusion(run / "model.pt").organs
+    with pytest.raises(SkellabError, match="keep_every"):
+        EngineConfig(steps=4, batch_size=2, lr=1e-3, keep_every=-1)
+
+
 KILLER = textwrap.dedent("""
     import sys, time
     from pathlib import Path

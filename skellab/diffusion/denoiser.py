@@ -27,10 +27,14 @@ from torch import nn
 
 from ..errors import SkellabError
 
-__all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "order_tokens",
-           "sort_tokens"]
+__all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "FEATURE_NORMS",
+           "order_tokens", "sort_tokens"]
 
 TOKEN_ORDERS = ("set", "morton")
+#: "channel": every feature channel standardised over the training tokens (a channel that barely varies across
+#: tokens is scaled up to unit variance); "pooled": the feature channels share one mean and std, those of all their
+#: values (a near-constant channel stays near-constant). The 4 sphere channels are always standardised per channel.
+FEATURE_NORMS = ("channel", "pooled")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class DenoiserConfig:
     token_order: str = "set"  # "set": permutation-equivariant; "morton": sorted tokens + learned positions
     num_tokens: int = 0  # K, for token_order="morton" (one learned position per token); training sets it from the data
     sphere_weight: float = 1.0  # training only: loss weight of the 4 sphere channels (xyz, r) vs the features
+    feature_norm: str = "channel"  # training only: how the latent normaliser scales the feature channels (FEATURE_NORMS)
 
     def __post_init__(self) -> None:
         if self.token_order not in TOKEN_ORDERS:
@@ -64,8 +69,15 @@ class DenoiserConfig:
             raise SkellabError(f"DenoiserConfig: time_embed_dim must be even, got {self.time_embed_dim}")
         if self.num_classes < 0 or not 0 <= self.class_dropout < 1 or not 0 <= self.dropout < 1:
             raise SkellabError("DenoiserConfig: num_classes >= 0, class_dropout and dropout in [0, 1)")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise SkellabError(f"DenoiserConfig: feature_norm must be one of {', '.join(FEATURE_NORMS)}, "
+                               f"got {self.feature_norm!r}")
         if not 0 < self.sphere_weight <= 1000:
             raise SkellabError(f"DenoiserConfig: sphere_weight must be in (0, 1000], got {self.sphere_weight}")
+
+    def shared_channels(self) -> slice | None:
+        """The channels :meth:`LatentNormalizer.fit` pools into one mean and std (None: every channel its own)."""
+        return slice(4, None) if self.feature_norm == "pooled" and self.token_dim > 4 else None
 
     def channel_weights(self) -> torch.Tensor | None:
         """(token_dim,) per-channel loss weights with mean 1: the 4 sphere channels get ``sphere_weight`` times the

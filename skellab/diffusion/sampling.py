@@ -50,15 +50,25 @@ class LatentNormalizer:
     std: torch.Tensor
 
     @classmethod
-    def fit(cls, tokens: torch.Tensor, eps: float = 1e-6) -> "LatentNormalizer":
-        """Statistics of tokens (S, K, D) (or (N, D)) over every axis but the last."""
+    def fit(cls, tokens: torch.Tensor, eps: float = 1e-6, shared: slice | None = None) -> "LatentNormalizer":
+        """Statistics of tokens (S, K, D) (or (N, D)) over every axis but the last.
+
+        shared : channels that share one mean and std, those of all their values pooled (e.g. ``slice(4, None)``,
+                 the feature channels: :attr:`DenoiserConfig.feature_norm` ``"pooled"``); None: per channel.
+        """
         t = torch.as_tensor(tokens).detach().float()
         if t.ndim < 2 or t.numel() == 0:
             raise SkellabError(f"need tokens of shape (S, K, D) to fit a normalizer, got {tuple(t.shape)}")
         flat = t.reshape(-1, t.shape[-1])
         if not torch.isfinite(flat).all():
             raise SkellabError("latent tokens contain NaN or infinite values")
-        return cls(flat.mean(0).cpu(), flat.std(0, unbiased=False).clamp_min(eps).cpu())
+        mean, std = flat.mean(0), flat.std(0, unbiased=False)
+        if shared is not None:
+            group = flat[:, shared]
+            if group.shape[1] == 0:
+                raise SkellabError(f"shared channels {shared} select none of the {flat.shape[1]} token channels")
+            mean[shared], std[shared] = group.mean(), group.std(unbiased=False)
+        return cls(mean.cpu(), std.clamp_min(eps).cpu())
 
     @classmethod
     def identity(cls, dim: int) -> "LatentNormalizer":

@@ -23,6 +23,8 @@ loss, validation, the inference checkpoint); :func:`fit` does the rest —
   step, configs, data fingerprint — written atomically (temp file + fsync + rename) and
   readable with ``torch.load(weights_only=True)``. ``resume=True`` continues a killed run
   where its last checkpoint stopped and produces the same losses as an uninterrupted run;
+  ``keep_every`` also keeps inference exports ``<out>/model_step{N}.pt`` of intermediate steps
+  (an early snapshot is what autoguidance uses as its guide); it may change on resume;
 * **DistributedDataParallel** when launched by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU,
   NCCL on CUDA, one device per local rank, losses all-reduced for the log, rank 0 alone
   validates, logs and writes files.
@@ -99,6 +101,7 @@ class EngineConfig:
     ema_decay: float | None = None  # EMA of the weights (exported instead of the raw weights)
     val_every: int = 0  # steps between validations (0: only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    keep_every: int = 0  # steps between kept exports ``model_step{N}.pt`` (0: none), e.g. an autoguidance guide
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, none on CPU; "bf16"; "off"
     seed: int = 0
 
@@ -111,8 +114,8 @@ class EngineConfig:
             raise SkellabError(f"unknown LR schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
         if self.amp not in AMP_MODES:
             raise SkellabError(f"unknown amp mode {self.amp!r}: use {', '.join(AMP_MODES)}")
-        if self.warmup < 0 or self.val_every < 0 or self.checkpoint_every < 0:
-            raise SkellabError("warmup, val_every and checkpoint_every must be >= 0")
+        if self.warmup < 0 or self.val_every < 0 or self.checkpoint_every < 0 or self.keep_every < 0:
+            raise SkellabError("warmup, val_every, checkpoint_every and keep_every must be >= 0")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise SkellabError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
@@ -227,6 +230,14 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
+BOOKKEEPING_FIELDS = ("keep_every",)  # engine fields that do not change the trained weights
+
+
+def _trained_fields(engine: dict[str, Any]) -> dict[str, Any]:
+    """An engine config without the fields a resumed run may change (what is kept, not what is trained)."""
+    return {k: v for k, v in engine.items() if k not in BOOKKEEPING_FIELDS}
+
+
 def _config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(saved) | set(current)):
@@ -326,8 +337,8 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
             state = saved.get("train_state")
             if not isinstance(state, dict) or state.get("version") != TRAIN_STATE_VERSION:
                 raise SkellabError(f"{ckpt_path}: has no resumable training state (an exported model, not a run checkpoint)")
-            diff = _config_diff({"engine": state.get("engine", {}), "task": state.get("task", {})},
-                                {"engine": asdict(cfg), "task": task.config_dict()})
+            diff = _config_diff({"engine": _trained_fields(state.get("engine", {})), "task": state.get("task", {})},
+                                {"engine": _trained_fields(asdict(cfg)), "task": task.config_dict()})
             if diff:
                 raise SkellabError(f"{ckpt_path}: checkpoint/config mismatch: " + "; ".join(diff[:4])
                                    + (f"; … {len(diff) - 4} more" if len(diff) > 4 else ""))
@@ -438,10 +449,15 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
                     callback(step, row)
                 except StopTraining:
                     stopped_at = step + 1
-        if run is not None and (last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
+        keep = run is not None and cfg.keep_every and (step + 1) % cfg.keep_every == 0
+        if run is not None and (last or keep or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
             if dctx.is_main:
                 tail = [r["loss"] for r in logs.rows[-50:]]
-                save(step + 1, {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()})
+                metrics = {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()}
+                save(step + 1, metrics)
+                if keep:  # an inference export of this step, beside the run's final model.pt
+                    with atomic_path(run / f"model_step{step + 1}.pt") as tmp:
+                        save_bytes(task.payload(ema if ema is not None else model, step=step + 1, metrics=metrics), tmp)
             dctx.barrier()
         if stopped_at is not None:
             break

@@ -210,7 +210,7 @@ def train_diffusion(
                   :class:`DenoiserConfig` or :class:`EngineConfig` (e.g. ``steps=300, ema_decay=None``)
     config      : denoiser config replacing the preset's (token_dim / num_classes are set from the data)
     scheduler   : ``"edm"`` | ``"ddpm"`` | a scheduler object (its parameterisation is what the network learns)
-    normalizer  : default: fitted on ``latents`` (per-channel mean/std)
+    normalizer  : default: fitted on ``latents`` (per-channel mean/std; the config's ``feature_norm``)
     returns     : (:class:`LatentDiffusion` on ``device``, history {"loss", "lr", "seconds"})
     """
     if hasattr(latents, "tokens"):  # skellab.autoencoder.Latent
@@ -230,7 +230,7 @@ def train_diffusion(
         raise SkellabError(f"class indices must lie in [0, {config.num_classes}) for this config")
     sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
     dev = resolve_device(device)
-    normalizer = normalizer or LatentNormalizer.fit(latents)
+    normalizer = normalizer or LatentNormalizer.fit(latents, shared=config.shared_channels())
     data = normalizer.normalize(sort_tokens(latents, config.token_order)).to(dev)
     model = TokenDenoiser(config=config).to(dev)
     model, history = fit_denoiser(

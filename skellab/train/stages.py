@@ -127,7 +127,7 @@ class _LatentTask(DenoisingTask):
                                  skeleton_cache=self.skeleton_cache)
         train, val = lat["train"], lat["val"]
         order = self.model_config.token_order
-        self.normalizer = LatentNormalizer.fit(train.tokens)
+        self.normalizer = LatentNormalizer.fit(train.tokens, shared=self.model_config.shared_channels())
         self.data = self.normalizer.normalize(sort_tokens(train.tokens.float(), order)).to(device)
         self.class_index = train.class_index.to(device) if train.class_index is not None else None
         if val is not None:
