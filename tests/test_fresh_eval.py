@@ -261,7 +261,7 @@ def test_evaluate_fresh_refuses_bad_arguments():
     ("--fresh", "2", "--classes", "no_such_organ"),
     ("--fresh", "2", "--overwrite"),  # nothing to overwrite without --gallery
     ("--fresh", "2", "--methods", "diffusion"),  # not a method
-    ("--data", "d", "--methods", "skellab"),  # --methods belongs to --fresh
+    ("--data", "d", "--methods", "reference_draw"),  # a row of --fresh only
     ("--fresh", "2", "--ref-seed", "5"),  # a dataset preset's seed
     ("--fresh", "2", "--ref-seed", "x"),
     ("--data", "d", "--ref-seed", "3000000"),  # --ref-seed belongs to --fresh

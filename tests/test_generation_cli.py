@@ -120,6 +120,14 @@ def test_evaluate_writes_the_table(tiny_dataset, tmp_path):
     assert 0 <= ablation["macro"]["cov_cd"] <= 1 and 0 <= ablation["macro"]["1nna_cd"] <= 1
     assert "1nna" in res["conventions"] and res["setup"]["emd_points"] == 64
     assert "MMD-CD x1e3" in stdout
+    only = tmp_path / "skellab_only.json"  # a new denoiser's row, without training a baseline
+    code, stdout, err = run_cli("evaluate", "--data", tiny_dataset, "--out", only, "--classes", "kidney", "--n", "1",
+                                "--points", "256", "--emd-points", "64", "--resolution", "24", "--steps", "2",
+                                "--methods", "skellab", "--quiet")
+    assert code == 0, err
+    alone = json.loads(only.read_text())
+    assert list(alone["methods"]) == ["skellab"] and "point_diffusion" not in stdout
+    assert alone["methods"]["skellab"]["macro"] == res["methods"]["skellab"]["macro"]  # same seeds, same row
 
 
 def test_evaluate_bad_split_is_one_line_exit_2(tiny_dataset, tmp_path):

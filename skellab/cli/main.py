@@ -26,6 +26,7 @@ from ..errors import SkellabError
 from ..evaluation import (
     FRESH_METHODS,
     FRESH_SEED0,
+    TABLE_METHODS,
     GalleryRow,
     evaluate_fresh,
     evaluate_generation,
@@ -234,7 +235,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is None:
         raise SkellabError("evaluate needs --data DIR (test-fold references) or --fresh N (fresh procedural ones)")
     for flag, value in (("--gallery", args.gallery), ("--bootstrap", args.bootstrap), ("--overwrite", args.overwrite),
-                        ("--methods", args.methods), ("--ref-seed", args.ref_seed is not None)):
+                        ("--ref-seed", args.ref_seed is not None)):
         if value:
             raise SkellabError(f"{flag} needs --fresh N")
     points = args.points
@@ -243,7 +244,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         emd_points=min(args.emd_points or 512, points), resolution=96 if args.resolution is None else args.resolution,
         steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes, connect=args.connect,
         autoguidance=args.autoguidance, diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
-        baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds, log=say)
+        baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
+        methods=args.methods or TABLE_METHODS, log=say)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
     print(generation_table(results))
@@ -433,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --fresh: one PNG per class, generated organs on top, nearest references below")
     ev.add_argument("--overwrite", action="store_true", help=FOLDER_RULE.format(names="CLASS.png") + " (--gallery)")
     ev.add_argument("--methods", nargs="+", choices=FRESH_METHODS, default=None,
-                    help="with --fresh: only these methods (default: all five; reference_draw and "
-                         "autoencoder_reconstruction score a second fresh draw: a perfect generator, a perfect sampler "
-                         "of the latents)")
+                    help="only these methods (default: all; the test fold has skellab, point_diffusion and "
+                         "surface_latent_ablation; --fresh adds reference_draw and autoencoder_reconstruction, which "
+                         "score a second fresh draw: a perfect generator, a perfect sampler of the latents)")
     ev.add_argument("--bootstrap", type=positive_int, default=None, metavar="REPS",
                     help="with --fresh: bootstrap resamples for the intervals (default 200)")
     ev.add_argument("--split", default="test", help="reference split: test (default), val, train or all")

@@ -27,12 +27,13 @@ from .fresh import (
 )
 from .generation import (
            METRIC_KEYS,
+           TABLE_METHODS,
            evaluate_generation,
            generation_table,
            shipped_results,
            train_baseline,
 )
 
-__all__ = ["FRESH_METHODS", "evaluate_autoencoder", "evaluate_fidelity", "fidelity_of_shape", "FIDELITY_KEYS", "METRIC_KEYS", "evaluate_generation", "generation_table", "shipped_results",
+__all__ = ["FRESH_METHODS", "evaluate_autoencoder", "evaluate_fidelity", "fidelity_of_shape", "FIDELITY_KEYS", "METRIC_KEYS", "TABLE_METHODS", "evaluate_generation", "generation_table", "shipped_results",
            "train_baseline", "FRESH_SEED0", "TREE_FAMILIES", "GalleryRow", "bootstrap_metrics", "evaluate_fresh",
            "fresh_references", "fresh_table", "shape_statistics", "skeleton_graph_measures"]

@@ -61,9 +61,11 @@ from ..train.engine import EngineConfig, StopTraining
 from ..train.recipes import fit_denoiser
 from ..weights import weights_info, weights_path
 
-__all__ = ["METRIC_KEYS", "train_baseline", "evaluate_generation", "generation_table", "shipped_results"]
+__all__ = ["METRIC_KEYS", "TABLE_METHODS", "train_baseline", "evaluate_generation", "generation_table", "shipped_results"]
 
 METRIC_KEYS = ("mmd_cd_x1e3", "cov_cd", "1nna_cd", "mmd_emd_x1e2", "cov_emd", "1nna_emd", "betti_error")
+#: the rows of the test-fold table, in order
+TABLE_METHODS = ("skellab", "point_diffusion", "surface_latent_ablation")
 
 
 # ---------------------------------------------------------------------- the baseline
@@ -164,6 +166,7 @@ def evaluate_generation(
     baseline_checkpoint: str | os.PathLike | None = None,
     baseline_seconds: float | None = None,
     ablation_checkpoints: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+    methods: Sequence[str] = TABLE_METHODS,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The comparison table as a JSON-serialisable dict (see the module docstring).
@@ -179,11 +182,18 @@ def evaluate_generation(
                            CPU seconds — the same compute)
     ablation_checkpoints : (surface-token autoencoder, diffusion on its latents); default: the shipped
                            ``weights/autoencoder_surface.pt`` + ``weights/diffusion_surface.pt`` if both exist
+    methods              : the rows to measure, among :data:`TABLE_METHODS` (e.g. ``("skellab",)`` scores a new
+                           denoiser without training a baseline)
     returns              : {"methods": {name: {"macro": {...}, "per_class": {...}, ...}}, "conventions", "setup", …}
     """
     say = log or (lambda msg: None)
     if n <= 0 or num_points <= 0 or not 0 < emd_points <= num_points:
         raise SkellabError("need n >= 1, points >= 1 and 0 < emd_points <= points")
+    methods = tuple(methods)
+    bad = [m for m in methods if m not in TABLE_METHODS]
+    if bad or not methods:
+        raise SkellabError(f"unknown test-fold method {bad[0]!r}: use {', '.join(TABLE_METHODS)}" if bad
+                           else "methods: name at least one method")
     store = MedSDF.open(dataset_dir)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
@@ -206,45 +216,24 @@ def evaluate_generation(
                for c, ms in ref_meshes.items()}
     say(f"references: {sum(map(len, refs.values()))} shapes in {len(refs)} classes")
 
-    # 2. skellab: generate, mesh, sample
-    methods: dict[str, Any] = {}
-    methods["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
-                                                emd_points=emd_points, resolution=resolution, steps=steps,
-                                                guidance=guidance, seed=seed, say=say, name="skellab",
-                                                connect=connect, autoguidance=autoguidance)
+    rows: dict[str, Any] = {}
     train_info = diff.info.get("train") or {}
-    methods["skellab"]["training"] = train_info
-
-    # 3. the point-cloud baseline, with the same compute budget
-    budget = baseline_seconds if baseline_seconds is not None else train_info.get("cpu_seconds")
-    bpath = Path(baseline_checkpoint) if baseline_checkpoint is not None else None
-    if bpath is not None and bpath.is_file():
-        base = load_point_diffusion(bpath)
-        say(f"baseline: loaded {bpath}")
-    else:
-        if budget is None:
-            raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
-        say(f"baseline: training for {budget:.0f} CPU seconds")
-        base = train_baseline(store, known, cpu_seconds=float(budget), num_points=num_points, seed=seed)
-        if bpath is not None:
-            save_point_diffusion(bpath, base)
-    methods["point_diffusion"] = _evaluate_point_model(base, refs, ref_pts, ref_meshes, num_points=num_points,
-                                                       emd_points=emd_points, steps=steps, guidance=guidance,
-                                                       seed=seed, say=say)
-    btrain = (base.info or {}).get("train") or {}
-    methods["point_diffusion"]["training"] = btrain
-    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
-    methods["point_diffusion"]["budget"] = {
-        "cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
-        "matched_within_10_percent": None if not (b_cpu and d_cpu) else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu),
-        "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
-                "autoencoder is a shared, separately trained component and is not counted"}
-
-    # 4. the surface-token ablation, only if its checkpoints exist
-    methods["surface_latent_ablation"] = _ablation(ablation_checkpoints, refs, ref_pts, ref_meshes,
-                                                   num_points=num_points, emd_points=emd_points,
-                                                   resolution=resolution, steps=steps, guidance=guidance,
-                                                   seed=seed, say=say)
+    if "skellab" in methods:  # 2. skellab: generate, mesh, sample
+        rows["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
+                                                 emd_points=emd_points, resolution=resolution, steps=steps,
+                                                 guidance=guidance, seed=seed, say=say, name="skellab",
+                                                 connect=connect, autoguidance=autoguidance)
+        rows["skellab"]["training"] = train_info
+    if "point_diffusion" in methods:  # 3. the point-cloud baseline, with the same compute budget
+        rows["point_diffusion"] = _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info,
+                                                baseline_checkpoint, baseline_seconds, num_points=num_points,
+                                                emd_points=emd_points, steps=steps, guidance=guidance, seed=seed,
+                                                say=say)
+    if "surface_latent_ablation" in methods:  # 4. the surface-token ablation, only if its checkpoints exist
+        rows["surface_latent_ablation"] = _ablation(ablation_checkpoints, refs, ref_pts, ref_meshes,
+                                                    num_points=num_points, emd_points=emd_points,
+                                                    resolution=resolution, steps=steps, guidance=guidance,
+                                                    seed=seed, say=say)
     return {
         "dataset": str(store.root), "dataset_name": store.manifest.get("name"), "split": split,
         "classes": list(refs), "skipped_classes": sorted(set(by_class) - set(refs)),
@@ -266,8 +255,37 @@ def evaluate_generation(
                   "diffusion_checkpoint": str(diffusion_checkpoint or weights_path("diffusion")),
                   "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                   "reference_seconds": time.perf_counter() - t0},
-        "methods": methods,
+        "methods": rows,
     }
+
+
+def _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info, baseline_checkpoint, baseline_seconds, *,
+                  num_points, emd_points, steps, guidance, seed, say) -> dict[str, Any]:
+    """The point-cloud baseline's row: loaded from ``baseline_checkpoint``, else trained for the diffusion model's
+    own CPU seconds (or ``baseline_seconds``) and saved there."""
+    budget = baseline_seconds if baseline_seconds is not None else train_info.get("cpu_seconds")
+    bpath = Path(baseline_checkpoint) if baseline_checkpoint is not None else None
+    if bpath is not None and bpath.is_file():
+        base = load_point_diffusion(bpath)
+        say(f"baseline: loaded {bpath}")
+    else:
+        if budget is None:
+            raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
+        say(f"baseline: training for {budget:.0f} CPU seconds")
+        base = train_baseline(store, known, cpu_seconds=float(budget), num_points=num_points, seed=seed)
+        if bpath is not None:
+            save_point_diffusion(bpath, base)
+    row = _evaluate_point_model(base, refs, ref_pts, ref_meshes, num_points=num_points, emd_points=emd_points,
+                                steps=steps, guidance=guidance, seed=seed, say=say)
+    btrain = (base.info or {}).get("train") or {}
+    row["training"] = btrain
+    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
+    row["budget"] = {
+        "cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
+        "matched_within_10_percent": None if not (b_cpu and d_cpu) else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu),
+        "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
+                "autoencoder is a shared, separately trained component and is not counted"}
+    return row
 
 
 def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, emd_points, resolution, steps,
