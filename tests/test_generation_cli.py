@@ -173,8 +173,8 @@ def test_shipped_weights_fit_the_budget_and_the_diffusion_model_carries_its_guid
     total = sum(f.stat().st_size for f in Path(WEIGHTS_DIR).iterdir() if f.is_file())
     assert total <= 20_000_000
     diff, _ = load_generation_models()
-    assert diff.guide is not None and diff.autoguidance == 2.0
+    assert diff.guide is not None and diff.autoguidance == 1.5
     index = json.loads(weights_path("diffusion").with_suffix(".json").read_text())
     assert index["sha256"] == hashlib.sha256(weights_path("diffusion").read_bytes()).hexdigest()
-    assert index["guide"]["autoguidance"] == 2.0 and index["guide"]["parameters"] == sum(
+    assert index["guide"]["autoguidance"] == 1.5 and index["guide"]["parameters"] == sum(
         p.numel() for p in diff.guide.parameters())
