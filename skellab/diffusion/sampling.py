@@ -33,7 +33,7 @@ from ..errors import SkellabError
 __all__ = ["DEFAULT_GUIDANCE", "LatentNormalizer", "sample_latents", "guided_output"]
 
 #: The classifier-free guidance weight every sampler in skellab uses unless told otherwise. The paper uses 2.0;
-#: on our shipped denoiser w = 1 (plain conditional sampling, one network call per step instead of two) is closer
+#: on the previous release's denoiser w = 1 (plain conditional sampling, one network call per step instead of two) was closer
 #: to fresh references on every procedural family: mean 1-NNA-CD 0.682 vs 0.779 at w = 2 (N = 64; w = 0.7 scored
 #: 0.726 vs 0.691 at N = 32) (benchmarks/README.md, "Sampler settings"). Pass ``guidance=2.0`` for the paper's setting.
 DEFAULT_GUIDANCE = 1.0
