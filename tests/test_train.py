@@ -155,14 +155,20 @@ def test_release_records_the_classes_a_diffusion_run_trained_on(tiny_run, tmp_pa
         assert load_diffusion(tmp_path / f"{name}.pt").organs == expected
 
 
-def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tmp_path, one_thread):
-    class Crash(Exception):
-        pass
+class Crash(Exception):
+    """Raised by :func:`crash_at`'s callback: a training process killed after a given step."""
 
+
+def crash_at(last_step: int):
+    """An engine callback that raises :class:`Crash` once step ``last_step`` (1-based) is logged."""
     def crash(step, row):
-        if step + 1 == 7:
+        if step + 1 == last_step:
             raise Crash
+    return crash
 
+
+def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tmp_path, one_thread):
+    crash = crash_at(7)
     for stage in ("autoencoder", "diffusion"):
         kw = dict(device="cpu", max_steps=TINY_STEPS, progress=False, checkpoint_every=4)
         if stage == "diffusion":
@@ -180,17 +186,10 @@ def test_resume_after_a_crash_replays_the_same_losses(tiny_dataset, tiny_run, tm
 def test_keep_every_keeps_step_exports_and_may_change_on_resume(tiny_dataset, tiny_run, tmp_path, one_thread):
     from skellab.diffusion import load_diffusion
 
-    class Crash(Exception):
-        pass
-
-    def crash(step, row):
-        if step + 1 == 8:
-            raise Crash
-
     kw = dict(device="cpu", max_steps=TINY_STEPS, progress=False, checkpoint_every=4,
               autoencoder=tiny_run / "autoencoder" / "model.pt")
     with pytest.raises(Crash):
-        train_stage("diffusion", tiny_dataset, tmp_path, callback=crash, keep_every=6, **kw)
+        train_stage("diffusion", tiny_dataset, tmp_path, callback=crash_at(8), keep_every=6, **kw)
     assert sorted(p.name for p in (tmp_path / "diffusion").glob("model_step*.pt")) == ["model_step6.pt"]
     res = train_stage("diffusion", tiny_dataset, tmp_path, resume=True, keep_every=5, **kw)  # bookkeeping only
     assert res.resumed_from == 6  # the kept step is also a checkpoint

@@ -385,9 +385,12 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
     sampler = StepSampler(task.num_items(), cfg.batch_size, seed=cfg.seed, rank=dctx.rank, world=dctx.world)
     logs = RunLog(run, dctx.is_main, start)
 
-    def save(step: int, metrics: dict[str, Any]) -> None:
+    def save(step: int, metrics: dict[str, Any], keep: bool = False) -> None:
         export = ema if ema is not None else model
         payload = task.payload(export, step=step, metrics=metrics)
+        if keep:  # the inference export of this step, beside the run's final model.pt
+            with atomic_path(run / f"model_step{step}.pt") as tmp:
+                save_bytes(payload, tmp)
         payload["train_state"] = {
             "version": TRAIN_STATE_VERSION, "step": step, "model": _cpu(model.state_dict()),
             "optimizer": _cpu(opt.state_dict()), "scheduler": sched.state_dict(),
@@ -453,11 +456,8 @@ def _fit(task, cfg: EngineConfig, run: Path | None, dctx: DistContext, device, r
         if run is not None and (last or keep or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
             if dctx.is_main:
                 tail = [r["loss"] for r in logs.rows[-50:]]
-                metrics = {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()}
-                save(step + 1, metrics)
-                if keep:  # an inference export of this step, beside the run's final model.pt
-                    with atomic_path(run / f"model_step{step + 1}.pt") as tmp:
-                        save_bytes(task.payload(ema if ema is not None else model, step=step + 1, metrics=metrics), tmp)
+                save(step + 1, {"train_loss": float(np.mean(tail)) if tail else None, **last_val, **timing()},
+                     keep=bool(keep))
             dctx.barrier()
         if stopped_at is not None:
             break
