@@ -369,9 +369,16 @@ def _mesh(sdf: Composite, config: ProceduralConfig) -> tuple[np.ndarray, np.ndar
     return _mesh_volume(vol, origin, voxel)
 
 
+#: grid values closer to zero than this many voxels are moved to ± it before marching cubes
+NEAR_ZERO = 1e-4
+
+
 def _mesh_volume(vol: np.ndarray, origin: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Marching cubes of a sampled field (negative inside) → largest component's (vertices, faces), grid record."""
-    vol[vol == 0.0] = 1e-9 * voxel  # no exact zeros: they make zero-area triangles
+    # no values within NEAR_ZERO voxels of zero: marching cubes would put the vertices of the edges that meet
+    # at such a grid point (almost) on it, and merging them (trimesh's tolerance) leaves non-manifold edges
+    near = np.abs(vol) < NEAR_ZERO * voxel
+    vol[near] = np.where(vol[near] < 0, -NEAR_ZERO, NEAR_ZERO) * voxel
     # skimage's "descent" orientation gives outward faces for an SDF that is negative inside
     verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(voxel,) * 3, gradient_direction="descent")
     verts = verts.astype(np.float64) + origin
