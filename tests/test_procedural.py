@@ -8,7 +8,7 @@ import igl
 import numpy as np
 import pytest
 
-from skellab.data.procedural import FAMILIES, GENUS, NEAR_ZERO, ProceduralConfig, _mesh_volume, analytic_sdf, make_shape
+from skellab.data.procedural import FAMILIES, GENUS, NEAR_ZERO, ProceduralConfig, _march, _mesh_volume, analytic_sdf, make_shape
 from skellab.data.shape import validate_mesh
 from skellab.data.sdf_primitives import (
     ELLIPSOID,
@@ -211,19 +211,27 @@ def test_composite_rejects_bad_primitives():
         Composite(**{**one, "ra": np.array([0.6]), "kind": np.array([ELLIPSOID], dtype=np.int8)})(np.zeros(3))
 
 
-def test_grid_points_on_the_surface_do_not_break_the_mesh():
+def test_a_mesh_broken_by_grid_values_near_zero_is_meshed_again_and_clean_ones_are_unchanged():
     """A grid value a hair off zero puts the vertices of the edges that meet there on top of each other;
     merged (as trimesh and the validator do) they can leave non-manifold edges: airway_tree seed 8 was
-    dropped from MedSDF-mini builds for it. Such values are moved NEAR_ZERO voxels off zero first."""
-    make_shape("airway_tree", 8)  # raised "not watertight" before
+    dropped from MedSDF-mini builds for it. Only such a shape is meshed again, with the values within
+    NEAR_ZERO voxels of zero moved off it; a shape that meshes cleanly is unchanged."""
+    airway = make_shape("airway_tree", 8)  # raised "not watertight" before
+    assert airway.meta["grid"]["near_zero"] == NEAR_ZERO
+    assert "near_zero" not in make_shape("airway_tree", 0).meta["grid"]
     voxel = 0.5
     g = np.arange(-8, 9) * voxel
     x, y, z = np.meshgrid(g, g, g, indexing="ij")
     vol = np.sqrt(x**2 + y**2 + z**2) - 5 * voxel  # grid points at distance 5 lie exactly on the sphere
     assert (vol == 0).sum() == 30  # (±5, 0, 0), (±3, ±4, 0), …
     vol[vol == 0] = 1e-13  # rounding leaves such values a hair off zero
-    verts, faces, _ = _mesh_volume(vol, np.full(3, -8 * voxel), voxel)
-    off_grid = np.abs(verts / voxel - np.round(verts / voxel)).max(axis=1)  # each vertex's distance to its grid point
-    assert off_grid.min() >= 0.5 * NEAR_ZERO  # no vertex sits on a grid point
-    mesh = validate_mesh(verts, faces, name="sphere")
-    assert mesh.is_watertight and mesh.volume > 0
+    origin = np.full(3, -8 * voxel)
+    v0, f0, grid = _mesh_volume(vol, origin, voxel)  # this one merges cleanly: kept as it is
+    assert "near_zero" not in grid
+    v1, f1 = _march(vol, origin, voxel, 0.0)
+    assert np.array_equal(v0, v1) and np.array_equal(f0, f1)
+    v2, f2 = _march(vol, origin, voxel, NEAR_ZERO)  # the second try: no vertex sits on a grid point
+    off_grid = np.abs(v2 / voxel - np.round(v2 / voxel)).max(axis=1)
+    assert np.abs(v1 / voxel - np.round(v1 / voxel)).max(axis=1).min() < 1e-9
+    assert off_grid.min() >= 0.5 * NEAR_ZERO
+    assert validate_mesh(v2, f2, name="sphere").is_watertight
