@@ -14,6 +14,7 @@ from conftest import run_cli
 from skellab.data import build
 from skellab.data.procedural import FAMILIES
 from skellab.errors import SkellabError
+from skellab.evaluation import fresh as fresh_module
 from skellab.evaluation import (
     FRESH_SEED0,
     TREE_FAMILIES,
@@ -234,13 +235,24 @@ def test_second_draw_rows_are_the_draw_and_its_reconstructions(one_thread):
         evaluate_fresh(4, classes=["kidney"], seed0=MAX_SEED - 5, methods=["reference_draw"])
 
 
-def test_a_seed_without_a_valid_shape_is_skipped_and_recorded():
-    """vascular_ring seed 1,000,103 meshes with a hole (a generator flaw, left as found): the draw skips it."""
+def test_a_seed_without_a_valid_shape_is_skipped_and_recorded(monkeypatch):
+    """A seed whose shape fails to build is skipped and recorded, and the next seed is drawn instead."""
+    real = fresh_module.make_shape
+
+    def flawed(family, seed):  # vascular_ring seed 1,000,103 had a hole until near-zero grid values were handled
+        if seed == FRESH_SEED0 + 103:
+            raise SkellabError(f"{family}_{seed}: mesh is not watertight (it has holes or non-manifold edges)")
+        return real(family, seed)
+
+    monkeypatch.setattr(fresh_module, "make_shape", flawed)
     skipped = []
     shapes = fresh_references("vascular_ring", 2, seed0=FRESH_SEED0 + 102, skipped=skipped)
     assert [s.seed for s in shapes] == [FRESH_SEED0 + 102, FRESH_SEED0 + 104]
     assert [f["seed"] for f in skipped] == [FRESH_SEED0 + 103] and "watertight" in skipped[0]["error"]
     assert all(s.to_trimesh().is_watertight for s in shapes)
+    with pytest.raises(SkellabError, match="2 of the seeds"):  # more failures than shapes asked for
+        monkeypatch.setattr(fresh_module, "make_shape", lambda family, seed: flawed(family, FRESH_SEED0 + 103))
+        fresh_references("vascular_ring", 1, seed0=FRESH_SEED0 + 102)
 
 
 def test_evaluate_fresh_refuses_bad_arguments():
