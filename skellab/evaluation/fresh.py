@@ -103,11 +103,7 @@ from scipy.sparse.csgraph import connected_components, shortest_path
 from scipy.stats import ks_2samp, wasserstein_distance
 
 from ..autoencoder import encode_points
-from ..baselines.point_diffusion import (
-    PointDiffusion,
-    load_point_diffusion,
-    save_point_diffusion,
-)
+from ..baselines.point_diffusion import PointDiffusion
 from ..data.detail import DETAIL_FAMILIES
 from ..data.medsdf import MedSDF
 from ..data.procedural import FAMILIES, make_shape
@@ -129,7 +125,7 @@ from ..runtime import MAX_SEED, check_seed, make_generator
 from ..skeleton import skeletonize
 from ..tables import format_table
 from ..weights import weights_path
-from .generation import train_baseline
+from .generation import baseline_budget, load_or_train_baseline
 
 __all__ = ["FRESH_SEED0", "TREE_FAMILIES", "GalleryRow", "fresh_references", "shape_statistics",
            "skeleton_graph_measures", "bootstrap_metrics", "evaluate_fresh", "fresh_table"]
@@ -931,31 +927,16 @@ def _measure(meshes: list[trimesh.Trimesh], what: str, num_points: int, seed: in
 
 def _baseline(store, known, path, seconds, train_info, num_points, seed, clock, say):
     """(the method's entry, the PointDiffusion or None)."""
-    bpath = Path(path) if path is not None else None
-    if bpath is not None and bpath.is_file():
-        base = load_point_diffusion(bpath)
-        say(f"baseline: loaded {bpath}")
-    elif store is None:
+    if store is None and not (path is not None and Path(path).is_file()):
         return {"available": False, "kind": "points",
                 "reason": "the point-diffusion baseline needs a checkpoint (baseline_checkpoint) or a dataset to "
                           "train it on (data)"}, None
-    else:
-        budget = seconds if seconds is not None else train_info.get("cpu_seconds")
-        if budget is None:
-            raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
-        say(f"baseline: training for {budget:.0f} CPU seconds")
-        t = time.perf_counter()
-        base = train_baseline(store, known, cpu_seconds=float(budget), num_points=num_points, seed=seed)
-        clock.add("train_baseline", time.perf_counter() - t)
-        if bpath is not None:
-            save_point_diffusion(bpath, base)
-    btrain = (base.info or {}).get("train") or {}
-    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
-    entry = {"available": True, "kind": "points", "training": btrain, "note": _NO_MESHES,
-             "checkpoint": str(bpath) if bpath is not None else None,
-             "budget": {"cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
-                        "matched_within_10_percent": None if not (b_cpu and d_cpu)
-                        else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu)}}
+    base, trained = load_or_train_baseline(store, known, path, seconds, train_info, num_points=num_points, seed=seed,
+                                           say=say)
+    if trained is not None:
+        clock.add("train_baseline", trained)
+    entry = {"available": True, "kind": "points", "training": (base.info or {}).get("train") or {}, "note": _NO_MESHES,
+             "checkpoint": str(Path(path)) if path is not None else None, "budget": baseline_budget(base, train_info)}
     return entry, base
 
 

@@ -123,6 +123,36 @@ def train_baseline(store: MedSDF | str | os.PathLike, classes: Sequence[str], *,
     return PointDiffusion(ema, sched, list(classes), num_points, {"step": len(losses), "train": train})
 
 
+def load_or_train_baseline(store: MedSDF, classes: Sequence[str], path: str | os.PathLike | None,
+                           seconds: float | None, train_info: dict[str, Any], *, num_points: int, seed: int,
+                           say: Callable[[str], None]) -> tuple[PointDiffusion, float | None]:
+    """The point-cloud baseline at ``path`` if that file exists; else trained for ``seconds`` CPU seconds (default:
+    the diffusion model's own, ``train_info["cpu_seconds"]``: the same compute) and saved to ``path`` when given.
+    Returns (baseline, wall seconds spent training it or None when loaded)."""
+    bpath = Path(path) if path is not None else None
+    if bpath is not None and bpath.is_file():
+        say(f"baseline: loaded {bpath}")
+        return load_point_diffusion(bpath), None
+    budget = seconds if seconds is not None else train_info.get("cpu_seconds")
+    if budget is None:
+        raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
+    say(f"baseline: training for {budget:.0f} CPU seconds")
+    t = time.perf_counter()
+    base = train_baseline(store, classes, cpu_seconds=float(budget), num_points=num_points, seed=seed)
+    trained = time.perf_counter() - t
+    if bpath is not None:
+        save_point_diffusion(bpath, base)
+    return base, trained
+
+
+def baseline_budget(base: PointDiffusion, train_info: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's training compute next to the diffusion model's (CPU seconds) and whether they match."""
+    btrain = (base.info or {}).get("train") or {}
+    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
+    return {"cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
+            "matched_within_10_percent": None if not (b_cpu and d_cpu) else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu)}
+
+
 # ---------------------------------------------------------------------- metrics
 def _class_metrics(gen_pts: list[np.ndarray], ref_pts: list[np.ndarray], emd_points: int,
                    gen_meshes: list | None, ref_meshes: list) -> dict[str, Any]:
@@ -261,30 +291,15 @@ def evaluate_generation(
 
 def _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info, baseline_checkpoint, baseline_seconds, *,
                   num_points, emd_points, steps, guidance, seed, say) -> dict[str, Any]:
-    """The point-cloud baseline's row: loaded from ``baseline_checkpoint``, else trained for the diffusion model's
-    own CPU seconds (or ``baseline_seconds``) and saved there."""
-    budget = baseline_seconds if baseline_seconds is not None else train_info.get("cpu_seconds")
-    bpath = Path(baseline_checkpoint) if baseline_checkpoint is not None else None
-    if bpath is not None and bpath.is_file():
-        base = load_point_diffusion(bpath)
-        say(f"baseline: loaded {bpath}")
-    else:
-        if budget is None:
-            raise SkellabError("the diffusion checkpoint records no training time: pass baseline_seconds")
-        say(f"baseline: training for {budget:.0f} CPU seconds")
-        base = train_baseline(store, known, cpu_seconds=float(budget), num_points=num_points, seed=seed)
-        if bpath is not None:
-            save_point_diffusion(bpath, base)
+    """The point-cloud baseline's row (:func:`load_or_train_baseline`)."""
+    base, _ = load_or_train_baseline(store, known, baseline_checkpoint, baseline_seconds, train_info,
+                                     num_points=num_points, seed=seed, say=say)
     row = _evaluate_point_model(base, refs, ref_pts, ref_meshes, num_points=num_points, emd_points=emd_points,
                                 steps=steps, guidance=guidance, seed=seed, say=say)
-    btrain = (base.info or {}).get("train") or {}
-    row["training"] = btrain
-    b_cpu, d_cpu = btrain.get("cpu_seconds"), train_info.get("cpu_seconds")
-    row["budget"] = {
-        "cpu_seconds": b_cpu, "skellab_diffusion_cpu_seconds": d_cpu,
-        "matched_within_10_percent": None if not (b_cpu and d_cpu) else bool(abs(b_cpu - d_cpu) <= 0.1 * d_cpu),
-        "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
-                "autoencoder is a shared, separately trained component and is not counted"}
+    row["training"] = (base.info or {}).get("train") or {}
+    row["budget"] = {**baseline_budget(base, train_info),
+                     "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
+                             "autoencoder is a shared, separately trained component and is not counted"}
     return row
 
 
