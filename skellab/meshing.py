@@ -262,12 +262,13 @@ def decode_grid_guided(
         stride //= 2
         L2 = _lattice(R, stride)
         lo, alt = _cells_of(L2, L)
-        inside = np.zeros((len(L2),) * 3, dtype=bool)
-        for ax in (lo, alt):
-            for ay in (lo, alt):
-                for az in (lo, alt):
-                    inside |= active[np.ix_(ax, ay, az)]
-        known = ~np.isnan(values[np.ix_(L2, L2, L2)])
+        # a new point lies in the cells (lo or alt along each axis) around it: OR over the 8 choices,
+        # done one axis at a time (the same set, without gathering the whole fine lattice 8 times)
+        inside = active
+        for ax in range(3):
+            inside = inside.take(lo, axis=ax) | inside.take(alt, axis=ax)
+        fine = values if stride == 1 else values[np.ix_(L2, L2, L2)]  # stride 1: the grid itself (a view)
+        known = ~np.isnan(fine)
         ii, jj, kk = np.nonzero(inside & ~known)
         gi, gj, gk = L2[ii], L2[jj], L2[kk]
         if narrow is not None and len(gi):
@@ -276,9 +277,17 @@ def decode_grid_guided(
             values[gi[skip], gj[skip], gk[skip]] = np.where(est[skip] < 0, -tau, tau)
             gi, gj, gk = gi[~skip], gj[~skip], gk[~skip]
         n_queries += decode_at(gi, gj, gk)
-        fi, fj, fk = np.nonzero(~inside & ~known)
-        sign = V[lo[fi], lo[fj], lo[fk]]  # a corner of the (inactive, single-signed) cell
-        values[L2[fi], L2[fj], L2[fk]] = np.where(sign < 0, -tau, tau).astype(np.float32)
+        # the rest takes the sign of a corner of its (inactive, single-signed) cell: corner lo along each axis
+        negative = V < 0
+        for ax in range(3):
+            negative = negative.take(lo, axis=ax)
+        rest = ~inside & ~known
+        if stride == 1:
+            np.copyto(values, np.where(negative, np.float32(-tau), np.float32(tau)), where=rest)
+        else:
+            fine = values[np.ix_(L2, L2, L2)]
+            np.copyto(fine, np.where(negative, np.float32(-tau), np.float32(tau)), where=rest)
+            values[np.ix_(L2, L2, L2)] = fine
         L = L2
     clipped = False
     if cap is not None:  # close a surface that reaches the box; the capped faces are final values
