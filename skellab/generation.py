@@ -66,7 +66,7 @@ from .meshing import (
     export_mesh,
     extract_mesh,
 )
-from .runtime import atomic_path, make_generator
+from .runtime import atomic_path, make_generator, resolve_precision
 from .skeleton.connect import DEFAULT_OVERLAP, connect_sphere_sets
 from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
@@ -207,7 +207,7 @@ def _check_args(n: int, steps: int, guidance: float, scheduler: str, resolution:
 
 def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str, index: int, resolution: int = 128,
                  largest_component: bool = True, seed: int = 0,
-                 graph_points: int = 2048) -> GeneratedOrgan:
+                 graph_points: int = 2048, precision: str = "auto") -> GeneratedOrgan:
     """One latent (batch size 1) → :class:`GeneratedOrgan` (mesh, skeleton, flags, timings).
 
     The grid's outermost layer is set to "outside", so a sample that reaches the box
@@ -218,7 +218,8 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     t0 = time.perf_counter()
     # a sample that reaches the grid's faces would give an open mesh there: cap it at the box (outside = +τ),
     # inside the guided decoding so the cells that close it are decoded like any other surface cell
-    grid = decode_grid_guided(autoencoder, latent, int(resolution), cap=float(autoencoder.config.truncation))
+    grid = decode_grid_guided(autoencoder, latent, int(resolution), cap=float(autoencoder.config.truncation),
+                              precision=precision)
     t1 = time.perf_counter()
     clipped = grid.clipped
     # min_piece_cells=1: specks smaller than one grid cell are marching-cubes artefacts, not organ parts
@@ -243,7 +244,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
                          resample: int = 4, batch_size: int = GENERATION_BATCH,
                          connect: float | None = CONNECT_OVERLAP,
-                         autoguidance: float | None = None) -> list[GeneratedOrgan] | Latent:
+                         autoguidance: float | None = None, precision: str = "auto") -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
 
     keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
@@ -253,7 +254,9 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
            until they overlap it by this margin (:func:`connect_latents`; kept tokens never move);
            None samples without it (the raw sampler output).
     autoguidance : weight of the diffusion model's guide network (:meth:`LatentDiffusion.guiding`); None: the
-           model's own (the shipped model: 2, its guide the previous release); 1: off.
+           model's own (the shipped model: 1.5, its guide its own step-1,000 export); 1: off.
+    precision : arithmetic of the denoiser's passes and of the decoder: ``"auto"`` (bf16 where the device
+           multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"`` (:func:`skellab.runtime.inference_autocast`).
 
     Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
     decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow
@@ -266,11 +269,12 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
         return list(iter_generated(diffusion, autoencoder, organ, n, steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, resolution=resolution, largest_component=largest_component,
                                    max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size,
-                                   connect=connect, autoguidance=autoguidance))
+                                   connect=connect, autoguidance=autoguidance, precision=precision))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SkellabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance)
+                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance,
+                      precision=precision)
     return Latent.cat([sample(min(int(batch_size), n - s))[0] for s in range(0, n, int(batch_size))])
 
 
@@ -280,7 +284,7 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                    keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
                    batch_size: int = GENERATION_BATCH,
                    connect: float | None = CONNECT_OVERLAP,
-                   autoguidance: float | None = None) -> Iterator[GeneratedOrgan]:
+                   autoguidance: float | None = None, precision: str = "auto") -> Iterator[GeneratedOrgan]:
     """:func:`generate_from_models`, organ by organ (index 0 … n − 1), in memory independent of ``n``.
 
     Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
@@ -296,8 +300,10 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
-                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance)
+                      resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance,
+                      precision=precision)
     used_autoguidance = diffusion.guiding(autoguidance)[1]
+    used_precision = resolve_precision(next(diffusion.denoiser.parameters()).device, precision)
     for start in range(0, n, int(batch_size)):
         todo = list(range(start, min(n, start + int(batch_size))))
         latents, t_sample, joins = sample(len(todo))
@@ -307,13 +313,14 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
             for j, i in enumerate(todo):
                 try:
                     g = decode_organ(autoencoder, latents[j], organ=organ, index=i, resolution=resolution,
-                                     largest_component=largest_component, seed=(seed + i) % 2**32)
+                                     largest_component=largest_component, seed=(seed + i) % 2**32,
+                                     precision=precision)
                 except SkellabError:  # the decoded SDF has no surface: draw this organ again
                     failed.append(i)
                     continue
                 g.seconds = {"sample": t_sample, **g.seconds}
                 g.info.update(steps=int(steps), guidance=float(guidance), autoguidance=used_autoguidance,
-                              scheduler=scheduler, seed=int(seed),
+                              scheduler=scheduler, seed=int(seed), precision=used_precision,
                               attempts=attempt, connect={"overlap": connect, **joins[j]})
                 out[i] = g
             todo = failed
@@ -350,7 +357,7 @@ def connect_latents(latents: Latent, overlap: float | None = CONNECT_OVERLAP,
 
 def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: float, scheduler: str,
              keep: tuple[torch.Tensor, torch.Tensor] | None, resample: int, generator: torch.Generator,
-             connect: float | None = CONNECT_OVERLAP, autoguidance: float | None = None):
+             connect: float | None = CONNECT_OVERLAP, autoguidance: float | None = None, precision: str = "auto"):
     """``sample(num) → (Latent (num, K, D), seconds per organ, connect infos)``, every draw from ``generator``."""
     if organ not in diffusion.organs:
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.organs)}")
@@ -374,12 +381,12 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
             tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
                                     class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
                                     normalizer=diffusion.normalizer, guide=guide,
-                                    autoguidance=a)  # (num, K, D), CPU, latent units
+                                    autoguidance=a, precision=precision)  # (num, K, D), CPU, latent units
         else:
             tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
                                      guidance=float(guidance), steps=int(steps), resample=int(resample),
                                      generator=generator, normalizer=diffusion.normalizer, guide=guide,
-                                     autoguidance=a)
+                                     autoguidance=a, precision=precision)
         latents, infos = connect_latents(Latent(tokens, torch.full((num,), ci, dtype=torch.long)), connect, anchored)
         return latents, (time.perf_counter() - t0) / num, infos
 
@@ -453,6 +460,7 @@ def generate_organs(
     batch_size: int = GENERATION_BATCH,
     connect: float | None = CONNECT_OVERLAP,
     autoguidance: float | None = None,
+    precision: str = "auto",
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
@@ -470,6 +478,8 @@ def generate_organs(
     keep       : tokens to keep and a mask (:func:`load_keep`): diffusion completes the rest of each organ
     connect    : move stray islands of sampled spheres onto the main body, to this overlap margin
                  (:func:`connect_latents`; default 0.1, None: the raw sampler output)
+    precision  : ``"auto"`` (bf16 sampling and decoding where the device multiplies bf16 natively, else fp32),
+                 ``"fp32"`` or ``"bf16"``
     returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
     Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
     Not differentiable.
@@ -478,7 +488,7 @@ def generate_organs(
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                 resolution=resolution, largest_component=largest_component, keep=keep,
-                                batch_size=batch_size, connect=connect, autoguidance=autoguidance)
+                                batch_size=batch_size, connect=connect, autoguidance=autoguidance, precision=precision)
 
 
 #: the names :func:`write_generated` writes (what ``skellab generate --overwrite`` may replace)

@@ -237,15 +237,22 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def inference_autocast(device: torch.device | str, precision: str = "auto") -> ContextManager:
-    """Autocast context for inference: ``"fp32"`` (exact), ``"bf16"``, or ``"auto"`` (bf16 on CUDA and
-    on CPUs with native bf16 — :func:`cpu_has_fast_bf16` — fp32 elsewhere)."""
+def resolve_precision(device: torch.device | str, precision: str = "auto") -> str:
+    """``"auto"`` → ``"bf16"`` on CUDA and on CPUs with native bf16 (:func:`cpu_has_fast_bf16`), else ``"fp32"``;
+    ``"fp32"`` and ``"bf16"`` stay. Anything else → :class:`SkellabError`."""
     if precision not in PRECISIONS:
         raise SkellabError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
     dev = torch.device(device)
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16()) else "fp32"
-    if precision == "fp32":
+    return "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16()) else "fp32"
+
+
+def inference_autocast(device: torch.device | str, precision: str = "auto") -> ContextManager:
+    """Autocast context for inference: ``"fp32"`` (exact), ``"bf16"``, or ``"auto"`` (bf16 on CUDA and
+    on CPUs with native bf16 — :func:`cpu_has_fast_bf16` — fp32 elsewhere: :func:`resolve_precision`)."""
+    dev = torch.device(device)
+    if resolve_precision(dev, precision) == "fp32":
         return nullcontext()
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
 

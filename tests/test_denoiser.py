@@ -13,6 +13,7 @@ from skellab.diffusion import (
     LatentNormalizer,
     TokenDenoiser,
     guided_output,
+    inpaint_latents,
     load_diffusion,
     make_synthetic_latents,
     sample_latents,
@@ -120,10 +121,39 @@ def test_every_sampler_entry_point_defaults_to_one_guidance_weight():
     for fn in (LatentDiffusion.sample, LatentDiffusion.complete, generate_from_models, generate_organs, iter_generated,
                evaluate_fresh, evaluate_generation):
         assert inspect.signature(fn).parameters["autoguidance"].default is None, fn.__qualname__
+    # precision: "auto" (bf16 only where the device multiplies it natively) in every sampler and both commands
+    for fn in (sample_latents, inpaint_latents, LatentDiffusion.sample, LatentDiffusion.complete, sample_point_clouds,
+               generate_from_models, generate_organs, iter_generated, evaluate_fresh, evaluate_generation):
+        assert inspect.signature(fn).parameters["precision"].default == "auto", fn.__qualname__
     parser = build_parser()
     for argv in (["generate", "--organ", "kidney", "--out", "x"], ["evaluate", "--out", "x.json"]):
         args = parser.parse_args(argv)
-        assert args.guidance == DEFAULT_GUIDANCE and args.autoguidance is None
+        assert args.guidance == DEFAULT_GUIDANCE and args.autoguidance is None and args.precision == "auto"
+
+
+def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_cpu(monkeypatch):
+    """The network passes run in bf16 autocast when asked (or on "auto" with native bf16); the sampler's own steps
+    stay fp32, so the tokens come back fp32, close to the exact loop's; kept tokens of an inpainting stay exact."""
+    from skellab import runtime
+
+    model = _random_model()
+    kw = dict(num=2, num_tokens=6, steps=4, class_index=1, guidance=2.0)
+    exact = sample_latents(model, EDMScheduler(num_steps=4), generator=make_generator(0), precision="fp32", **kw)
+    half = sample_latents(model, EDMScheduler(num_steps=4), generator=make_generator(0), precision="bf16", **kw)
+    assert half.dtype == exact.dtype == torch.float32
+    assert not torch.equal(half, exact) and float((half - exact).abs().max()) < 0.1 * float(exact.abs().max())
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert torch.equal(sample_latents(model, EDMScheduler(num_steps=4), generator=make_generator(0), **kw), exact)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert torch.equal(sample_latents(model, EDMScheduler(num_steps=4), generator=make_generator(0), **kw), half)
+    known, mask = torch.randn(6, 16), torch.tensor([True, True, False, False, False, True])
+    done = inpaint_latents(model, EDMScheduler(num_steps=3), known, mask, num=2, class_index=1, resample=2,
+                           generator=make_generator(0), precision="bf16")
+    assert torch.equal(done[:, mask], known[mask].expand(2, -1, -1))
+    for fn in (lambda: sample_latents(model, EDMScheduler(num_steps=4), precision="fp16", **kw),
+               lambda: inpaint_latents(model, EDMScheduler(num_steps=3), known, mask, num=1, precision="half")):
+        with pytest.raises(SkellabError, match="unknown precision"):
+            fn()
 
 
 def test_sampling_with_churn_is_reproducible_and_differs_from_the_ode():

@@ -165,7 +165,7 @@ def test_decoding_precision_auto_bf16_and_fp32(monkeypatch):
     from skellab import runtime
     from skellab.autoencoder import AutoencoderConfig, Latent, SkeletalAutoencoder
     from skellab.errors import SkellabError
-    from skellab.meshing import decode_points
+    from skellab.meshing import decode_chunk, decode_points
 
     torch.manual_seed(0)
     model = SkeletalAutoencoder(config=AutoencoderConfig(num_tokens=16, num_surface=64, encoder_width=16,
@@ -184,3 +184,9 @@ def test_decoding_precision_auto_bf16_and_fp32(monkeypatch):
     assert np.array_equal(decode_points(model, lat, pts), half)  # auto with native bf16: bf16
     with pytest.raises(SkellabError, match="precision"):
         decode_points(model, lat, pts, precision="fp16")
+    # the number of queries per pass changes nothing but speed and float rounding (each query is decoded on its own)
+    for chunk in (1, 7, 64, 65536):
+        assert np.allclose(decode_points(model, lat, pts, chunk, precision="fp32"), exact, rtol=0, atol=1e-6)
+    assert decode_chunk("cpu") == 8192 and decode_chunk("cuda") == 65536
+    with pytest.raises(SkellabError, match="chunk"):
+        decode_points(model, lat, pts, 0)

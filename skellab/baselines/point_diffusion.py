@@ -149,11 +149,12 @@ class PointDiffusion:
 def sample_point_clouds(denoiser: nn.Module, scheduler: Any, *, num: int, num_points: int = 2048,
                         class_index: int | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                         steps: int | None = None, generator: torch.Generator | None = None,
-                        return_trajectory: bool = False):
+                        return_trajectory: bool = False, precision: str = "auto"):
     """Point clouds (num, num_points, 3) in the normalised frame: the same loop as
-    :func:`skellab.diffusion.sample_latents`, on points instead of tokens."""
+    :func:`skellab.diffusion.sample_latents` (``precision`` too), on points instead of tokens."""
     return sample_latents(denoiser, scheduler, num=num, num_tokens=num_points, class_index=class_index,
-                          guidance=guidance, steps=steps, generator=generator, return_trajectory=return_trajectory)
+                          guidance=guidance, steps=steps, generator=generator, return_trajectory=return_trajectory,
+                          precision=precision)
 
 
 def save_point_diffusion(path: str | os.PathLike, model: PointDiffusion) -> Path:

@@ -50,6 +50,7 @@ from ..pipeline import (
     reconstruct_file,
 )
 from ..runtime import (
+    PRECISIONS,
     atomic_path,
     check_folder_output,
     check_output_not_input,
@@ -207,7 +208,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise SkellabError("--keep-tokens needs --keep FILE")
     organs = iter_generated(diffusion, autoencoder, args.organ, args.n, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep,
-                            connect=args.connect, autoguidance=args.autoguidance)
+                            connect=args.connect, autoguidance=args.autoguidance, precision=args.precision)
     count = 0
     with replace_folder(out, overwrite=args.overwrite, owned=GENERATED_NAME.match) as tmp:
         for g in organs:  # written and dropped one by one: memory does not grow with --n
@@ -243,7 +244,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.data, split=args.split, n=2 if args.n is None else args.n, num_points=points,
         emd_points=min(args.emd_points or 512, points), resolution=96 if args.resolution is None else args.resolution,
         steps=args.steps, guidance=args.guidance, seed=args.seed, classes=args.classes, connect=args.connect,
-        autoguidance=args.autoguidance, diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
+        autoguidance=args.autoguidance, precision=args.precision, diffusion_checkpoint=args.checkpoint,
+        autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
         methods=args.methods or TABLE_METHODS, log=say)
     with atomic_path(args.out) as tmp:
@@ -279,7 +281,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
         seed0=FRESH_SEED0 if args.ref_seed is None else args.ref_seed,
         emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
-        connect=args.connect, autoguidance=args.autoguidance,
+        connect=args.connect, autoguidance=args.autoguidance, precision=args.precision,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
         gallery=picture if gallery else None, methods=args.methods or FRESH_METHODS, log=say)
@@ -304,6 +306,8 @@ FOLDER_RULE = ("replace a non-empty output folder. The folder is always written 
 
 CONNECT_HELP = ("overlap margin in [0, 1) to which stray islands of sampled spheres are moved onto the organ's "
                 "main body before decoding (default 0.1), or 'off' for the raw sampler output")
+PRECISION_HELP = ("arithmetic of the denoiser and the decoder: auto (default: bf16 where the CPU or GPU multiplies "
+                  "bf16 natively, else fp32), fp32 (the same numbers on every machine) or bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"classifier-free guidance weight (>= 0; default {DEFAULT_GUIDANCE:g}, the paper 2)")
     gen.add_argument("--autoguidance", type=float, default=None, metavar="A",
                      help="weight of the checkpoint's guide network (autoguidance; default: the checkpoint's own, "
-                          "2 for the shipped model; 1: off)")
+                          "1.5 for the shipped model; 1: off)")
+    gen.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     gen.add_argument("--seed", type=seed_arg, default=0)
     gen.add_argument("--scheduler", default="edm", help="edm (Heun), ddim (deterministic Euler) or ddpm")
     gen.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
@@ -452,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"classifier-free guidance weight (both models; default {DEFAULT_GUIDANCE:g})")
     ev.add_argument("--autoguidance", type=float, default=None, metavar="A",
                     help="weight of skellab's guide network (autoguidance; default: the checkpoint's own; 1: off)")
+    ev.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (every method)")
     ev.add_argument("--seed", type=seed_arg, default=0)
     ev.add_argument("--ref-seed", type=seed_arg, default=None, metavar="SEED",
                     help="with --fresh: first reference seed (default 1,000,000; must be >= 1,000,000). A second "

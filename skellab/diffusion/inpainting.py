@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
+from ..runtime import inference_autocast
 from .denoiser import order_tokens
 from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, check_guide, guided_output
 from .schedulers import EDMScheduler, _randn
@@ -44,6 +45,7 @@ def inpaint_latents(
     normalizer: LatentNormalizer | None = None,
     guide: nn.Module | None = None,
     autoguidance: float = 1.0,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """``num`` token sets (num, K, D) that agree with ``known`` where ``mask`` is True.
 
@@ -54,6 +56,7 @@ def inpaint_latents(
     resample   : RePaint's jumps per step (1: plain replacement; cost × resample)
     guide      : a weaker denoiser of the same latents, for autoguidance with weight ``autoguidance`` (1: off;
                  :func:`~.sampling.guided_output`)
+    precision  : the network passes' arithmetic, as :func:`~.sampling.sample_latents`
     returns    : tokens (num, K, D) on CPU, latent units; kept entries equal ``known`` exactly.
     Deterministic given ``generator``.
     """
@@ -78,6 +81,7 @@ def inpaint_latents(
     if perm is not None:
         known, mask = known[perm], mask[perm]
     dev = next(denoiser.parameters()).device
+    inference_autocast(dev, precision)  # an unknown precision fails here, before any work
     K = known.shape[0]
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)
     m = mask.to(dev).expand(num, K, dim)
@@ -95,7 +99,8 @@ def inpaint_latents(
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance)
+        with inference_autocast(dev, precision):
+            out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
         return x, scheduler.predict_original(out, sigma, x).to(x.dtype)
 
     x = noise() * sigmas[0]

@@ -141,28 +141,29 @@ class LatentDiffusion:
 
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
-               return_trajectory: bool = False, autoguidance: float | None = None):
+               return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto"):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
-        ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`)."""
+        ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`); ``precision``
+        as :func:`sample_latents`."""
         if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
             class_index = self.class_id(class_index)
         guide, a = self.guiding(autoguidance)
         return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
                               class_index=class_index, guidance=guidance, steps=steps, generator=generator,
                               normalizer=self.normalizer, return_trajectory=return_trajectory, guide=guide,
-                              autoguidance=a)
+                              autoguidance=a, precision=precision)
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None,
-                 autoguidance: float | None = None) -> torch.Tensor:
+                 autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
         if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
             class_index = self.class_id(class_index)
         guide, a = self.guiding(autoguidance)
         return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
                                guidance=guidance, steps=steps, resample=resample, generator=generator,
-                               normalizer=self.normalizer, guide=guide, autoguidance=a)
+                               normalizer=self.normalizer, guide=guide, autoguidance=a, precision=precision)
 
 
 # ---------------------------------------------------------------------- checkpoints

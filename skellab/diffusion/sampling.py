@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
+from ..runtime import inference_autocast
 
 __all__ = ["DEFAULT_GUIDANCE", "LatentNormalizer", "sample_latents", "guided_output"]
 
@@ -174,6 +175,7 @@ def sample_latents(
     device: str | torch.device | None = None,
     guide: nn.Module | None = None,
     autoguidance: float = 1.0,
+    precision: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Draw ``num`` token sets from the diffusion model.
 
@@ -186,6 +188,9 @@ def sample_latents(
     normalizer  : when given, the result (and trajectory) is mapped back from standardised to latent units
     guide       : a weaker denoiser of the same latents, for autoguidance with weight ``autoguidance``
                   (1: off; :func:`guided_output`)
+    precision   : the network passes' arithmetic: ``"auto"`` (bf16 autocast where the device multiplies bf16
+                  natively — CUDA, CPUs with AMX or AVX512-BF16 — else fp32), ``"fp32"`` or ``"bf16"``
+                  (:func:`skellab.runtime.inference_autocast`); the sampler's own steps stay fp32
     returns     : tokens (num, K, D) on CPU, and with ``return_trajectory`` a list of the x̂₀
                   estimates after each network call (each (num, K, D), CPU) — the scrubber's frames.
     Deterministic given ``generator``; not differentiable (runs under ``no_grad``).
@@ -197,6 +202,7 @@ def sample_latents(
     dev = torch.device(device) if device is not None else next(denoiser.parameters()).device
     dim = denoiser.config.token_dim
     check_guide(denoiser, guide)
+    inference_autocast(dev, precision)  # an unknown precision fails here, before any work
     class_index = batch_classes(class_index, num, dev)
     was_training = denoiser.training
     denoiser.eval()
@@ -212,7 +218,8 @@ def sample_latents(
         # 2. what the network sees at this noise level (EDM: c_in·x and c_noise(σ); DDPM: x_t and t)
         x_in, cond = scheduler.scale_model_input(x, t)
         # 3. the network's output, guided: uncond + w·(cond − uncond)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance)
+        with inference_autocast(dev, precision):
+            out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
         # 4. one scheduler step: the less noisy sample, and the current estimate of the clean tokens
         step = scheduler.step(out, t, x, generator=generator)
         x = step.prev_sample

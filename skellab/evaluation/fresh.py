@@ -121,7 +121,7 @@ from ..metrics import (
     pairwise_distances,
     sample_points,
 )
-from ..runtime import MAX_SEED, check_seed, make_generator
+from ..runtime import MAX_SEED, check_seed, make_generator, resolve_precision
 from ..skeleton import skeletonize
 from ..tables import format_table
 from ..weights import weights_path
@@ -559,6 +559,7 @@ class _LatentMethod:
     largest_component: bool
     connect: float | None = None
     autoguidance: float | None = None
+    precision: str = "auto"
 
     def generate(self, organ: str, count: int, seed: int, clock: _Clock
                  ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
@@ -566,22 +567,24 @@ class _LatentMethod:
         t = time.perf_counter()
         latents = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
                                        guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False,
-                                       connect=self.connect, autoguidance=self.autoguidance)
+                                       connect=self.connect, autoguidance=self.autoguidance,
+                                       precision=self.precision)
         out = _decode_all(self.autoencoder, [latents[i] for i in range(count)], organ, self.resolution,
-                          self.largest_component, seed)
+                          self.largest_component, seed, self.precision)
         clock.add(f"generate_{self.name}", time.perf_counter() - t, count)
         return out
 
 
 def _decode_all(autoencoder: Any, latents: Sequence[Any], organ: str, resolution: int, largest_component: bool,
-                seed: int) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
+                seed: int, precision: str = "auto") -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
     """Decode and mesh each latent as a generated organ (the i-th with seed + i): (meshes in their own normalised
     frames, failures, raw (max |coordinate|, bbox-centre offset) of each)."""
     meshes, raw, failed = [], [], 0
     for i, latent in enumerate(latents):
         try:
             g = decode_organ(autoencoder, latent, organ=organ, index=i, resolution=resolution,
-                             largest_component=largest_component, seed=(seed + i) % (MAX_SEED + 1))
+                             largest_component=largest_component, seed=(seed + i) % (MAX_SEED + 1),
+                             precision=precision)
         except SkellabError:  # the decoded SDF has no surface: counted, left out of the metrics
             failed += 1
             continue
@@ -599,6 +602,7 @@ class _ReconstructionMethod:
     resolution: int
     largest_component: bool
     name: str = "autoencoder_reconstruction"
+    precision: str = "auto"
 
     def generate(self, organ: str, shapes: list[Shape], seed: int, clock: _Clock
                  ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
@@ -613,7 +617,7 @@ class _ReconstructionMethod:
         for i, shape in enumerate(shapes):
             pts, nrm = sample_surface(shape, ae.config.num_surface, seed=(seed + i) % (MAX_SEED + 1))
             latents.append(encode_points(ae, torch.from_numpy(pts), torch.from_numpy(nrm), class_index=ci))
-        out = _decode_all(ae, latents, organ, self.resolution, self.largest_component, seed)
+        out = _decode_all(ae, latents, organ, self.resolution, self.largest_component, seed, self.precision)
         clock.add(f"generate_{self.name}", time.perf_counter() - t, len(shapes))
         return out
 
@@ -635,6 +639,7 @@ def evaluate_fresh(
     largest_component: bool = False,
     connect: float | None = CONNECT_OVERLAP,
     autoguidance: float | None = None,
+    precision: str = "auto",
     reps: int = 200,
     level: float = 0.95,
     skeleton_spheres: int = 64,
@@ -661,6 +666,9 @@ def evaluate_fresh(
     resolution, steps, guidance, seed : generation (both latent models; the baseline uses steps, guidance, seed)
     autoguidance         : weight of skellab's guide network (None: the checkpoint's own; 1: off); the baseline
                            and the ablation have no guide
+    precision            : arithmetic of every network pass (sampling, decoding; all methods): ``"auto"`` (bf16
+                           where the CPU/GPU multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"``;
+                           ``setup.precision`` records what ``"auto"`` chose
     largest_component    : keep only each generated mesh's largest piece (default False: measure the raw output)
     connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`;
                            None: the raw sampler output). The surface-token ablation has no spheres to join.
@@ -697,6 +705,7 @@ def evaluate_fresh(
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
+    resolve_precision("cpu", precision)  # and so does an unknown precision
     known = diff.organs
     procedural = [c for c in PROCEDURAL_FAMILIES if c in known]
     store = MedSDF.open(data) if data is not None else None
@@ -727,7 +736,7 @@ def evaluate_fresh(
     train_info = diff.info.get("train") or {}  # also the baseline's default compute budget
     if "skellab" in methods_wanted:
         makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component,
-                                          connect, autoguidance)
+                                          connect, autoguidance, precision)
         methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
                               "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
                                               "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
@@ -739,8 +748,8 @@ def evaluate_fresh(
         methods["surface_latent_ablation"], ablation = _load_ablation(ablation_checkpoints)
     if ablation is not None:
         makers["surface_latent_ablation"] = _LatentMethod("surface_latent_ablation", *ablation, steps, guidance,
-                                                          resolution, largest_component, None)
-    recon = _ReconstructionMethod(ae, resolution, largest_component)
+                                                          resolution, largest_component, None, None, precision)
+    recon = _ReconstructionMethod(ae, resolution, largest_component, precision=precision)
     for name in REDRAW_METHODS:
         if name in methods_wanted:
             methods[name] = {"available": True, "kind": "meshes",
@@ -788,7 +797,7 @@ def evaluate_fresh(
                     method["per_class"][c] = {"available": False, "reason": f"the baseline does not know {c!r}"}
                     continue
                 pts, raw = _baseline_clouds(base, c, len(refs.meshes), num_points, steps, guidance, class_seed[c],
-                                            clock)
+                                            clock, precision)
                 meshes, stats, failed = None, None, 0
             else:
                 meshes, failed, raw = makers[name].generate(c, len(refs.meshes), class_seed[c], clock)
@@ -848,6 +857,7 @@ def evaluate_fresh(
             "num_points": num_points, "emd_points": emd_points, "resolution": resolution, "steps": steps,
             "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
             "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
+            "precision": resolve_precision(next(diff.denoiser.parameters()).device, precision),
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
             "bootstrap": {"reps": reps, "level": level, "seeds": "the class's generation seed"},
             "skeleton_spheres": skeleton_spheres, "largest_component": largest_component, "connect": connect,
@@ -941,11 +951,11 @@ def _baseline(store, known, path, seconds, train_info, num_points, seed, clock, 
 
 
 def _baseline_clouds(base: PointDiffusion, c: str, count: int, num_points: int, steps: int, guidance: float,
-                     seed: int, clock: _Clock) -> tuple[np.ndarray, list[tuple[float, float]]]:
+                     seed: int, clock: _Clock, precision: str = "auto") -> tuple[np.ndarray, list[tuple[float, float]]]:
     """(clouds (count, num_points, 3), each in its own normalised frame; raw (max |coordinate|, centre offset))."""
     t = time.perf_counter()
     clouds = base.sample(count, class_index=list(base.classes).index(c), guidance=guidance, steps=steps,
-                         num_points=num_points, generator=make_generator(seed)).double().numpy()
+                         num_points=num_points, generator=make_generator(seed), precision=precision).double().numpy()
     clock.add("generate_point_diffusion", time.perf_counter() - t, count)
     raw, pts = [], []
     for x in clouds:

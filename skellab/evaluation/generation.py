@@ -55,7 +55,7 @@ from ..diffusion import DEFAULT_GUIDANCE, make_scheduler
 from ..errors import SkellabError
 from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
 from ..metrics import betti_error, generation_metrics, sample_points
-from ..runtime import make_generator
+from ..runtime import make_generator, resolve_precision
 from ..tables import format_table
 from ..train.engine import EngineConfig, StopTraining
 from ..train.recipes import fit_denoiser
@@ -187,6 +187,7 @@ def evaluate_generation(
     resolution: int = 96,
     connect: float | None = CONNECT_OVERLAP,
     autoguidance: float | None = None,
+    precision: str = "auto",
     steps: int = 20,
     guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
@@ -206,6 +207,8 @@ def evaluate_generation(
     resolution           : marching-cubes grid for skellab's meshes
     connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`; None: off)
     autoguidance         : weight of skellab's guide network (None: the checkpoint's own; 1: off)
+    precision            : arithmetic of every network pass (sampling, decoding; all methods): ``"auto"`` (bf16
+                           where the device multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"``
     classes              : restrict to these classes (default: every class of the split the model knows)
     baseline_checkpoint  : a ``skellab.point_diffusion/1`` file: loaded if it exists, else trained and saved there
     baseline_seconds     : the baseline's CPU-second budget (default: the diffusion model's recorded training
@@ -227,6 +230,7 @@ def evaluate_generation(
     store = MedSDF.open(dataset_dir)
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
+    resolve_precision("cpu", precision)  # and so does an unknown precision
     known = diff.organs
     by_class: dict[str, list[str]] = {}
     for sid in sorted(store.ids(split=split)):
@@ -252,18 +256,18 @@ def evaluate_generation(
         rows["skellab"] = _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, num_points=num_points,
                                                  emd_points=emd_points, resolution=resolution, steps=steps,
                                                  guidance=guidance, seed=seed, say=say, name="skellab",
-                                                 connect=connect, autoguidance=autoguidance)
+                                                 connect=connect, autoguidance=autoguidance, precision=precision)
         rows["skellab"]["training"] = train_info
     if "point_diffusion" in methods:  # 3. the point-cloud baseline, with the same compute budget
         rows["point_diffusion"] = _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info,
                                                 baseline_checkpoint, baseline_seconds, num_points=num_points,
                                                 emd_points=emd_points, steps=steps, guidance=guidance, seed=seed,
-                                                say=say)
+                                                say=say, precision=precision)
     if "surface_latent_ablation" in methods:  # 4. the surface-token ablation, only if its checkpoints exist
         rows["surface_latent_ablation"] = _ablation(ablation_checkpoints, refs, ref_pts, ref_meshes,
                                                     num_points=num_points, emd_points=emd_points,
                                                     resolution=resolution, steps=steps, guidance=guidance,
-                                                    seed=seed, say=say)
+                                                    seed=seed, say=say, precision=precision)
     return {
         "dataset": str(store.root), "dataset_name": store.manifest.get("name"), "split": split,
         "classes": list(refs), "skipped_classes": sorted(set(by_class) - set(refs)),
@@ -282,6 +286,7 @@ def evaluate_generation(
         "setup": {"n_per_class": n, "num_points": num_points, "emd_points": emd_points, "resolution": resolution,
                   "steps": steps, "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
                   "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
+                  "precision": resolve_precision(next(diff.denoiser.parameters()).device, precision),
                   "diffusion_checkpoint": str(diffusion_checkpoint or weights_path("diffusion")),
                   "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                   "reference_seconds": time.perf_counter() - t0},
@@ -290,12 +295,12 @@ def evaluate_generation(
 
 
 def _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info, baseline_checkpoint, baseline_seconds, *,
-                  num_points, emd_points, steps, guidance, seed, say) -> dict[str, Any]:
+                  num_points, emd_points, steps, guidance, seed, say, precision="auto") -> dict[str, Any]:
     """The point-cloud baseline's row (:func:`load_or_train_baseline`)."""
     base, _ = load_or_train_baseline(store, known, baseline_checkpoint, baseline_seconds, train_info,
                                      num_points=num_points, seed=seed, say=say)
     row = _evaluate_point_model(base, refs, ref_pts, ref_meshes, num_points=num_points, emd_points=emd_points,
-                                steps=steps, guidance=guidance, seed=seed, say=say)
+                                steps=steps, guidance=guidance, seed=seed, say=say, precision=precision)
     row["training"] = (base.info or {}).get("train") or {}
     row["budget"] = {**baseline_budget(base, train_info),
                      "note": "compute = CPU seconds of the training process (time.process_time); skellab's frozen "
@@ -304,16 +309,18 @@ def _baseline_row(store, known, refs, ref_pts, ref_meshes, train_info, baseline_
 
 
 def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, emd_points, resolution, steps,
-                           guidance, seed, say, name, connect=None, autoguidance=1.0) -> dict[str, Any]:
+                           guidance, seed, say, name, connect=None, autoguidance=1.0, precision="auto") -> dict[str, Any]:
     per_class, failures, t0 = {}, 0, time.perf_counter()
     watertight = total = 0
     for ci, (c, ids) in enumerate(refs.items()):
         organs = generate_from_models(diff, ae, c, len(ids), steps=steps, guidance=guidance, seed=seed + 1000 * ci,
-                                      resolution=resolution, decode=False, connect=connect, autoguidance=autoguidance)
+                                      resolution=resolution, decode=False, connect=connect, autoguidance=autoguidance,
+                                      precision=precision)
         meshes, pts = [], []
         for i in range(len(ids)):
             try:
-                g = decode_organ(ae, organs[i], organ=c, index=i, resolution=resolution, seed=seed + i)
+                g = decode_organ(ae, organs[i], organ=c, index=i, resolution=resolution, seed=seed + i,
+                                 precision=precision)
             except SkellabError:  # the decoded SDF has no surface: counted, and left out of the metrics
                 failures += 1
                 continue
@@ -330,14 +337,14 @@ def _evaluate_latent_model(diff, ae, refs, ref_pts, ref_meshes, *, num_points, e
 
 
 def _evaluate_point_model(base: PointDiffusion, refs, ref_pts, ref_meshes, *, num_points, emd_points, steps,
-                          guidance, seed, say) -> dict[str, Any]:
+                          guidance, seed, say, precision="auto") -> dict[str, Any]:
     per_class, t0 = {}, time.perf_counter()
     known = list(base.classes or [])
     for ci, (c, ids) in enumerate(refs.items()):
         if c not in known:
             continue
         clouds = base.sample(len(ids), class_index=known.index(c), guidance=guidance, steps=steps,
-                             num_points=num_points, generator=make_generator(seed + 1000 * ci))
+                             num_points=num_points, generator=make_generator(seed + 1000 * ci), precision=precision)
         per_class[c] = _class_metrics(list(clouds.double().numpy()), ref_pts[c], emd_points, None, ref_meshes[c])
         say(f"point_diffusion: {c} done")
     return {"macro": _macro(per_class), "per_class": per_class, "seconds": time.perf_counter() - t0,

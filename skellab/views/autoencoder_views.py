@@ -70,7 +70,7 @@ def token_view(latent: Latent, *, channel: int = 0, plot: Any = None, opacity: f
 
 
 def sdf_function(model: SkeletalAutoencoder, latent: Latent, *, source: str = "decoder",
-                 chunk: int = 65536) -> Callable[[np.ndarray], np.ndarray]:
+                 chunk: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A callable ``points (n, 3) → sdf (n,)`` for :func:`~skellab.views.sdf_slices_figure`.
 
     source : ``"decoder"`` (the network's truncated SDF) or ``"prior"`` (the union of the
