@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="classifier-free guidance weight (default: skellab.diffusion.DEFAULT_GUIDANCE)")
     ap.add_argument("--autoguidance", type=float, default=None,
                     help="weight of the checkpoint's guide network (default: the checkpoint's own; 1: off)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="arithmetic of every network pass (default auto: bf16 where the CPU has it natively)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", type=int, default=4, help="organs re-decoded with the previous guided settings")
     ap.add_argument("--out", default=None, help="write the JSON result here")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     from skellab.diffusion import DEFAULT_GUIDANCE, make_scheduler
     from skellab.generation import generate_from_models, load_generation_models
     from skellab.meshing import cap_at_box, decode_grid_guided, extract_mesh
-    from skellab.runtime import make_generator
+    from skellab.runtime import make_generator, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,16 +67,17 @@ def main(argv: list[str] | None = None) -> dict:
         base = PointDiffusion(PointDenoiser(config=cfg).eval(), make_scheduler("edm"), list(diff.classes), args.points)
     base_class = (base.classes or diff.classes).index(args.organ)
 
-    generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed)  # warm-up
+    generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed,
+                         precision=args.precision)  # warm-up
     result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
                     "guidance": guidance, "autoguidance": diff.guiding(args.autoguidance)[1],
                     "guide_parameters": (diff.guide_info or {}).get("parameters"), "resolution": args.resolution, "points": args.points,
-                    "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "precision": resolve_precision("cpu", args.precision), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor(), "skellab": {}, "point_diffusion": {}}
     for batch in (1, args.batch):
         t0 = time.perf_counter()
         organs = generate_from_models(diff, ae, args.organ, batch, steps=args.steps, guidance=guidance, seed=args.seed,
-                                      autoguidance=args.autoguidance,
+                                      autoguidance=args.autoguidance, precision=args.precision,
                                       resolution=args.resolution, batch_size=batch)  # one sampling batch, as measured
         total = time.perf_counter() - t0
         stages = {k: sum(o.seconds[k] for o in organs) / batch for k in organs[0].seconds}
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sum(o.info["query_fraction"] for o in organs) / batch}
         t0 = time.perf_counter()
         base.sample(batch, class_index=base_class, guidance=guidance, steps=args.steps, num_points=args.points,
-                    generator=make_generator(args.seed))
+                    generator=make_generator(args.seed), precision=args.precision)
         total = time.perf_counter() - t0
         result["point_diffusion"][f"batch_{batch}"] = {"seconds_per_cloud": total / batch, "seconds_total": total}
         print(f"batch {batch}: skellab {result['skellab'][f'batch_{batch}']['seconds_per_organ']:.2f} s/organ "
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     for o in organs[: args.compare]:  # the same latents, decoded both ways, interleaved
         row = {}
         for name, kw in (("current", {"cap": tau}), ("previous", {"coarse": 32, "narrow": None})):
-            grid = decode_grid_guided(ae, o.latent, args.resolution, **kw)  # current: capped as decode_organ does
+            grid = decode_grid_guided(ae, o.latent, args.resolution, precision=args.precision, **kw)  # current: capped as decode_organ does
             values = grid.values if name == "current" else cap_at_box(grid, tau)[0]  # previous: capped afterwards
             v, f = extract_mesh(values, grid.box, largest_component=True, min_piece_cells=1.0)
             row[name] = {"seconds": grid.seconds, "queries": grid.num_queries, "mesh": (v, f)}
