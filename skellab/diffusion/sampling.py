@@ -214,18 +214,20 @@ def sample_latents(
     scheduler.set_timesteps(steps if steps is not None else scheduler.num_steps)
     x = scheduler.init_noise((num, num_tokens, dim), generator, device=dev)
     trajectory: list[torch.Tensor] = []
-    for t in scheduler.timesteps:
-        # 2. what the network sees at this noise level (EDM: c_in·x and c_noise(σ); DDPM: x_t and t)
-        x_in, cond = scheduler.scale_model_input(x, t)
-        # 3. the network's output, guided: uncond + w·(cond − uncond)
-        with inference_autocast(dev, precision):
+    # bf16 autocast (precision "auto" on a device with native bf16) changes only the networks' matrix products; the
+    # sampler's elementwise steps stay fp32. Entered once for the loop, so each weight is cast to bf16 once.
+    with inference_autocast(dev, precision):
+        for t in scheduler.timesteps:
+            # 2. what the network sees at this noise level (EDM: c_in·x and c_noise(σ); DDPM: x_t and t)
+            x_in, cond = scheduler.scale_model_input(x, t)
+            # 3. the network's output, guided: uncond + w·(cond − uncond)
             out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
-        # 4. one scheduler step: the less noisy sample, and the current estimate of the clean tokens
-        step = scheduler.step(out, t, x, generator=generator)
-        x = step.prev_sample
-        if return_trajectory:
-            x0 = step.pred_original_sample.float().cpu()
-            trajectory.append(normalizer.denormalize(x0) if normalizer is not None else x0)
+            # 4. one scheduler step: the less noisy sample, and the current estimate of the clean tokens
+            step = scheduler.step(out, t, x, generator=generator)
+            x = step.prev_sample
+            if return_trajectory:
+                x0 = step.pred_original_sample.float().cpu()
+                trajectory.append(normalizer.denormalize(x0) if normalizer is not None else x0)
     denoiser.train(was_training)
     if guide is not None:
         guide.train(guide_was_training)
