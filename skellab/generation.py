@@ -232,8 +232,9 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
     edges = skeleton_edges(centers, np.asarray(surface))
     skel = Skeleton(centers, radii, edges, method="diffusion", meta={"organ": organ})
     t3 = time.perf_counter()
+    pieces = 1 if largest_component else count_components(v, f)  # the largest piece is one piece
     return GeneratedOrgan(organ, index, v, f, skel, latent.detach().to("cpu"), bool(mesh.is_watertight),
-                          count_components(v, f), {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
+                          pieces, {"decode": t1 - t0, "mesh": t2 - t1, "skeleton": t3 - t2},
                           {"resolution": int(resolution), "query_fraction": grid.query_fraction,
                            "clipped_at_box": clipped})
 

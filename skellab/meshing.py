@@ -383,9 +383,9 @@ def _face_components(faces: np.ndarray) -> tuple[int, np.ndarray]:
     F = len(faces)
     if F == 0:
         return 0, np.zeros(0, dtype=np.int64)
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
-    order = np.argsort(key, kind="stable")
+    a, b = faces.reshape(-1), faces[:, [1, 2, 0]].reshape(-1)  # the 3F directed edges, face by face
+    key = np.minimum(a, b) * (int(faces.max()) + 1) + np.maximum(a, b)
+    order = np.argsort(key)  # which of an edge's two faces comes first does not matter
     ks = key[order]
     starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     counts = np.diff(np.r_[starts, len(ks)])

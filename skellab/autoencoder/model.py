@@ -227,7 +227,9 @@ def sphere_union_sdf(queries: torch.Tensor, centers: torch.Tensor, radii: torch.
     out = []
     for s in range(0, queries.shape[1], chunk):
         d = torch.cdist(queries[:, s : s + chunk], centers)  # (B, q, K)
-        out.append((d - radii.unsqueeze(1)).amin(-1))
+        # in place where no gradient is taken (decoding): the same numbers without a second (B, q, K) array
+        d = d.sub_(radii.unsqueeze(1)) if not d.requires_grad else d - radii.unsqueeze(1)
+        out.append(d.amin(-1))
     return torch.cat(out, dim=1) if out else queries.new_zeros(queries.shape[:2])
 
 
