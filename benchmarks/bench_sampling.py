@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from skellab.diffusion import DEFAULT_GUIDANCE, load_diffusion
-from skellab.runtime import make_generator
+from skellab.runtime import make_generator, resolve_precision
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,25 +35,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--autoguidance", type=float, default=None,
                     help="weight of each checkpoint's guide network (default: its own; 1: off)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp32", "bf16"),
+                    help="the denoisers' arithmetic; several: each checkpoint in each (default auto: bf16 where the "
+                         "CPU has it natively)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = {path: load_diffusion(path, device="cpu") for path in args.diffusion}
-    times: dict[str, dict[int, list[float]]] = {p: {1: [], args.batch: []} for p in models}
+    runs = [(path, prec) for prec in args.precision for path in models]  # the first run is the baseline
+    times: dict[tuple[str, str], dict[int, list[float]]] = {r: {1: [], args.batch: []} for r in runs}
     for rep in range(args.repeats + 1):  # repeat 0 is the warm-up
-        for path, model in models.items():
+        for path, prec in runs:
             for num in (1, args.batch):
                 t0 = time.perf_counter()
-                model.sample(num, class_index=args.organ, steps=args.steps, guidance=args.guidance,
-                             autoguidance=args.autoguidance,
-                             generator=make_generator(rep))
+                models[path].sample(num, class_index=args.organ, steps=args.steps, guidance=args.guidance,
+                                    autoguidance=args.autoguidance, generator=make_generator(rep), precision=prec)
                 if rep:
-                    times[path][num].append(time.perf_counter() - t0)
-    base = args.diffusion[0]
+                    times[path, prec][num].append(time.perf_counter() - t0)
+    base = runs[0]
     rows = {}
-    for path, model in models.items():
-        best = {num: min(v) for num, v in times[path].items()}
-        rows[path] = {"parameters": sum(p.numel() for p in model.denoiser.parameters()),
+    for path, prec in runs:
+        model = models[path]
+        best = {num: min(v) for num, v in times[path, prec].items()}
+        name = path if len(args.precision) == 1 else f"{path} [{prec}]"
+        rows[name] = {"precision": resolve_precision("cpu", prec), "parameters": sum(p.numel() for p in model.denoiser.parameters()),
                       "autoguidance": model.guiding(args.autoguidance)[1],
                       "guide_parameters": (model.guide_info or {}).get("parameters"),
                       "config": model.denoiser.config.to_dict(),
@@ -61,11 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
                       f"seconds_per_organ_batch_{args.batch}": best[args.batch] / args.batch,
                       "ratio_one_organ": min(times[base][1]) / best[1],
                       f"ratio_batch_{args.batch}": min(times[base][args.batch]) / best[args.batch]}
-        print(f"{path}: {rows[path]['parameters'] / 1e6:.2f} M parameters, one organ {best[1]:.3f} s, batch of "
+        print(f"{name}: {rows[name]['parameters'] / 1e6:.2f} M parameters, one organ {best[1]:.3f} s, batch of "
               f"{args.batch} {best[args.batch]:.3f} s ({best[args.batch] / args.batch:.3f} s per organ)")
     report = {"benchmark": "sampling", "organ": args.organ, "steps": args.steps, "sampler": f"edm heun, guidance {args.guidance:g}",
               "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
-              "machine": platform.machine(), "baseline": base, "checkpoints": rows}
+              "machine": platform.machine(), "baseline": f"{base[0]} [{base[1]}]", "checkpoints": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return report
