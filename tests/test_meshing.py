@@ -190,3 +190,29 @@ def test_decoding_precision_auto_bf16_and_fp32(monkeypatch):
     assert decode_chunk("cpu") == 8192 and decode_chunk("cuda") == 65536
     with pytest.raises(SkellabError, match="chunk"):
         decode_points(model, lat, pts, 0)
+
+
+def test_pieces_and_volume_match_trimesh_on_closed_open_and_non_manifold_meshes():
+    """count_components / signed_volume: trimesh's pieces (faces joined through edges exactly two faces share) and
+    trimesh's volume, computed without building its face adjacency or mass integrals — on one, two and eleven
+    pieces, open fragments, duplicated (non-manifold) faces and two triangles that touch at a vertex only."""
+    import trimesh
+
+    from skellab.meshing import count_components, signed_volume
+
+    rng = np.random.default_rng(0)
+    ball = trimesh.creation.icosphere(2)
+    two = trimesh.util.concatenate([ball, trimesh.creation.box().apply_translation([3, 0, 0])])
+    meshes = [ball, two,
+              trimesh.Trimesh(ball.vertices, np.r_[ball.faces, ball.faces[:5]], process=False),  # non-manifold edges
+              trimesh.Trimesh(ball.vertices, ball.faces[rng.permutation(len(ball.faces))[:60]], process=False),
+              trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0.0]], [[0, 1, 2], [0, 3, 4]],
+                              process=False)]
+    for m in meshes:
+        expected = len(trimesh.graph.connected_components(m.face_adjacency, nodes=np.arange(len(m.faces)), min_len=1))
+        assert count_components(m.vertices, m.faces) == expected == len(m.split(only_watertight=False))
+        assert signed_volume(m.vertices, m.faces) == pytest.approx(m.volume, abs=1e-12)
+    assert count_components(meshes[0].vertices, meshes[0].faces[:0]) == 0
+    inverted = ball.copy()
+    inverted.invert()
+    assert signed_volume(inverted.vertices, inverted.faces) == pytest.approx(-ball.volume)
