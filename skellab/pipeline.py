@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .autoencoder import Latent, SkeletalAutoencoder, encode_points, load_autoencoder
+from .autoencoder import Latent, SkeletalAutoencoder, encode_points, load_autoencoder, refine_on_shape
 from .data.io import load_shape_file
 from .data.sampling import sample_surface
 from .data.shape import Normalization, Shape
@@ -86,15 +86,19 @@ def _bodies(shape: Shape) -> tuple[list[Shape], int, float]:
 
 def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
-                     device: str = "cpu") -> Reconstruction:
+                     device: str = "cpu", refine: int = 0) -> Reconstruction:
     """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units.
 
     A file that holds several separate bodies (a pair of organs) is reconstructed body by body:
     each is normalised, encoded and decoded on its own, mapped back to the input's units, and the
     meshes are joined. Bodies under :data:`MIN_BODY_FRACTION` of the volume, or beyond
     :data:`MAX_BODIES`, are dropped with a warning saying how many and how much volume.
+    ``refine`` > 0: each body's token features are then fitted to its exact SDF for that many Adam steps, the
+    spheres fixed (:func:`skellab.autoencoder.refine_on_shape`).
     """
     check_resolution(resolution)  # before loading anything
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+        raise SkellabError(f"refine must be an integer >= 0 (Adam steps), got {refine!r}")
     seed = check_seed(seed)
     model = load_autoencoder(checkpoint, device=device)
     shape = load_shape_file(path, organ=organ or "unknown")
@@ -105,6 +109,8 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
     vertices, faces, latents = [], [], []
     for body in bodies:
         latent = encode_shape(model, body, seed=seed, organ=organ)
+        if refine:
+            latent = refine_on_shape(model, latent, body, steps=int(refine), seed=seed)[0]
         v, f = decode_mesh(model, latent, resolution, largest_component=True)
         if len(f) == 0:
             raise SkellabError(f"{Path(path).name}: the decoded SDF has no zero level set at resolution {resolution}")

@@ -33,6 +33,25 @@ def test_reconstruct_writes_a_watertight_mesh_in_input_units(meshes, tmp_path):
     assert np.allclose(np.ptp(rec.vertices, axis=0), np.ptp(ref.vertices, axis=0), rtol=0.2)
 
 
+def test_reconstruct_refine_fits_the_input_closer_than_the_encoder(meshes, tmp_path):
+    """--refine: the features fitted to the input's exact SDF decode closer to it (CD in millimetres) than the
+    encoder's own features, with the spheres unchanged."""
+    from skellab.metrics import chamfer_distance
+
+    ref = trimesh.load(meshes / "capsule.stl")
+    pts = {}
+    for steps in ("0", "60"):
+        out = tmp_path / f"rec{steps}.ply"
+        code, _, err = run_cli("reconstruct", meshes / "capsule.stl", "--out", out, "--resolution", "48",
+                               "--refine", steps)
+        assert code == 0, err
+        rec = trimesh.load(out, process=True)
+        assert rec.is_watertight
+        pts[steps] = trimesh.sample.sample_surface(rec, 3000, seed=0)[0]
+    truth = trimesh.sample.sample_surface(ref, 3000, seed=1)[0]
+    assert chamfer_distance(pts["60"], truth) < chamfer_distance(pts["0"], truth)
+
+
 def test_interpolate_writes_steps(meshes, tmp_path):
     code, stdout, err = run_cli("interpolate", meshes / "capsule.stl", meshes / "ball.ply", "--steps", "3",
                                 "--out", tmp_path / "interp", "--resolution", "40")
@@ -50,8 +69,11 @@ def test_interpolate_writes_steps(meshes, tmp_path):
         (["--checkpoint", "{tmp}/garbage.pt"], "corrupt"),
         (["--checkpoint", "{tmp}/other.pt"], "format"),
         (["--organ", "unicorn"], "unknown organ"),
+        (["--refine", "-3"], "refine"),
+        (["--refine", "many"], "refine"),
     ],
-    ids=["res-small", "res-huge", "missing-ckpt", "corrupt-ckpt", "other-format", "unknown-organ"],
+    ids=["res-small", "res-huge", "missing-ckpt", "corrupt-ckpt", "other-format", "unknown-organ", "refine-negative",
+         "refine-word"],
 )
 def test_reconstruct_bad_input(meshes, tmp_path, args, needle):
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)

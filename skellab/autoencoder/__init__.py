@@ -25,6 +25,7 @@ from .model import (
     fourier_features,
     sphere_union_sdf,
 )
+from .refine import REFINE_SAMPLES, refine_features, refine_on_shape
 
 __all__ = [
     "AutoencoderConfig",
@@ -41,4 +42,7 @@ __all__ = [
     "skeletonize_batch",
     "skeletons_for",
     "trained_skeleton",
+    "REFINE_SAMPLES",
+    "refine_features",
+    "refine_on_shape",
 ]

@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def connect_arg(text: str) -> float | None:
     """argparse type: an overlap margin in [0, 1) for joining sampled islands of spheres, or ``off``."""
     if text.strip().lower() in ("off", "none", "no"):

@@ -5,7 +5,9 @@ the CLI does, skeletonize with the model's own method, encode, decode on a guide
 it; mesh the union of *the same* skeletal spheres (the decoder's prior, no network); compare both
 with the true surface on ``n`` ≥ 20k area-uniform points: F1@τ (precision and recall of points
 within τ), Chamfer distance (PointFlow convention: squared, summed) and Hausdorff. The difference
-network − prior is what the 12 learned features per token carry.
+network − prior is what the 12 learned features per token carry. With ``refine`` > 0 a third mesh,
+``refined``, decodes the same spheres after the features were fitted to the shape's exact SDF
+(:func:`skellab.autoencoder.refine_on_shape`): what the features *can* carry, given the shape.
 
 Splits are whatever the caller passes: the MedSDF test fold (trained classes, held-out shapes)
 and, separately, shapes of classes the autoencoder never saw (``skellab.data`` unseen sources).
@@ -13,6 +15,7 @@ and, separately, shapes of classes the autoencoder never saw (``skellab.data`` u
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
@@ -20,7 +23,7 @@ import igl
 import numpy as np
 import torch
 
-from ..autoencoder import SkeletalAutoencoder, encode_points
+from ..autoencoder import SkeletalAutoencoder, encode_points, refine_on_shape
 from ..data.sampling import sample_surface
 from ..data.shape import Shape
 from ..errors import SkellabError
@@ -32,11 +35,12 @@ __all__ = ["FIDELITY_KEYS", "fidelity_of_shape", "evaluate_fidelity"]
 FIDELITY_KEYS = ("f1@0.02", "f1@0.05", "cd_pointflow", "hausdorff")
 
 
-@torch.no_grad()
 def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: int = 128, n: int = 20000,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, refine: int = 0) -> dict[str, Any]:
     """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
-    "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number).
+    "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number); with
+    ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps, spheres fixed) and
+    ``"refine": {"seconds", "loss_first", "loss_last", ...}``.
 
     A decode with no surface counts as F1 = 0 (``"error"`` says why) rather than being dropped.
     """
@@ -44,8 +48,9 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
     dev = next(model.parameters()).device
     classes = list(model.classes or [])
     ci = classes.index(shape.organ) if model.config.class_conditioning and shape.organ in classes else None
-    lat = encode_points(model, torch.from_numpy(points).to(dev), torch.from_numpy(normals).to(dev),
-                        class_index=ci).to("cpu")
+    with torch.no_grad():
+        lat = encode_points(model, torch.from_numpy(points).to(dev), torch.from_numpy(normals).to(dev),
+                            class_index=ci).to("cpu")
     row: dict[str, Any] = {"class": shape.organ, "id": shape.shape_id}
     # the skeletal centres the tokens sit on, inside the true surface? (a thin wall needs >= 99 %)
     wn = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
@@ -54,8 +59,14 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
     taus = (0.02, 0.05)
     grid = decode_grid_guided(model, lat, resolution)
     row["query_fraction"] = grid.query_fraction
-    for name, make in (("network", lambda: extract_mesh(grid)),
-                       ("prior", lambda: sphere_union_mesh(lat.centers[0], lat.radii[0], resolution))):
+    makers = [("network", lambda: extract_mesh(grid)),
+              ("prior", lambda: sphere_union_mesh(lat.centers[0], lat.radii[0], resolution))]
+    if refine:
+        t0 = time.perf_counter()
+        fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), seed=seed)
+        row["refine"] = {**info, "seconds": time.perf_counter() - t0}
+        makers.append(("refined", lambda: extract_mesh(decode_grid_guided(model, fitted.to("cpu"), resolution))))
+    for name, make in makers:
         try:
             m = reconstruction_metrics(make(), shape, n=n, seed=seed, taus=taus, with_emd=False)
             row[name] = {k: m[k] for k in FIDELITY_KEYS}
@@ -70,34 +81,41 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, resolution: int = 128, n: int = 20000,
-                      seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      seed: int = 0, log: Callable[[str], None] | None = None, refine: int = 0) -> dict[str, Any]:
     """:func:`fidelity_of_shape` for every shape, then per class and overall means.
 
     returns ``{"n", "resolution", "shapes": [...], "per_class": {class: {"network", "prior", "gain",
     "count"}}, "mean": {"network", "prior", "gain"}, "class_mean": {...}}``: ``gain`` = network − prior
     (positive F1 gain and negative CD gain mean the network adds detail); ``mean`` averages shapes,
-    ``class_mean`` averages classes (each class counts once).
+    ``class_mean`` averages classes (each class counts once). With ``refine`` > 0 each summary also has
+    ``"refined"`` and ``"gain_refined"`` (refined − prior) (:func:`fidelity_of_shape`).
     """
     if not shapes:
         raise SkellabError("evaluate_fidelity needs at least one shape")
     rows = []
     for i, shape in enumerate(shapes):
-        rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed))
+        rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed, refine=refine))
         if log is not None:
             r = rows[-1]
+            refined = f" refined {r['refined']['f1@0.02']:.3f}" if "refined" in r else ""
             log(f"[{i + 1}/{len(shapes)}] {r['class']:<22} F1@0.02 network {r['network']['f1@0.02']:.3f} "
-                f"prior {r['prior']['f1@0.02']:.3f}")
+                f"prior {r['prior']['f1@0.02']:.3f}{refined}")
     by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_class[r["class"]].append(r)
 
     def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
         net, pri = _mean([r["network"] for r in group]), _mean([r["prior"] for r in group])
-        return {"network": net, "prior": pri, "gain": {k: net[k] - pri[k] for k in FIDELITY_KEYS}, "count": len(group),
-                "centres_inside": float(np.mean([r["centres_inside"] for r in group]))}
+        out = {"network": net, "prior": pri, "gain": {k: net[k] - pri[k] for k in FIDELITY_KEYS}, "count": len(group),
+               "centres_inside": float(np.mean([r["centres_inside"] for r in group]))}
+        if refine:
+            ref = _mean([r["refined"] for r in group])
+            out.update(refined=ref, gain_refined={k: ref[k] - pri[k] for k in FIDELITY_KEYS})
+        return out
 
     per_class = {c: summary(g) for c, g in sorted(by_class.items())}
+    parts = ("network", "prior", "gain") + (("refined", "gain_refined") if refine else ())
     class_mean = {part: {k: float(np.nanmean([pc[part][k] for pc in per_class.values()])) for k in FIDELITY_KEYS}
-                  for part in ("network", "prior", "gain")}
+                  for part in parts}
     return {"n": int(n), "resolution": int(resolution), "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
             "shapes": rows, "per_class": per_class, "mean": summary(rows), "class_mean": class_mean}
