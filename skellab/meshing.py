@@ -348,7 +348,7 @@ def extract_mesh(grid: SDFGrid | np.ndarray, box: float | None = None, *, level:
     verts = verts.astype(np.float64) - box
     faces = faces.astype(np.int64)
     mesh = trimesh.Trimesh(verts, faces, process=False)
-    if (largest_component or min_piece_cells > 0) and _face_components(faces)[0] > 1:
+    if (largest_component or min_piece_cells > 0) and count_components(verts, faces) > 1:
         parts = mesh.split(only_watertight=False)
         if len(parts) > 1:
             big = max(parts, key=lambda m: len(m.faces))
@@ -375,27 +375,6 @@ def cap_at_box(grid: SDFGrid, outside: float) -> tuple[np.ndarray, bool]:
     return values, clipped
 
 
-def _face_components(faces: np.ndarray) -> tuple[int, np.ndarray]:
-    """(number of pieces, piece label per face) of a triangle mesh: faces joined through edges that exactly two
-    faces share — trimesh's ``face_adjacency`` rule, so the pieces are those of ``Trimesh.split`` — computed
-    without building a Trimesh (a sort of the 3F edges and one sparse connected-components pass)."""
-    faces = np.asarray(faces, dtype=np.int64)
-    F = len(faces)
-    if F == 0:
-        return 0, np.zeros(0, dtype=np.int64)
-    a, b = faces.reshape(-1), faces[:, [1, 2, 0]].reshape(-1)  # the 3F directed edges, face by face
-    key = np.minimum(a, b) * (int(faces.max()) + 1) + np.maximum(a, b)
-    order = np.argsort(key)  # which of an edge's two faces comes first does not matter
-    ks = key[order]
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    counts = np.diff(np.r_[starts, len(ks)])
-    pair = starts[counts == 2]  # edges shared by exactly two faces join them
-    a, b = order[pair] // 3, order[pair + 1] // 3
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(F, F))
-    n, labels = connected_components(graph, directed=False)
-    return int(n), labels
-
-
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Signed volume enclosed by a closed triangle mesh (positive when its faces point outward), by the divergence
     theorem on the x component, Σ_f n_x (x0 + x1 + x2) / 6 with n = (v1 − v0) × (v2 − v0): the value
@@ -407,9 +386,24 @@ def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
 
 
 def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
-    """Connected pieces of a triangle mesh (faces joined through shared edges, as ``Trimesh.split``); 0 for no
-    faces."""
-    return _face_components(faces)[0]
+    """Connected pieces of a triangle mesh: faces joined through edges that exactly two faces share —
+    trimesh's ``face_adjacency`` rule, so the pieces are those of ``Trimesh.split`` — computed without building
+    a Trimesh (a sort of the 3F edges and one sparse connected-components pass); 0 for no faces. ``vertices``
+    is not read (pieces depend on the faces alone)."""
+    faces = np.asarray(faces, dtype=np.int64)
+    F = len(faces)
+    if F == 0:
+        return 0
+    a, b = faces.reshape(-1), faces[:, [1, 2, 0]].reshape(-1)  # the 3F directed edges, face by face
+    key = np.minimum(a, b) * (int(faces.max()) + 1) + np.maximum(a, b)
+    order = np.argsort(key)  # which of an edge's two faces comes first does not matter
+    ks = key[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    counts = np.diff(np.r_[starts, len(ks)])
+    pair = starts[counts == 2]  # edges shared by exactly two faces join them
+    a, b = order[pair] // 3, order[pair + 1] // 3
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(F, F))
+    return int(connected_components(graph, directed=False, return_labels=False))
 
 
 def sphere_union_mesh(centers: torch.Tensor, radii: torch.Tensor, resolution: int = 128,
