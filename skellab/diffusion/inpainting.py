@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
-from ..runtime import inference_autocast
+from ..runtime import inference_autocast, resolve_precision
 from .denoiser import order_tokens
 from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, check_guide, guided_output
 from .schedulers import EDMScheduler, _randn
@@ -81,7 +81,7 @@ def inpaint_latents(
     if perm is not None:
         known, mask = known[perm], mask[perm]
     dev = next(denoiser.parameters()).device
-    inference_autocast(dev, precision)  # an unknown precision fails here, before any work
+    resolve_precision(dev, precision)  # an unknown precision fails here, before any work
     K = known.shape[0]
     z_known = (normalizer.normalize(known) if normalizer is not None else known).to(dev).expand(num, K, dim)
     m = mask.to(dev).expand(num, K, dim)
@@ -99,24 +99,24 @@ def inpaint_latents(
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
-        with inference_autocast(dev, precision):
-            out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
         return x, scheduler.predict_original(out, sigma, x).to(x.dtype)
 
     x = noise() * sigmas[0]
-    for i in range(len(sigmas) - 1):
-        s, s1 = sigmas[i], sigmas[i + 1]
-        for u in range(int(resample)):
-            x, d0 = denoise(x, s)
-            d = (x - d0) / s
-            x1 = x + (s1 - s) * d
-            if s1 > 0 and scheduler.solver == "heun":  # Heun's correction at σ_{i+1}
-                x1, d1 = denoise(x1, s1)
-                x1 = x + (s1 - s) * 0.5 * (d + (x1 - d1) / s1)
-            if u < int(resample) - 1 and s1 > 0:  # jump back to σ_i and redo the step
-                x = x1 + math.sqrt(s * s - s1 * s1) * noise()
-            else:
-                x = x1
+    with inference_autocast(dev, precision):  # the networks' products only; entered once, as sample_latents
+        for i in range(len(sigmas) - 1):
+            s, s1 = sigmas[i], sigmas[i + 1]
+            for u in range(int(resample)):
+                x, d0 = denoise(x, s)
+                d = (x - d0) / s
+                x1 = x + (s1 - s) * d
+                if s1 > 0 and scheduler.solver == "heun":  # Heun's correction at σ_{i+1}
+                    x1, d1 = denoise(x1, s1)
+                    x1 = x + (s1 - s) * 0.5 * (d + (x1 - d1) / s1)
+                if u < int(resample) - 1 and s1 > 0:  # jump back to σ_i and redo the step
+                    x = x1 + math.sqrt(s * s - s1 * s1) * noise()
+                else:
+                    x = x1
     denoiser.train(was_training)
     if guide is not None:
         guide.train(guide_was_training)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import SkellabError
-from ..runtime import inference_autocast
+from ..runtime import inference_autocast, resolve_precision
 
 __all__ = ["DEFAULT_GUIDANCE", "LatentNormalizer", "sample_latents", "guided_output"]
 
@@ -202,7 +202,7 @@ def sample_latents(
     dev = torch.device(device) if device is not None else next(denoiser.parameters()).device
     dim = denoiser.config.token_dim
     check_guide(denoiser, guide)
-    inference_autocast(dev, precision)  # an unknown precision fails here, before any work
+    resolve_precision(dev, precision)  # an unknown precision fails here, before any work
     class_index = batch_classes(class_index, num, dev)
     was_training = denoiser.training
     denoiser.eval()
