@@ -46,9 +46,9 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     """
     if not isinstance(latent, Latent) or latent.batch_size != 1:
         raise SkellabError("refine one shape at a time: pass a Latent with batch size 1 (e.g. latents[i])")
-    for name, value in (("steps", steps), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "steps" else 1):
-            raise SkellabError(f"{name} must be an integer >= {0 if name == 'steps' else 1}, got {value!r}")
+    for name, value, low in (("steps", steps, 0), ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SkellabError(f"{name} must be an integer >= {low}, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
         raise SkellabError(f"lr must be a number > 0, got {lr!r}")
     dev = next(model.parameters()).device
