@@ -6,7 +6,8 @@ import trimesh
 
 from skellab import SkellabError
 from skellab.data.sampling import (
-    SampleConfig, grid_points, sample_sdf, sample_surface, sign_agreement, signed_distance, to_paper_sign,
+    SampleConfig, grid_points, point_cloud_sdf, sample_sdf, sample_surface, sign_agreement, signed_distance,
+    to_paper_sign,
 )
 from skellab.data.shape import GroundTruthSkeleton, Normalization, Shape, validate_mesh
 
@@ -99,3 +100,43 @@ def test_sample_config_validation():
         SampleConfig(grid_resolution=4)
     with pytest.raises(SkellabError):
         sample_surface(_sphere_shape(), 0, seed=0)
+
+
+def _cloud(mesh, count, seed=0):
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return points, mesh.face_normals[faces]
+
+
+def test_point_cloud_sdf_matches_the_exact_sdf_of_a_ball_and_of_a_thin_hollow_shell():
+    rng = np.random.default_rng(0)
+    ball = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    p, n = _cloud(ball, 20000)
+    q = np.concatenate([rng.normal(size=(2000, 3)) * 0.02 + p[:2000], rng.uniform(-1.1, 1.1, (2000, 3))])
+    exact = np.linalg.norm(q, axis=1) - 0.5
+    approx = point_cloud_sdf(p, n * 3.0, q)  # normals of any length
+    near = np.abs(exact) < 0.05
+    assert np.abs(approx - exact)[near].mean() < 0.003 and np.abs(approx - exact).max() < 0.03
+    assert np.mean(np.sign(approx) == np.sign(exact)) > 0.995
+    # a wall 0.04 thick (outer radius 0.5, inner 0.46, normals of the cavity point into it): the wall is inside,
+    # the cavity and the outside are not
+    inner = trimesh.creation.icosphere(subdivisions=5, radius=0.46)
+    pi, ni = _cloud(inner, 20000, seed=1)
+    shell_p, shell_n = np.concatenate([p, pi]), np.concatenate([n, -ni])
+    probes = np.array([[0.48, 0, 0], [0, -0.48, 0], [0.2, 0, 0], [0, 0, 0], [0.7, 0, 0], [0, 0.53, 0]])
+    sdf = point_cloud_sdf(shell_p, shell_n, probes)
+    assert (sdf[:2] < 0).all() and (sdf[2:] > 0).all()
+    assert np.allclose(sdf, [-0.02, -0.02, 0.26, 0.46, 0.2, 0.03], atol=0.005)
+
+
+@pytest.mark.parametrize("points,normals,queries,message", [
+    (np.zeros((30, 2)), np.ones((30, 2)), np.zeros((1, 3)), "points must have shape"),
+    (np.zeros((30, 3)), np.ones((29, 3)), np.zeros((1, 3)), "normals must have"),
+    (np.zeros((10, 3)), np.ones((10, 3)), np.zeros((1, 3)), "more than 16 points"),
+    (np.full((30, 3), np.nan), np.ones((30, 3)), np.zeros((1, 3)), "NaN"),
+    (np.random.default_rng(0).normal(size=(30, 3)), np.zeros((30, 3)), np.zeros((1, 3)), "zero length"),
+    (np.random.default_rng(0).normal(size=(30, 3)), np.ones((30, 3)), np.zeros((4, 2)), "queries must have"),
+    (np.random.default_rng(0).normal(size=(30, 3)), np.ones((30, 3)), np.full((1, 3), np.inf), "queries contain"),
+])
+def test_point_cloud_sdf_bad_input(points, normals, queries, message):
+    with pytest.raises(SkellabError, match=message):
+        point_cloud_sdf(points, normals, queries)

