@@ -17,7 +17,9 @@ skeletal spheres is meshed at the same resolution. Both are compared with the tr
 ``gain`` = network − prior. The JSON also records the thin-wall skeleton check: the fraction of
 skeletal centres inside each shape (winding number), which must be ≥ 0.99 for a skeleton of a thin wall.
 ``--refine STEPS`` adds a third mesh per shape: the same spheres with the token features fitted to the
-shape's exact SDF for STEPS Adam steps (``skellab reconstruct --refine``), and ``gain refined`` = refined − prior.
+shape's exact SDF for STEPS Adam steps (``skellab reconstruct --refine``), and ``gain refined`` = refined − prior;
+with ``--refine-from points`` the features are fitted to the SDF a 20,000-point oriented surface point cloud
+implies (:func:`skellab.autoencoder.refine_on_points`), the protocol for a scan without a mesh.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from skellab.autoencoder import load_autoencoder
 from skellab.data.medsdf import MedSDF, ids_unseen_by
 from skellab.evaluation import FIDELITY_KEYS, evaluate_fidelity
+from skellab.evaluation.fidelity import REFINE_FROM
 from skellab.tables import format_table
 
 
@@ -53,7 +56,8 @@ def test_fold_shapes(root: str, max_per_class: int, exclude: list[str] = ()) -> 
 def run(model, shapes, args, name: str) -> dict:
     t0 = time.perf_counter()
     res = evaluate_fidelity(model, shapes, resolution=args.resolution, n=args.points, seed=0,
-                            log=lambda m: print(f"{name} {m}", flush=True), refine=args.refine)
+                            log=lambda m: print(f"{name} {m}", flush=True), refine=args.refine,
+                            refine_from=args.refine_from)
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -92,13 +96,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
                     help="also the features fitted to each shape's exact SDF for STEPS Adam steps (spheres fixed)")
+    ap.add_argument("--refine-from", choices=REFINE_FROM, default="sdf",
+                    help="what --refine fits: the exact SDF, or the SDF implied by a 20,000-point oriented surface "
+                         "point cloud of the shape (drawn apart from the metric's points)")
     ap.add_argument("--out", default="fidelity.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_autoencoder(args.checkpoint)
     report = {"checkpoint": str(args.checkpoint or "shipped"), "config": model.config.to_dict(),
               "points": args.points, "resolution": args.resolution, "keys": list(FIDELITY_KEYS), "refine": args.refine,
-              "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
+              "refine_from": args.refine_from if args.refine else None, "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
     if args.data:
         shapes = test_fold_shapes(args.data, args.max_per_class, args.exclude_train_of)
         report["test_fold_excludes_train_of"] = list(args.exclude_train_of)

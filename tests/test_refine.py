@@ -61,3 +61,29 @@ def test_refinement_bad_input(kwargs, needle):
     two = Latent(torch.cat([lat.tokens, lat.tokens]))
     with pytest.raises(SkellabError, match="one shape at a time"):
         refine_features(model, two, q, sdf)
+
+
+def test_refinement_from_an_oriented_point_cloud_fits_the_surface_it_samples():
+    import trimesh
+
+    from skellab.autoencoder import point_cloud_queries, refine_on_points
+    from skellab.data.sampling import point_cloud_sdf
+
+    model, lat, q, sdf = _model_and_target()
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    points, faces = trimesh.sample.sample_surface(ball, 4000, seed=0)
+    normals = ball.face_normals[faces]
+    refined, info = refine_on_points(model, lat, points, normals, steps=60, lr=0.05, seed=0)
+    # judged on the exact SDF of the ball at points the refinement never saw
+    assert _loss(model, refined, q, sdf) < 0.8 * _loss(model, lat, q, sdf)
+    assert torch.equal(refined.tokens[..., :4], lat.tokens[..., :4]) and info["loss_last"] < info["loss_first"]
+    # the same as fitting refine_features to the cloud's SDF at the cloud's queries
+    queries = point_cloud_queries(points, seed=0)
+    same, _ = refine_features(model, lat, queries, point_cloud_sdf(points, normals, queries), steps=60, lr=0.05, seed=0)
+    assert torch.equal(same.tokens, refined.tokens)
+    with pytest.raises(SkellabError, match="normals must have"):
+        refine_on_points(model, lat, points, normals[:10])
+    with pytest.raises(SkellabError, match="NaN"):
+        refine_on_points(model, lat, np.full_like(points, np.nan), normals)
+    with pytest.raises(SkellabError, match="steps"):
+        refine_on_points(model, lat, points, normals, steps=-2)

@@ -9,7 +9,9 @@ holds; :func:`skellab.data.sampling.sample_sdf`). This is DeepSDF-style inferenc
 started from the encoder's guess instead of from zero. Because the spheres do not move, the union of
 the same spheres stays the prior the network is compared with, and the gain over it is what the
 features carry. It needs the shape's SDF, so it serves reconstruction (``skellab reconstruct
---refine``), not generation.
+--refine``), not generation. :func:`refine_on_points` needs only an oriented surface point cloud — what the
+encoder itself reads — and fits the features to the SDF approximated from it
+(:func:`skellab.data.sampling.point_cloud_sdf`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.sampling import SampleConfig, sample_sdf
+from ..data.sampling import SampleConfig, check_point_cloud, point_cloud_sdf, sample_sdf
 from ..data.shape import Shape
 from ..errors import SkellabError
 from .model import Latent, SkeletalAutoencoder
 
-__all__ = ["REFINE_SAMPLES", "refine_features", "refine_on_shape"]
+__all__ = ["REFINE_SAMPLES", "point_cloud_queries", "refine_features", "refine_on_points", "refine_on_shape"]
 
 #: the SDF samples :func:`refine_on_shape` fits: 20,000 in the near-surface band (σ 0.005, 0.02, 0.06, as the
 #: training samples) and 2,000 uniform in the box (surface points are not used)
@@ -93,3 +95,33 @@ def refine_on_shape(model: SkeletalAutoencoder, latent: Latent, shape: Shape, *,
     frame ``latent`` was encoded in; drawn with ``seed``)."""
     samples = sample_sdf(shape, config=REFINE_SAMPLES, seed=seed)
     return refine_features(model, latent, samples["sdf_points"], samples["sdf_values"], steps=steps, lr=lr, seed=seed)
+
+
+def point_cloud_queries(points: Any, *, seed: int, config: SampleConfig = REFINE_SAMPLES) -> np.ndarray:
+    """Where to fit an oriented point cloud's SDF: (near + uniform, 3) float64, drawn like :func:`sample_sdf`'s
+    queries — ``config.near_samples`` points of the cloud (with replacement) plus Gaussian offsets of
+    ``config.near_sigmas``, then ``config.uniform_samples`` uniform in the box."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
+        raise SkellabError(f"points must be a non-empty (n, 3) array, got {p.shape}")
+    rng = np.random.default_rng(int(seed))
+    base = p[rng.integers(len(p), size=config.near_samples)]
+    sig = np.asarray(config.near_sigmas, dtype=np.float64)[np.arange(config.near_samples) % len(config.near_sigmas)]
+    near = base + rng.normal(size=base.shape) * sig[:, None]
+    return np.concatenate([near, rng.uniform(-config.box, config.box, size=(config.uniform_samples, 3))])
+
+
+def refine_on_points(model: SkeletalAutoencoder, latent: Latent, points: Any, normals: Any, *, steps: int = 500,
+                     lr: float = 0.03, seed: int = 0) -> tuple[Latent, dict[str, Any]]:
+    """:func:`refine_features` on the SDF an oriented surface point cloud implies, where no mesh is known.
+
+    points, normals : (P, 3) surface samples and outward normals in the latent's normalised frame (e.g. the
+                      points the latent was encoded from, or a denser scan of the same surface)
+    The targets are :func:`~skellab.data.sampling.point_cloud_sdf` at :func:`point_cloud_queries` (as many
+    queries as :data:`REFINE_SAMPLES`, drawn with ``seed``): an approximation of the exact SDF that
+    :func:`refine_on_shape` fits, made from the encoder's own kind of input.
+    """
+    points, normals = check_point_cloud(points, normals)
+    queries = point_cloud_queries(points, seed=seed)
+    sdf = point_cloud_sdf(points, normals, queries)
+    return refine_features(model, latent, queries, sdf, steps=steps, lr=lr, seed=seed)

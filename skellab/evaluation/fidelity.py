@@ -7,7 +7,10 @@ with the true surface on ``n`` ≥ 20k area-uniform points: F1@τ (precision and
 within τ), Chamfer distance (PointFlow convention: squared, summed) and Hausdorff. The difference
 network − prior is what the 12 learned features per token carry. With ``refine`` > 0 a third mesh,
 ``refined``, decodes the same spheres after the features were fitted to the shape's exact SDF
-(:func:`skellab.autoencoder.refine_on_shape`): what the features *can* carry, given the shape.
+(:func:`skellab.autoencoder.refine_on_shape`): what the features *can* carry, given the shape. With
+``refine_from="points"`` the features are fitted instead to the SDF implied by an oriented surface point
+cloud of the shape (:func:`skellab.autoencoder.refine_on_points`; ``REFINE_CLOUD_POINTS`` points drawn with
+``seed + 1``, not the points the metric reads): what refinement gives when only a scan's points are known.
 
 Splits are whatever the caller passes: the MedSDF test fold (trained classes, held-out shapes)
 and, separately, shapes of classes the autoencoder never saw (``skellab.data`` unseen sources).
@@ -23,27 +26,38 @@ import igl
 import numpy as np
 import torch
 
-from ..autoencoder import SkeletalAutoencoder, encode_points, refine_on_shape
+from ..autoencoder import SkeletalAutoencoder, encode_points, refine_on_points, refine_on_shape
 from ..data.sampling import sample_surface
 from ..data.shape import Shape
 from ..errors import SkellabError
 from ..meshing import decode_grid_guided, extract_mesh, sphere_union_mesh
 from ..metrics.reconstruction import reconstruction_metrics
 
-__all__ = ["FIDELITY_KEYS", "fidelity_of_shape", "evaluate_fidelity"]
+__all__ = ["FIDELITY_KEYS", "REFINE_CLOUD_POINTS", "REFINE_FROM", "fidelity_of_shape", "evaluate_fidelity"]
 
 FIDELITY_KEYS = ("f1@0.02", "f1@0.05", "cd_pointflow", "hausdorff")
+#: what refinement fits: the shape's exact SDF, or the SDF implied by an oriented surface point cloud
+REFINE_FROM = ("sdf", "points")
+#: size of the point cloud that ``refine_from="points"`` fits (a scan of the surface)
+REFINE_CLOUD_POINTS = 20000
+
+
+def _check_refine_from(refine_from: str) -> None:
+    if refine_from not in REFINE_FROM:
+        raise SkellabError(f"refine_from must be one of {', '.join(REFINE_FROM)}, got {refine_from!r}")
 
 
 def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: int = 128, n: int = 20000,
-                      seed: int = 0, refine: int = 0) -> dict[str, Any]:
+                      seed: int = 0, refine: int = 0, refine_from: str = "sdf") -> dict[str, Any]:
     """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
     "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number); with
     ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps, spheres fixed) and
     ``"refine": {"seconds", "loss_first", "loss_last", ...}``.
 
+    ``refine_from``: ``"sdf"`` (exact SDF samples) or ``"points"`` (an oriented point cloud's SDF), see the module.
     A decode with no surface counts as F1 = 0 (``"error"`` says why) rather than being dropped.
     """
+    _check_refine_from(refine_from)
     points, normals = sample_surface(shape, model.config.num_surface, seed=seed)
     dev = next(model.parameters()).device
     classes = list(model.classes or [])
@@ -63,8 +77,12 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
               ("prior", lambda: sphere_union_mesh(lat.centers[0], lat.radii[0], resolution))]
     if refine:
         t0 = time.perf_counter()
-        fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), seed=seed)
-        row["refine"] = {**info, "seconds": time.perf_counter() - t0}
+        if refine_from == "points":
+            cloud, cloud_normals = sample_surface(shape, REFINE_CLOUD_POINTS, seed=seed + 1)
+            fitted, info = refine_on_points(model, lat.to(dev), cloud, cloud_normals, steps=int(refine), seed=seed)
+        else:
+            fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), seed=seed)
+        row["refine"] = {**info, "from": refine_from, "seconds": time.perf_counter() - t0}
         makers.append(("refined", lambda: extract_mesh(decode_grid_guided(model, fitted.to("cpu"), resolution))))
     for name, make in makers:
         try:
@@ -81,7 +99,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, resolution: int = 128, n: int = 20000,
-                      seed: int = 0, log: Callable[[str], None] | None = None, refine: int = 0) -> dict[str, Any]:
+                      seed: int = 0, log: Callable[[str], None] | None = None, refine: int = 0,
+                      refine_from: str = "sdf") -> dict[str, Any]:
     """:func:`fidelity_of_shape` for every shape, then per class and overall means.
 
     returns ``{"n", "resolution", "shapes": [...], "per_class": {class: {"network", "prior", "gain",
@@ -92,9 +111,11 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     """
     if not shapes:
         raise SkellabError("evaluate_fidelity needs at least one shape")
+    _check_refine_from(refine_from)
     rows = []
     for i, shape in enumerate(shapes):
-        rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed, refine=refine))
+        rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed, refine=refine,
+                                      refine_from=refine_from))
         if log is not None:
             r = rows[-1]
             refined = f" refined {r['refined']['f1@0.02']:.3f}" if "refined" in r else ""
@@ -117,5 +138,5 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     parts = ("network", "prior", "gain") + (("refined", "gain_refined") if refine else ())
     class_mean = {part: {k: float(np.nanmean([pc[part][k] for pc in per_class.values()])) for k in FIDELITY_KEYS}
                   for part in parts}
-    return {"n": int(n), "resolution": int(resolution), "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
+    return {"n": int(n), "resolution": int(resolution), "refine_from": refine_from if refine else None, "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
             "shapes": rows, "per_class": per_class, "mean": summary(rows), "class_mean": class_mean}
