@@ -1,6 +1,6 @@
 """File-to-file pipelines behind ``skellab reconstruct`` and ``skellab interpolate``.
 
-Each takes mesh files in their own units, works in the normalised frame, and returns
+Each takes mesh files (``reconstruct``: or an oriented point cloud) in their own units, works in the normalised frame, and returns
 meshes mapped back to original units, so outputs overlay the inputs.
 """
 
@@ -15,27 +15,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .autoencoder import Latent, SkeletalAutoencoder, encode_points, load_autoencoder, refine_on_shape
+from .autoencoder import (Latent, SkeletalAutoencoder, encode_points, load_autoencoder, refine_on_points,
+                          refine_on_shape)
 from .data.io import load_shape_file
-from .data.sampling import sample_surface
+from .data.sampling import check_point_cloud, sample_surface
 from .data.shape import Normalization, Shape
 from .errors import SkellabError
 from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
 from .runtime import check_seed
+from .skeleton.io import read_point_cloud
 
 #: the names ``skellab interpolate`` writes (what ``--overwrite`` may replace)
 STEP_NAME = re.compile(r"^step_\d+\.ply$")
 
 
+def _class_index(model: SkeletalAutoencoder, organ: str | None) -> int | None:
+    if organ is None:
+        return None
+    classes = list(model.classes or [])
+    if organ not in classes:
+        raise SkellabError(f"unknown organ class {organ!r}; the model knows: {', '.join(classes) or 'none'}")
+    return classes.index(organ)
+
+
 def encode_shape(model: SkeletalAutoencoder, shape: Shape, *, seed: int = 0, organ: str | None = None) -> Latent:
     """Sample oriented surface points of ``shape``, skeletonize (medial) and encode: a batch-1 :class:`Latent`."""
-    class_index = None
-    if organ is not None:
-        classes = list(model.classes or [])
-        if organ not in classes:
-            raise SkellabError(f"unknown organ class {organ!r}; the model knows: {', '.join(classes) or 'none'}")
-        class_index = classes.index(organ)
+    class_index = _class_index(model, organ)
     points, normals = sample_surface(shape, model.config.num_surface, seed=seed)
     device = next(model.parameters()).device
     return encode_points(model, torch.from_numpy(points).to(device), torch.from_numpy(normals).to(device),
@@ -54,6 +60,8 @@ class Reconstruction:
     dropped: int = 0  # bodies too small to reconstruct (see :data:`MIN_BODY_FRACTION`)
 
 
+#: points of a point-cloud input that reconstruction reads (larger clouds are subsampled, seeded)
+MAX_CLOUD_POINTS = 200_000
 MAX_BODIES = 16  # separate bodies reconstructed from one file (each costs an encode and a decode)
 MIN_BODY_FRACTION = 0.001  # bodies below this fraction of the input's volume are dropped (with a warning)
 
@@ -95,12 +103,20 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
     :data:`MAX_BODIES`, are dropped with a warning saying how many and how much volume.
     ``refine`` > 0: each body's token features are then fitted to its exact SDF for that many Adam steps, the
     spheres fixed (:func:`skellab.autoencoder.refine_on_shape`).
+
+    A point-cloud file (``.npy`` of (N, 6) points and outward normals, or a PLY of points with ``nx, ny, nz``;
+    :func:`skellab.skeleton.io.read_point_cloud`) is reconstructed as one body: a seeded subset of the encoder's
+    ``num_surface`` points is encoded, and ``refine`` fits the features to the SDF the whole cloud implies
+    (:func:`skellab.autoencoder.refine_on_points`; up to :data:`MAX_CLOUD_POINTS` points).
     """
     check_resolution(resolution)  # before loading anything
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
         raise SkellabError(f"refine must be an integer >= 0 (Adam steps), got {refine!r}")
     seed = check_seed(seed)
+    cloud = read_point_cloud(path, num_points=MAX_CLOUD_POINTS, seed=seed)
     model = load_autoencoder(checkpoint, device=device)
+    if cloud is not None:
+        return _reconstruct_cloud(model, path, *cloud, resolution=resolution, organ=organ, seed=seed, refine=refine)
     shape = load_shape_file(path, organ=organ or "unknown")
     bodies, dropped, dropped_fraction = _bodies(shape)
     if dropped:
@@ -148,6 +164,36 @@ def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int 
         norm = Normalization(center=tuple(float(c) for c in center), scale=(1 - m.t) * na.scale + m.t * nb.scale)
         out.append((m, norm))
     return out
+
+
+def _reconstruct_cloud(model: SkeletalAutoencoder, path: str | os.PathLike, points: np.ndarray,
+                       normals: np.ndarray | None, *, resolution: int, organ: str | None, seed: int,
+                       refine: int) -> Reconstruction:
+    """An oriented point cloud (input units) → normalised frame → encode a seeded subset → refine on the whole
+    cloud's implied SDF (``refine`` > 0) → guided decode → mesh in the input's units. One body."""
+    name = Path(path).name
+    if normals is None:
+        raise SkellabError(f"{name}: a point cloud needs outward normals to be reconstructed (an (N, 6) .npy of "
+                           "points and normals, or a PLY with nx, ny, nz)")
+    try:
+        points, normals = check_point_cloud(points, normals)
+        norm = Normalization.fit(points)
+    except SkellabError as exc:
+        raise SkellabError(f"{name}: {exc}") from None
+    k = model.config.num_surface
+    if len(points) < k:
+        raise SkellabError(f"{name}: the encoder reads {k} surface points, the cloud has {len(points)}")
+    frame = norm.apply(points)  # a similarity transform: the normals keep their directions
+    pick = np.random.default_rng(seed).choice(len(frame), size=k, replace=False)
+    device = next(model.parameters()).device
+    latent = encode_points(model, torch.from_numpy(frame[pick]).float().to(device),
+                           torch.from_numpy(normals[pick]).float().to(device), class_index=_class_index(model, organ))
+    if refine:
+        latent = refine_on_points(model, latent, frame, normals, steps=int(refine), seed=seed)[0]
+    v, f = decode_mesh(model, latent, resolution, largest_component=True)
+    if len(f) == 0:
+        raise SkellabError(f"{name}: the decoded SDF has no zero level set at resolution {resolution}")
+    return Reconstruction(norm.invert(v), f, norm, latent, 1, 0)
 
 
 def export_reconstruction(rec: Reconstruction, path: str | os.PathLike) -> Path:

@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_skeletonize)
 
     r = sub.add_parser("reconstruct", help="encode a mesh to its skeletal latent and decode it back")
-    r.add_argument("input", help="mesh file (STL, PLY, OBJ, OFF, GIFTI)")
+    r.add_argument("input", help="mesh file (STL, PLY, OBJ, OFF, GIFTI), or an oriented surface point cloud (.npy of "
+                                 "(N, 6) points and outward normals, PLY points with nx, ny, nz)")
     r.add_argument("--out", required=True,
                    help="output mesh (.ply, .stl, .obj), in the input's units; the input itself is refused, an "
                         "existing file is replaced atomically (never half-written)")
@@ -377,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.add_argument("--refine", type=nonnegative_int, default=0, metavar="STEPS",
-                   help="after encoding, fit the token features to the input's exact SDF for STEPS Adam steps "
-                        "(spheres fixed; 500: ~10-20 s on one CPU thread, much more detail on anatomy unlike the "
-                        "training data; default 0: the encoder's latent)")
+                   help="after encoding, fit the token features to the input's exact SDF (a point cloud: the SDF "
+                        "its points and normals imply) for STEPS Adam steps (spheres fixed; 500: ~10-20 s on one "
+                        "CPU thread, much more detail on anatomy unlike the training data; default 0: the "
+                        "encoder's latent)")
     r.set_defaults(func=_cmd_reconstruct)
 
     it = sub.add_parser("interpolate", help="meshes along a path between two organs' skeletal latents")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import meshio
 import numpy as np
 import torch
 import trimesh
@@ -29,6 +30,18 @@ def _subsample(points: np.ndarray, normals: np.ndarray | None, num_points: int, 
             None if normals is None else np.asarray(normals[idx], dtype=np.float64))
 
 
+def _ply_normals(path: Path, count: int) -> np.ndarray | None:
+    """The ``nx, ny, nz`` vertex properties of a point-cloud PLY (read by meshio), or None where it has none."""
+    try:
+        data = meshio.read(path).point_data
+    except Exception:  # meshio raises many types; trimesh already read the points, so there are just no normals
+        return None
+    if not all(k in data for k in ("nx", "ny", "nz")):
+        return None
+    normals = np.concatenate([np.asarray(data[k], dtype=np.float64).reshape(-1, 1) for k in ("nx", "ny", "nz")], 1)
+    return normals if normals.shape == (count, 3) else None
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """An (N, 3) or (N, 6) real array from a ``.npy`` file, memory-mapped (read lazily)."""
     try:
@@ -48,17 +61,14 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: int = 0):
-    """Read a mesh or point cloud → (points (N,3) float64, normals (N,3) or None, mesh or None).
+def read_point_cloud(path: str | os.PathLike, *, num_points: int, seed: int = 0):
+    """A point-cloud file → (points (N, 3) float64, normals (N, 3) or None), or None when ``path`` holds a mesh.
 
-    Meshes are sampled area-uniformly (``num_points`` points with face normals);
-    ``.npy`` holds (N, 3) points or (N, 6) points + normals; a ``.ply`` without faces
-    is read as a point cloud. Clouds of more than ``num_points`` points are subsampled to
-    ``num_points`` (seeded), so memory and time do not grow with the file. Coordinates are
-    returned as given (input units). FIFOs, devices, empty, complex or non-numeric arrays
-    → one-line SkellabError.
+    ``.npy``: (N, 3) points or (N, 6) points + normals; ``.ply`` without faces: its vertices, with its ``nx, ny, nz``
+    properties as normals where it has them. Clouds of more than ``num_points`` points are subsampled to
+    ``num_points`` (seeded), so memory and time do not grow with the file. Coordinates as given (input units).
+    Missing files, FIFOs, devices, empty, complex or non-numeric arrays → one-line SkellabError.
     """
-
     path = Path(path)
     seed = check_seed(seed)
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points <= 0:
@@ -68,7 +78,7 @@ def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: i
     check_regular_file(path, what="input")
     if path.suffix.lower() == ".npy":
         arr = _read_npy(path)
-        return _subsample(arr[:, :3], arr[:, 3:] if arr.shape[1] == 6 else None, num_points, seed) + (None,)
+        return _subsample(arr[:, :3], arr[:, 3:] if arr.shape[1] == 6 else None, num_points, seed)
     if path.suffix.lower() == ".ply":
         try:
             cloud = trimesh.load(path, process=False)
@@ -80,10 +90,24 @@ def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: i
                 raise SkellabError(f"{path}: point cloud is empty")
             if pts.ndim != 2 or pts.shape[1] != 3:
                 raise SkellabError(f"{path}: expected (N, 3) points, got shape {pts.shape}")
-            return _subsample(pts, None, num_points, seed) + (None,)
+            return _subsample(pts, _ply_normals(path, len(pts)), num_points, seed)
+    return None
+
+
+def load_point_input(path: str | os.PathLike, *, num_points: int = 2560, seed: int = 0):
+    """Read a mesh or point cloud → (points (N,3) float64, normals (N,3) or None, mesh or None).
+
+    Meshes are sampled area-uniformly (``num_points`` points with face normals); point clouds are read by
+    :func:`read_point_cloud` (subsampled to ``num_points``). Coordinates are returned as given (input units).
+    FIFOs, devices, empty, complex or non-numeric arrays → one-line SkellabError.
+    """
+    cloud = read_point_cloud(path, num_points=num_points, seed=seed)
+    if cloud is not None:
+        return cloud + (None,)
+    path = Path(path)
     vertices, faces = load_mesh(path)
     mesh = validate_mesh(vertices, faces, name=path.name)
-    pts, face_idx = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
+    pts, face_idx = trimesh.sample.sample_surface(mesh, num_points, seed=check_seed(seed))
     return pts, mesh.face_normals[face_idx], mesh
 
 
