@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skellab.autoencoder import load_autoencoder
+from skellab.autoencoder import REFINE_SCHEDULES, load_autoencoder
 from skellab.data.medsdf import MedSDF, ids_unseen_by
 from skellab.evaluation import FIDELITY_KEYS, evaluate_fidelity
 from skellab.evaluation.fidelity import REFINE_FROM
@@ -57,7 +57,8 @@ def run(model, shapes, args, name: str) -> dict:
     t0 = time.perf_counter()
     res = evaluate_fidelity(model, shapes, resolution=args.resolution, n=args.points, seed=0,
                             log=lambda m: print(f"{name} {m}", flush=True), refine=args.refine,
-                            refine_from=args.refine_from)
+                            refine_from=args.refine_from, refine_lr=args.refine_lr,
+                            refine_schedule=args.refine_schedule)
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -99,13 +100,19 @@ def main() -> None:
     ap.add_argument("--refine-from", choices=REFINE_FROM, default="sdf",
                     help="what --refine fits: the exact SDF, or the SDF implied by a 20,000-point oriented surface "
                          "point cloud of the shape (drawn apart from the metric's points)")
+    ap.add_argument("--refine-lr", type=float, default=0.3, help="Adam's learning rate for --refine")
+    ap.add_argument("--refine-schedule", choices=REFINE_SCHEDULES, default="cosine",
+                    help="--refine's learning rate: cosine decay to 0 (default) or constant (the first stops' runs: "
+                         "--refine-lr 0.03 --refine-schedule constant)")
     ap.add_argument("--out", default="fidelity.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_autoencoder(args.checkpoint)
     report = {"checkpoint": str(args.checkpoint or "shipped"), "config": model.config.to_dict(),
               "points": args.points, "resolution": args.resolution, "keys": list(FIDELITY_KEYS), "refine": args.refine,
-              "refine_from": args.refine_from if args.refine else None, "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
+              "refine_from": args.refine_from if args.refine else None,
+              "refine_lr": args.refine_lr if args.refine else None,
+              "refine_schedule": args.refine_schedule if args.refine else None, "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
     if args.data:
         shapes = test_fold_shapes(args.data, args.max_per_class, args.exclude_train_of)
         report["test_fold_excludes_train_of"] = list(args.exclude_train_of)

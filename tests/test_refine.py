@@ -49,7 +49,8 @@ def test_refinement_lowers_the_sdf_loss_moves_only_features_and_leaves_the_netwo
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(steps=-1), "steps"), (dict(steps=1.5), "steps"), (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
-    (dict(batch=0), "batch"), (dict(queries=np.zeros((0, 3))), "queries"), (dict(queries=np.zeros((5, 2))), "queries"),
+    (dict(batch=0), "batch"), (dict(schedule="linear"), "schedule"), (dict(queries=np.zeros((0, 3))), "queries"),
+    (dict(queries=np.zeros((5, 2))), "queries"),
     (dict(sdf=np.zeros(7)), "sdf"), (dict(sdf=np.full(3000, np.nan)), "nan"), (dict(latent="x"), "latent"),
 ])
 def test_refinement_bad_input(kwargs, needle):

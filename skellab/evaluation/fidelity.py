@@ -48,13 +48,15 @@ def _check_refine_from(refine_from: str) -> None:
 
 
 def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: int = 128, n: int = 20000,
-                      seed: int = 0, refine: int = 0, refine_from: str = "sdf") -> dict[str, Any]:
+                      seed: int = 0, refine: int = 0, refine_from: str = "sdf", refine_lr: float = 0.3,
+                      refine_schedule: str = "cosine") -> dict[str, Any]:
     """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
     "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number); with
     ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps, spheres fixed) and
     ``"refine": {"seconds", "loss_first", "loss_last", ...}``.
 
-    ``refine_from``: ``"sdf"`` (exact SDF samples) or ``"points"`` (an oriented point cloud's SDF), see the module.
+    ``refine_from``: ``"sdf"`` (exact SDF samples) or ``"points"`` (an oriented point cloud's SDF), see the module;
+    ``refine_lr``, ``refine_schedule``: :func:`skellab.autoencoder.refine_features`'s ``lr`` and ``schedule``.
     A decode with no surface counts as F1 = 0 (``"error"`` says why) rather than being dropped.
     """
     _check_refine_from(refine_from)
@@ -79,9 +81,11 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
         t0 = time.perf_counter()
         if refine_from == "points":
             cloud, cloud_normals = sample_surface(shape, REFINE_CLOUD_POINTS, seed=seed + 1)
-            fitted, info = refine_on_points(model, lat.to(dev), cloud, cloud_normals, steps=int(refine), seed=seed)
+            fitted, info = refine_on_points(model, lat.to(dev), cloud, cloud_normals, steps=int(refine), lr=refine_lr,
+                                            schedule=refine_schedule, seed=seed)
         else:
-            fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), seed=seed)
+            fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), lr=refine_lr,
+                                           schedule=refine_schedule, seed=seed)
         row["refine"] = {**info, "from": refine_from, "seconds": time.perf_counter() - t0}
         makers.append(("refined", lambda: extract_mesh(decode_grid_guided(model, fitted.to("cpu"), resolution))))
     for name, make in makers:
@@ -100,7 +104,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, resolution: int = 128, n: int = 20000,
                       seed: int = 0, log: Callable[[str], None] | None = None, refine: int = 0,
-                      refine_from: str = "sdf") -> dict[str, Any]:
+                      refine_from: str = "sdf", refine_lr: float = 0.3, refine_schedule: str = "cosine") -> dict[str, Any]:
     """:func:`fidelity_of_shape` for every shape, then per class and overall means.
 
     returns ``{"n", "resolution", "shapes": [...], "per_class": {class: {"network", "prior", "gain",
@@ -115,7 +119,7 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     rows = []
     for i, shape in enumerate(shapes):
         rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed, refine=refine,
-                                      refine_from=refine_from))
+                                      refine_from=refine_from, refine_lr=refine_lr, refine_schedule=refine_schedule))
         if log is not None:
             r = rows[-1]
             refined = f" refined {r['refined']['f1@0.02']:.3f}" if "refined" in r else ""
@@ -138,5 +142,6 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     parts = ("network", "prior", "gain") + (("refined", "gain_refined") if refine else ())
     class_mean = {part: {k: float(np.nanmean([pc[part][k] for pc in per_class.values()])) for k in FIDELITY_KEYS}
                   for part in parts}
-    return {"n": int(n), "resolution": int(resolution), "refine_from": refine_from if refine else None, "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
+    return {"n": int(n), "resolution": int(resolution), "refine_from": refine_from if refine else None,
+            "refine_lr": refine_lr if refine else None, "refine_schedule": refine_schedule if refine else None, "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
             "shapes": rows, "per_class": per_class, "mean": summary(rows), "class_mean": class_mean}
