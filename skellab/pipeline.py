@@ -25,6 +25,7 @@ from .interpolation import InterpolatedMesh, interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
 from .runtime import check_seed
 from .skeleton.io import read_point_cloud
+from .weights import weights_path
 
 #: the names ``skellab interpolate`` writes (what ``--overwrite`` may replace)
 STEP_NAME = re.compile(r"^step_\d+\.ply$")
@@ -60,6 +61,12 @@ class Reconstruction:
     dropped: int = 0  # bodies too small to reconstruct (see :data:`MIN_BODY_FRACTION`)
 
 
+#: the shipped weights :func:`reconstruct_file` uses when no checkpoint is given: the autoencoder with the best
+#: reconstruction fidelity (kernel decoder, MedSDF-fidelity; ``benchmarks/README.md``). Generation and
+#: interpolation keep ``autoencoder``, the one the shipped diffusion model was trained on.
+RECONSTRUCT_WEIGHTS = "autoencoder_kernel"
+#: Adam steps :func:`reconstruct_file` fits the token features to the input by default (0 turns it off)
+RECONSTRUCT_REFINE_STEPS = 200
 #: points of a point-cloud input that reconstruction reads (larger clouds are subsampled, seeded)
 MAX_CLOUD_POINTS = 200_000
 MAX_BODIES = 16  # separate bodies reconstructed from one file (each costs an encode and a decode)
@@ -94,15 +101,16 @@ def _bodies(shape: Shape) -> tuple[list[Shape], int, float]:
 
 def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
-                     device: str = "cpu", refine: int = 0) -> Reconstruction:
+                     device: str = "cpu", refine: int = RECONSTRUCT_REFINE_STEPS) -> Reconstruction:
     """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units.
 
     A file that holds several separate bodies (a pair of organs) is reconstructed body by body:
     each is normalised, encoded and decoded on its own, mapped back to the input's units, and the
     meshes are joined. Bodies under :data:`MIN_BODY_FRACTION` of the volume, or beyond
     :data:`MAX_BODIES`, are dropped with a warning saying how many and how much volume.
-    ``refine`` > 0: each body's token features are then fitted to its exact SDF for that many Adam steps, the
-    spheres fixed (:func:`skellab.autoencoder.refine_on_shape`).
+    ``checkpoint`` None: the shipped :data:`RECONSTRUCT_WEIGHTS`. ``refine`` > 0 (default
+    :data:`RECONSTRUCT_REFINE_STEPS`): each body's token features are then fitted to its exact SDF for that many
+    Adam steps, the spheres fixed (:func:`skellab.autoencoder.refine_on_shape`); 0 gives the encoder's latent.
 
     A point-cloud file (``.npy`` of (N, 6) points and outward normals, or a PLY of points with ``nx, ny, nz``;
     :func:`skellab.skeleton.io.read_point_cloud`) is reconstructed as one body: a seeded subset of the encoder's
@@ -114,7 +122,7 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
         raise SkellabError(f"refine must be an integer >= 0 (Adam steps), got {refine!r}")
     seed = check_seed(seed)
     cloud = read_point_cloud(path, num_points=MAX_CLOUD_POINTS, seed=seed)
-    model = load_autoencoder(checkpoint, device=device)
+    model = load_autoencoder(weights_path(RECONSTRUCT_WEIGHTS) if checkpoint is None else checkpoint, device=device)
     if cloud is not None:
         return _reconstruct_cloud(model, path, *cloud, resolution=resolution, organ=organ, seed=seed, refine=refine)
     shape = load_shape_file(path, organ=organ or "unknown")

@@ -15,6 +15,9 @@ def meshes(tmp_path_factory):
     cap.apply_translation([200.0, -50.0, 10.0])
     cap.export(d / "capsule.stl")
     trimesh.creation.icosphere(radius=15.0).export(d / "ball.ply")
+    box = trimesh.creation.box(extents=(30.0, 20.0, 12.0))  # sharp edges, which the encoder's one pass rounds off
+    box.apply_translation([-40.0, 5.0, 0.0])
+    box.export(d / "box.stl")
     return d
 
 
@@ -35,14 +38,14 @@ def test_reconstruct_writes_a_watertight_mesh_in_input_units(meshes, tmp_path):
 
 def test_reconstruct_refine_fits_the_input_closer_than_the_encoder(meshes, tmp_path):
     """--refine: the features fitted to the input's exact SDF decode closer to it (CD in millimetres) than the
-    encoder's own features, with the spheres unchanged."""
+    encoder's own features, with the spheres unchanged; a box's edges are what the encoder misses."""
     from skellab.metrics import chamfer_distance
 
-    ref = trimesh.load(meshes / "capsule.stl")
+    ref = trimesh.load(meshes / "box.stl")
     pts = {}
     for steps in ("0", "60"):
         out = tmp_path / f"rec{steps}.ply"
-        code, _, err = run_cli("reconstruct", meshes / "capsule.stl", "--out", out, "--resolution", "48",
+        code, _, err = run_cli("reconstruct", meshes / "box.stl", "--out", out, "--resolution", "48",
                                "--refine", steps)
         assert code == 0, err
         rec = trimesh.load(out, process=True)
@@ -55,9 +58,9 @@ def test_reconstruct_refine_fits_the_input_closer_than_the_encoder(meshes, tmp_p
 def _write_cloud_ply(path, points, normals=None):
     props = ["x", "y", "z"] + (["nx", "ny", "nz"] if normals is not None else [])
     rows = points if normals is None else np.hstack([points, normals])
-    header = ["ply", "format ascii 1.0", f"element vertex {len(rows)}", *[f"property float {p}" for p in props],
+    header = ["ply", "format ascii 1.0", f"element vertex {len(rows)}", *[f"property double {p}" for p in props],
               "end_header"]
-    path.write_text("\n".join(header + [" ".join(f"{x:.6f}" for x in r) for r in rows]) + "\n")
+    path.write_text("\n".join(header + [" ".join(repr(float(x)) for x in r) for r in rows]) + "\n")
 
 
 def test_reconstruct_an_oriented_point_cloud_and_refine_on_its_points(meshes, tmp_path):
@@ -65,7 +68,7 @@ def test_reconstruct_an_oriented_point_cloud_and_refine_on_its_points(meshes, tm
     --refine fitted to the SDF its points imply decodes closer to the surface than the encoder alone."""
     from skellab.metrics import chamfer_distance
 
-    ref = trimesh.load(meshes / "capsule.stl")
+    ref = trimesh.load(meshes / "box.stl")
     points, faces = trimesh.sample.sample_surface(ref, 8000, seed=3)
     cloud = np.hstack([points, ref.face_normals[faces]])
     np.save(tmp_path / "scan.npy", cloud)

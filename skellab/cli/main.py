@@ -44,6 +44,8 @@ from ..generation import (
 )
 from ..meshing import check_mesh_path, export_mesh
 from ..pipeline import (
+    RECONSTRUCT_REFINE_STEPS,
+    RECONSTRUCT_WEIGHTS,
     STEP_NAME,
     export_reconstruction,
     interpolate_files,
@@ -145,8 +147,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
                            organ=args.organ, seed=args.seed, device=args.device, refine=args.refine)
     export_reconstruction(rec, args.out)
     bodies = f", {rec.bodies} separate bodies" if rec.bodies > 1 else ""
+    refined = f", features refined {args.refine} steps" if args.refine else ""
     print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces{bodies} "
-          f"(input units, {time.perf_counter() - t0:.1f} s)")
+          f"(input units{refined}, {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -373,15 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output mesh (.ply, .stl, .obj), in the input's units; the input itself is refused, an "
                         "existing file is replaced atomically (never half-written)")
     r.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (8 < R <= 512)")
-    r.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: shipped weights)")
+    r.add_argument("--checkpoint", default=None,
+                   help=f"autoencoder checkpoint (default: the shipped {RECONSTRUCT_WEIGHTS}.pt, the most faithful)")
     r.add_argument("--organ", default=None, help="organ class for class-conditioned models")
     r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    r.add_argument("--refine", type=nonnegative_int, default=0, metavar="STEPS",
+    r.add_argument("--refine", type=nonnegative_int, default=RECONSTRUCT_REFINE_STEPS, metavar="STEPS",
                    help="after encoding, fit the token features to the input's exact SDF (a point cloud: the SDF "
-                        "its points and normals imply) for STEPS Adam steps (spheres fixed; 500: ~10-20 s on one "
-                        "CPU thread, much more detail on anatomy unlike the training data; default 0: the "
-                        "encoder's latent)")
+                        f"its points and normals imply) for STEPS Adam steps, spheres fixed (default "
+                        f"{RECONSTRUCT_REFINE_STEPS}: a few seconds on one CPU thread, much more detail on anatomy "
+                        "unlike the training data; 0: the encoder's latent alone)")
     r.set_defaults(func=_cmd_reconstruct)
 
     it = sub.add_parser("interpolate", help="meshes along a path between two organs' skeletal latents")

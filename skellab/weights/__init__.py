@@ -29,9 +29,9 @@ NAMES = {
     "skeleton_learned": "learned (Point2Skeleton-style) skeleton network",
     "autoencoder_surface": "ablation: surface-point tokens, no sphere prior (SPSDF-like)",
     "diffusion_surface": "ablation: diffusion over the surface-point autoencoder's latents",
-    "autoencoder_kernel": "fidelity candidate: kernel decoder (k nearest spheres, no attention), trained on "
-                          "MedSDF-fidelity; reconstruction only (a diffusion model on its latents generated no "
-                          "better than the shipped pair, so none ships)",
+    "autoencoder_kernel": "the reconstruction model (skellab reconstruct's default): kernel decoder (k nearest "
+                          "spheres, no attention), trained on MedSDF-fidelity; not for generation (a diffusion model "
+                          "on its latents generated no better than the shipped pair, so none ships)",
 }
 
 
