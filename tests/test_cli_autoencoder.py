@@ -88,8 +88,9 @@ def test_reconstruct_an_oriented_point_cloud_and_refine_on_its_points(meshes, tm
     np.save(tmp_path / "bare.npy", points)
     _write_cloud_ply(tmp_path / "bare.ply", points)
     np.save(tmp_path / "few.npy", cloud[:100])
+    np.save(tmp_path / "flipped.npy", np.hstack([points, -ref.face_normals[faces]]))
     for name, needle in (("bare.npy", "needs outward normals"), ("bare.ply", "needs outward normals"),
-                         ("few.npy", "the cloud has 100")):
+                         ("few.npy", "the cloud has 100"), ("flipped.npy", "normals pointing outward")):
         out = tmp_path / "bad.ply"
         code, _, err = run_cli("reconstruct", tmp_path / name, "--out", out)
         assert code == 2 and "Traceback" not in err and needle in err, err

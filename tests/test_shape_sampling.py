@@ -126,6 +126,8 @@ def test_point_cloud_sdf_matches_the_exact_sdf_of_a_ball_and_of_a_thin_hollow_sh
     sdf = point_cloud_sdf(shell_p, shell_n, probes)
     assert (sdf[:2] < 0).all() and (sdf[2:] > 0).all()
     assert np.allclose(sdf, [-0.02, -0.02, 0.26, 0.46, 0.2, 0.03], atol=0.005)
+    with pytest.raises(SkellabError, match="normals point inward"):
+        point_cloud_sdf(p, -n, q)  # normals that point into the ball would flip every sign
 
 
 @pytest.mark.parametrize("points,normals,queries,message", [

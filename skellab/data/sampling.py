@@ -167,6 +167,13 @@ def point_cloud_sdf(points: Any, normals: Any, queries: Any) -> np.ndarray:
     tree = cKDTree(p)
     spacing, _ = tree.query(p, k=POINT_CLOUD_NEIGHBOURS + 1)  # column 0 is the point itself
     area = np.pi * spacing[:, -1] ** 2 / POINT_CLOUD_NEIGHBOURS
+    # outward normals put a point just behind the surface inside; inward ones put it outside, which would flip
+    # every sign below: refuse them (a few hundred probes, half a spacing behind evenly spaced points)
+    probe = np.linspace(0, len(p) - 1, min(len(p), 512)).astype(np.int64)
+    behind = p[probe] - 0.5 * spacing[probe, 4:5] * n[probe]
+    if np.mean(igl.fast_winding_number(p, n, area, np.ascontiguousarray(behind)) > 0.5) < 0.25:
+        raise SkellabError("the point cloud's normals point inward (points just behind the surface read as outside): "
+                           "flip them so they point out of the surface")
     dist, nearest = tree.query(q)
     plane = np.abs(np.einsum("ij,ij->i", q - p[nearest], n[nearest]))
     magnitude = np.maximum(plane, dist - spacing[nearest, 4])
