@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refine", type=nonnegative_int, default=RECONSTRUCT_REFINE_STEPS, metavar="STEPS",
                    help="after encoding, fit the token features to the input's exact SDF (a point cloud: the SDF "
                         f"its points and normals imply) for STEPS Adam steps, spheres fixed (default "
-                        f"{RECONSTRUCT_REFINE_STEPS}: a few seconds on one CPU thread, much more detail on anatomy "
+                        f"{RECONSTRUCT_REFINE_STEPS}: ~8 s on one CPU thread, much more detail on anatomy "
                         "unlike the training data; 0: the encoder's latent alone)")
     r.set_defaults(func=_cmd_reconstruct)
 
