@@ -1,7 +1,7 @@
 """File-to-file pipelines behind ``skellab reconstruct`` and ``skellab interpolate``.
 
-Each takes mesh files (``reconstruct``: or an oriented point cloud) in their own units, works in the normalised frame, and returns
-meshes mapped back to original units, so outputs overlay the inputs.
+Each takes mesh files (``reconstruct``: or an oriented point cloud) in their own units, works in the
+normalised frame, and returns meshes mapped back to original units, so outputs overlay the inputs.
 """
 
 from __future__ import annotations

@@ -25,7 +25,14 @@ from .model import (
     fourier_features,
     sphere_union_sdf,
 )
-from .refine import REFINE_SAMPLES, REFINE_SCHEDULES, point_cloud_queries, refine_features, refine_on_points, refine_on_shape
+from .refine import (
+    REFINE_SAMPLES,
+    REFINE_SCHEDULES,
+    point_cloud_queries,
+    refine_features,
+    refine_on_points,
+    refine_on_shape,
+)
 
 __all__ = [
     "AutoencoderConfig",

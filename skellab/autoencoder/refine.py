@@ -26,7 +26,8 @@ from ..data.shape import Shape
 from ..errors import SkellabError
 from .model import Latent, SkeletalAutoencoder
 
-__all__ = ["REFINE_SCHEDULES", "REFINE_SAMPLES", "point_cloud_queries", "refine_features", "refine_on_points", "refine_on_shape"]
+__all__ = ["REFINE_SCHEDULES", "REFINE_SAMPLES", "point_cloud_queries", "refine_features", "refine_on_points",
+           "refine_on_shape"]
 
 #: the SDF samples :func:`refine_on_shape` fits: 20,000 in the near-surface band (σ 0.005, 0.02, 0.06, as the
 #: training samples) and 2,000 uniform in the box (surface points are not used)
@@ -43,8 +44,8 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     """``steps`` Adam steps on ``latent``'s token features against exact SDF samples; spheres and network fixed.
 
     latent  : batch-1 :class:`Latent` (e.g. from :func:`~.encode.encode_points`)
-    queries : (N, 3) points in the latent's normalised frame; sdf : (N,) exact signed distance there
-              (negative inside)
+    queries : (N, 3) points in the latent's normalised frame; sdf : (N,) signed distance there (negative
+              inside): exact (:func:`refine_on_shape`) or implied by a point cloud (:func:`refine_on_points`)
     lr, schedule : Adam's learning rate, decayed to 0 along a cosine over the ``steps`` (``"cosine"``,
               torch's ``CosineAnnealingLR``) or held (``"constant"``). The defaults (0.3, cosine) were chosen on five
               hard unseen shapes: at 500 steps they beat lr 0.03 held constant at 500 and at 1,000 steps
