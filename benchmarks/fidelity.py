@@ -58,7 +58,7 @@ def run(model, shapes, args, name: str) -> dict:
     res = evaluate_fidelity(model, shapes, resolution=args.resolution, n=args.points, seed=0,
                             log=lambda m: print(f"{name} {m}", flush=True), refine=args.refine,
                             refine_from=args.refine_from, refine_lr=args.refine_lr,
-                            refine_schedule=args.refine_schedule)
+                            refine_schedule=args.refine_schedule, refine_sphere_lr=args.refine_sphere_lr)
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -101,6 +101,8 @@ def main() -> None:
                     help="what --refine fits: the exact SDF, or the SDF implied by a 20,000-point oriented surface "
                          "point cloud of the shape (drawn apart from the metric's points)")
     ap.add_argument("--refine-lr", type=float, default=0.3, help="Adam's learning rate for --refine")
+    ap.add_argument("--refine-sphere-lr", type=float, default=0.0,
+                    help="--refine also moves the spheres (log-radii at this lr, centres at a tenth); 0: fixed")
     ap.add_argument("--refine-schedule", choices=REFINE_SCHEDULES, default="cosine",
                     help="--refine's learning rate: cosine decay to 0 (default) or constant (the first stops' runs: "
                          "--refine-lr 0.03 --refine-schedule constant)")
@@ -112,7 +114,9 @@ def main() -> None:
               "points": args.points, "resolution": args.resolution, "keys": list(FIDELITY_KEYS), "refine": args.refine,
               "refine_from": args.refine_from if args.refine else None,
               "refine_lr": args.refine_lr if args.refine else None,
-              "refine_schedule": args.refine_schedule if args.refine else None, "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
+              "refine_schedule": args.refine_schedule if args.refine else None,
+              "refine_sphere_lr": args.refine_sphere_lr if args.refine else None,
+              "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "splits": {}}
     if args.data:
         shapes = test_fold_shapes(args.data, args.max_per_class, args.exclude_train_of)
         report["test_fold_excludes_train_of"] = list(args.exclude_train_of)

@@ -1,13 +1,14 @@
-"""Steps × learning rate × schedule of test-time refinement, screened on a few unseen shapes.
+"""Steps × learning rate × schedule (× sphere learning rate) of test-time refinement, screened on a few unseen shapes.
 
     python benchmarks/refine_schedule.py [--shapes frog_heart frog_liver ...] [--configs 500:0.03:constant ...] \\
         [--checkpoint skellab/weights/autoencoder_kernel.pt] [--out refine_schedule.json]
 
 Each shape is encoded as ``benchmarks/fidelity.py`` encodes it (2,560 surface points, seed 0), then refined from the
 encoder's latent with :func:`skellab.autoencoder.refine_on_shape` (exact SDF samples, seed 0) for each
-``STEPS:LR:SCHEDULE`` config, decoded on a guided 128³ grid and scored by F1@0.02 / F1@0.05 on 20,000 points — the
+``STEPS:LR:SCHEDULE[:SPHERE_LR]`` config (``SPHERE_LR`` > 0: the spheres move too; default 0), decoded on a guided 128³ grid and scored by F1@0.02 / F1@0.05 on 20,000 points — the
 numbers ``fidelity.py --refine`` reports, at a fraction of its cost, to choose the defaults it then measures on the
-whole split. One thread; the refinement's seconds are recorded.
+whole split. One thread; the refinement's seconds are recorded, and the fraction of the (refined) spheres' centres
+inside the shape.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import time
 import warnings
 
+import igl
 import numpy as np
 import torch
 
@@ -36,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(weights_path("autoencoder_kernel")))
     ap.add_argument("--shapes", nargs="+", default=SHAPES, help="unseen-split shape ids")
-    ap.add_argument("--configs", nargs="+", default=CONFIGS, metavar="STEPS:LR:SCHEDULE")
+    ap.add_argument("--configs", nargs="+", default=CONFIGS, metavar="STEPS:LR:SCHEDULE[:SPHERE_LR]")
     ap.add_argument("--out", default="refine_schedule.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -44,26 +46,34 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         shapes = [s for s in unseen_shapes() if s.shape_id in args.shapes]
-    configs = [(int(a), float(b), c) for a, b, c in (x.split(":") for x in args.configs)]
+    configs = [(int(p[0]), float(p[1]), p[2], float(p[3]) if len(p) > 3 else 0.0)
+               for p in (x.split(":") for x in args.configs)]
     rows = []
     for shape in shapes:
         points, normals = sample_surface(shape, model.config.num_surface, seed=0)
         with torch.no_grad():
             latent = encode_points(model, torch.from_numpy(points), torch.from_numpy(normals)).to("cpu")
-        for steps, lr, schedule in configs:
+        for steps, lr, schedule, sphere_lr in configs:
             t0 = time.perf_counter()
-            fitted, _ = refine_on_shape(model, latent, shape, steps=steps, lr=lr, schedule=schedule, seed=0)
+            fitted, _ = refine_on_shape(model, latent, shape, steps=steps, lr=lr, schedule=schedule,
+                                        sphere_lr=sphere_lr, seed=0)
             seconds = time.perf_counter() - t0
             m = reconstruction_metrics(extract_mesh(decode_grid_guided(model, fitted, 128)), shape, n=20000, seed=0,
                                        taus=(0.02, 0.05), with_emd=False)
+            inside = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
+                                             fitted.centers[0].double().numpy()) > 0.5
             rows.append({"shape": shape.shape_id, "steps": steps, "lr": lr, "schedule": schedule,
-                         "f1@0.02": m["f1@0.02"], "f1@0.05": m["f1@0.05"], "seconds": seconds})
+                         "sphere_lr": sphere_lr, "f1@0.02": m["f1@0.02"], "f1@0.05": m["f1@0.05"],
+                         "centres_inside": float(inside.mean()), "seconds": seconds})
             print(json.dumps(rows[-1]), flush=True)
     summary = {}
-    for steps, lr, schedule in configs:
-        mine = [r for r in rows if (r["steps"], r["lr"], r["schedule"]) == (steps, lr, schedule)]
-        summary[f"{steps}:{lr}:{schedule}"] = {"f1@0.02": float(np.mean([r["f1@0.02"] for r in mine])),
-                                               "seconds": float(np.median([r["seconds"] for r in mine]))}
+    for steps, lr, schedule, sphere_lr in configs:
+        mine = [r for r in rows if (r["steps"], r["lr"], r["schedule"], r["sphere_lr"]) == (steps, lr, schedule,
+                                                                                             sphere_lr)]
+        summary[f"{steps}:{lr}:{schedule}:{sphere_lr}"] = {
+            "f1@0.02": float(np.mean([r["f1@0.02"] for r in mine])),
+            "centres_inside": float(np.min([r["centres_inside"] for r in mine])),
+            "seconds": float(np.median([r["seconds"] for r in mine]))}
     print(json.dumps(summary, indent=1))
     with open(args.out, "w") as fh:
         json.dump({"checkpoint": args.checkpoint, "shapes": args.shapes, "rows": rows, "summary": summary}, fh, indent=1)

@@ -49,7 +49,7 @@ def test_refinement_lowers_the_sdf_loss_moves_only_features_and_leaves_the_netwo
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(steps=-1), "steps"), (dict(steps=1.5), "steps"), (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
-    (dict(batch=0), "batch"), (dict(schedule="linear"), "schedule"), (dict(queries=np.zeros((0, 3))), "queries"),
+    (dict(batch=0), "batch"), (dict(schedule="linear"), "schedule"), (dict(sphere_lr=-0.1), "sphere_lr"), (dict(queries=np.zeros((0, 3))), "queries"),
     (dict(queries=np.zeros((5, 2))), "queries"),
     (dict(sdf=np.zeros(7)), "sdf"), (dict(sdf=np.full(3000, np.nan)), "nan"), (dict(latent="x"), "latent"),
 ])
@@ -88,3 +88,15 @@ def test_refinement_from_an_oriented_point_cloud_fits_the_surface_it_samples():
         refine_on_points(model, lat, np.full_like(points, np.nan), normals)
     with pytest.raises(SkellabError, match="steps"):
         refine_on_points(model, lat, points, normals, steps=-2)
+
+
+def test_refinement_can_fit_the_spheres_too():
+    """sphere_lr > 0: centres and radii move (radii stay positive) and the fit gets closer than with the spheres fixed;
+    sphere_lr = 0 keeps them bit for bit."""
+    model, lat, q, sdf = _model_and_target()
+    fixed, _ = refine_features(model, lat, q, sdf, steps=60, lr=0.05, batch=512, seed=0)
+    moved, info = refine_features(model, lat, q, sdf, steps=60, lr=0.05, sphere_lr=0.05, batch=512, seed=0)
+    assert info["sphere_lr"] == 0.05 and not torch.equal(moved.tokens[..., :4], lat.tokens[..., :4])
+    assert (moved.radii > 0).all() and not moved.tokens.requires_grad
+    assert _loss(model, moved, q, sdf) < _loss(model, fixed, q, sdf)
+    assert torch.equal(fixed.tokens[..., :4], lat.tokens[..., :4])

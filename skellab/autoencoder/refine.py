@@ -39,9 +39,10 @@ REFINE_SCHEDULES = ("cosine", "constant")
 
 
 def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sdf: Any, *, steps: int = 500,
-                    lr: float = 0.3, schedule: str = "cosine", batch: int = 4096,
+                    lr: float = 0.3, schedule: str = "cosine", sphere_lr: float = 0.0, batch: int = 4096,
                     seed: int = 0) -> tuple[Latent, dict[str, Any]]:
-    """``steps`` Adam steps on ``latent``'s token features against exact SDF samples; spheres and network fixed.
+    """``steps`` Adam steps on ``latent``'s token features against SDF samples; the network fixed, the spheres too
+    unless ``sphere_lr`` > 0.
 
     latent  : batch-1 :class:`Latent` (e.g. from :func:`~.encode.encode_points`)
     queries : (N, 3) points in the latent's normalised frame; sdf : (N,) signed distance there (negative
@@ -50,9 +51,13 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
               torch's ``CosineAnnealingLR``) or held (``"constant"``). The defaults (0.3, cosine) were chosen on five
               hard unseen shapes: at 500 steps they beat lr 0.03 held constant at 500 and at 1,000 steps
               (``benchmarks/README.md``, "test-time refinement")
+    sphere_lr : 0 (default) keeps the spheres fixed, so their union stays the prior the network is compared
+              with; > 0 also fits the spheres, the log-radii at this learning rate and the centres at a tenth of
+              it (same schedule): the skeleton adapts to the shape, which helps most where the encoder's skeleton
+              misses it (thin walls)
     batch   : queries per step, drawn with replacement from a generator seeded by ``seed``
     returns : (refined batch-1 :class:`Latent` on the model's device, detached; ``{"steps", "lr", "schedule",
-              "batch", "loss_first", "loss_last"}``: the loss (MSE of the truncated SDF / τ) of the first and the last
+              "sphere_lr", "batch", "loss_first", "loss_last"}``: the loss (MSE of the truncated SDF / τ) of the first and the last
               step's batch). Deterministic given ``seed`` on a given machine; the model's weights and
               gradients are not touched; runs in fp32.
     """
@@ -65,6 +70,9 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
         raise SkellabError(f"lr must be a number > 0, got {lr!r}")
     if schedule not in REFINE_SCHEDULES:
         raise SkellabError(f"schedule must be one of {', '.join(REFINE_SCHEDULES)}, got {schedule!r}")
+    if (isinstance(sphere_lr, bool) or not isinstance(sphere_lr, (int, float)) or not np.isfinite(sphere_lr)
+            or sphere_lr < 0):
+        raise SkellabError(f"sphere_lr must be a number >= 0, got {sphere_lr!r}")
     dev = next(model.parameters()).device
     q = torch.as_tensor(np.asarray(queries, dtype=np.float32), device=dev)
     s = torch.as_tensor(np.asarray(sdf, dtype=np.float32), device=dev)
@@ -77,9 +85,14 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     tau = float(model.config.truncation)
     target = (s / tau).clamp(-1.0, 1.0)
     tokens = latent.tokens.detach().to(dev).float()
-    spheres = tokens[..., :4]
     features = tokens[..., 4:].clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([features], lr=float(lr))
+    centers = tokens[..., :3].clone().requires_grad_(sphere_lr > 0)
+    log_radii = tokens[..., 3:4].clamp_min(1e-6).log().requires_grad_(sphere_lr > 0)  # radii stay positive
+    groups = [{"params": [features], "lr": float(lr)}]
+    if sphere_lr > 0:
+        groups += [{"params": [log_radii], "lr": float(sphere_lr)}, {"params": [centers], "lr": 0.1 * float(sphere_lr)}]
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.Adam(groups)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(steps), 1))
                  if schedule == "cosine" else None)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -89,10 +102,11 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     try:
         for step in range(int(steps)):
             idx = torch.randint(q.shape[0], (int(batch),), generator=generator).to(dev)
+            spheres = tokens[..., :4] if sphere_lr == 0 else torch.cat([centers, log_radii.exp()], dim=-1)
             current = Latent(torch.cat([spheres, features], dim=-1), latent.class_index)
             loss = torch.nn.functional.mse_loss(model.decode_raw(current, q[idx][None]), target[idx][None])
-            (grad,) = torch.autograd.grad(loss, features)  # no gradient reaches the network's weights
-            features.grad = grad
+            for p, grad in zip(params, torch.autograd.grad(loss, params)):  # no gradient reaches the network's weights
+                p.grad = grad
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -101,18 +115,19 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
                 first = last
     finally:
         model.train(was_training)
+    spheres = tokens[..., :4] if sphere_lr == 0 else torch.cat([centers, log_radii.exp()], dim=-1).detach()
     refined = Latent(torch.cat([spheres, features.detach()], dim=-1), latent.class_index)
-    return refined, {"steps": int(steps), "lr": float(lr), "schedule": schedule, "batch": int(batch),
-                     "loss_first": first, "loss_last": last}
+    return refined, {"steps": int(steps), "lr": float(lr), "schedule": schedule, "sphere_lr": float(sphere_lr),
+                     "batch": int(batch), "loss_first": first, "loss_last": last}
 
 
 def refine_on_shape(model: SkeletalAutoencoder, latent: Latent, shape: Shape, *, steps: int = 500, lr: float = 0.3,
-                    schedule: str = "cosine", seed: int = 0) -> tuple[Latent, dict[str, Any]]:
+                    schedule: str = "cosine", sphere_lr: float = 0.0, seed: int = 0) -> tuple[Latent, dict[str, Any]]:
     """:func:`refine_features` on :data:`REFINE_SAMPLES` exact SDF samples of ``shape`` (its normalised frame, the
     frame ``latent`` was encoded in; drawn with ``seed``)."""
     samples = sample_sdf(shape, config=REFINE_SAMPLES, seed=seed)
     return refine_features(model, latent, samples["sdf_points"], samples["sdf_values"], steps=steps, lr=lr,
-                           schedule=schedule, seed=seed)
+                           schedule=schedule, sphere_lr=sphere_lr, seed=seed)
 
 
 def point_cloud_queries(points: Any, *, seed: int, config: SampleConfig = REFINE_SAMPLES) -> np.ndarray:
@@ -130,7 +145,8 @@ def point_cloud_queries(points: Any, *, seed: int, config: SampleConfig = REFINE
 
 
 def refine_on_points(model: SkeletalAutoencoder, latent: Latent, points: Any, normals: Any, *, steps: int = 500,
-                     lr: float = 0.3, schedule: str = "cosine", seed: int = 0) -> tuple[Latent, dict[str, Any]]:
+                     lr: float = 0.3, schedule: str = "cosine", sphere_lr: float = 0.0,
+                     seed: int = 0) -> tuple[Latent, dict[str, Any]]:
     """:func:`refine_features` on the SDF an oriented surface point cloud implies, where no mesh is known.
 
     points, normals : (P, 3) surface samples and outward normals in the latent's normalised frame (e.g. the
@@ -142,4 +158,5 @@ def refine_on_points(model: SkeletalAutoencoder, latent: Latent, points: Any, no
     points, normals = check_point_cloud(points, normals)
     queries = point_cloud_queries(points, seed=seed)
     sdf = point_cloud_sdf(points, normals, queries)
-    return refine_features(model, latent, queries, sdf, steps=steps, lr=lr, schedule=schedule, seed=seed)
+    return refine_features(model, latent, queries, sdf, steps=steps, lr=lr, schedule=schedule, sphere_lr=sphere_lr,
+                           seed=seed)

@@ -49,14 +49,15 @@ def _check_refine_from(refine_from: str) -> None:
 
 def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: int = 128, n: int = 20000,
                       seed: int = 0, refine: int = 0, refine_from: str = "sdf", refine_lr: float = 0.3,
-                      refine_schedule: str = "cosine") -> dict[str, Any]:
+                      refine_schedule: str = "cosine", refine_sphere_lr: float = 0.0) -> dict[str, Any]:
     """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
     "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number); with
     ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps, spheres fixed) and
     ``"refine": {"seconds", "loss_first", "loss_last", ...}``.
 
     ``refine_from``: ``"sdf"`` (exact SDF samples) or ``"points"`` (an oriented point cloud's SDF), see the module;
-    ``refine_lr``, ``refine_schedule``: :func:`skellab.autoencoder.refine_features`'s ``lr`` and ``schedule``.
+    ``refine_lr``, ``refine_schedule``, ``refine_sphere_lr``: :func:`skellab.autoencoder.refine_features`'s ``lr``,
+    ``schedule`` and ``sphere_lr`` (> 0: the spheres move too; the prior row stays the encoder's spheres' union).
     A decode with no surface counts as F1 = 0 (``"error"`` says why) rather than being dropped.
     """
     _check_refine_from(refine_from)
@@ -82,10 +83,14 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
         if refine_from == "points":
             cloud, cloud_normals = sample_surface(shape, REFINE_CLOUD_POINTS, seed=seed + 1)
             fitted, info = refine_on_points(model, lat.to(dev), cloud, cloud_normals, steps=int(refine), lr=refine_lr,
-                                            schedule=refine_schedule, seed=seed)
+                                            schedule=refine_schedule, sphere_lr=refine_sphere_lr, seed=seed)
         else:
             fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), lr=refine_lr,
-                                           schedule=refine_schedule, seed=seed)
+                                           schedule=refine_schedule, sphere_lr=refine_sphere_lr, seed=seed)
+        if refine_sphere_lr > 0:  # the refined skeleton: still inside the shape?
+            row["refined_centres_inside"] = float(np.mean(igl.fast_winding_number(
+                np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
+                fitted.centers[0].detach().cpu().double().numpy()) > 0.5))
         row["refine"] = {**info, "from": refine_from, "seconds": time.perf_counter() - t0}
         makers.append(("refined", lambda: extract_mesh(decode_grid_guided(model, fitted.to("cpu"), resolution))))
     for name, make in makers:
@@ -104,7 +109,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, resolution: int = 128, n: int = 20000,
                       seed: int = 0, log: Callable[[str], None] | None = None, refine: int = 0,
-                      refine_from: str = "sdf", refine_lr: float = 0.3, refine_schedule: str = "cosine") -> dict[str, Any]:
+                      refine_from: str = "sdf", refine_lr: float = 0.3, refine_schedule: str = "cosine",
+                      refine_sphere_lr: float = 0.0) -> dict[str, Any]:
     """:func:`fidelity_of_shape` for every shape, then per class and overall means.
 
     returns ``{"n", "resolution", "shapes": [...], "per_class": {class: {"network", "prior", "gain",
@@ -119,7 +125,8 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     rows = []
     for i, shape in enumerate(shapes):
         rows.append(fidelity_of_shape(model, shape, resolution=resolution, n=n, seed=seed, refine=refine,
-                                      refine_from=refine_from, refine_lr=refine_lr, refine_schedule=refine_schedule))
+                                      refine_from=refine_from, refine_lr=refine_lr, refine_schedule=refine_schedule,
+                                      refine_sphere_lr=refine_sphere_lr))
         if log is not None:
             r = rows[-1]
             refined = f" refined {r['refined']['f1@0.02']:.3f}" if "refined" in r else ""
@@ -136,6 +143,8 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
         if refine:
             ref = _mean([r["refined"] for r in group])
             out.update(refined=ref, gain_refined={k: ref[k] - pri[k] for k in FIDELITY_KEYS})
+        if any("refined_centres_inside" in r for r in group):
+            out["refined_centres_inside"] = float(np.mean([r["refined_centres_inside"] for r in group]))
         return out
 
     per_class = {c: summary(g) for c, g in sorted(by_class.items())}
@@ -143,5 +152,7 @@ def evaluate_fidelity(model: SkeletalAutoencoder, shapes: Sequence[Shape], *, re
     class_mean = {part: {k: float(np.nanmean([pc[part][k] for pc in per_class.values()])) for k in FIDELITY_KEYS}
                   for part in parts}
     return {"n": int(n), "resolution": int(resolution), "refine_from": refine_from if refine else None,
-            "refine_lr": refine_lr if refine else None, "refine_schedule": refine_schedule if refine else None, "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
+            "refine_lr": refine_lr if refine else None, "refine_schedule": refine_schedule if refine else None,
+            "refine_sphere_lr": refine_sphere_lr if refine else None,
+            "frame": "per-shape normalised (bbox centre 0, max |x| 1)",
             "shapes": rows, "per_class": per_class, "mean": summary(rows), "class_mean": class_mean}
