@@ -28,7 +28,7 @@ from .generation import generate_organs
 from .interpolation import interpolate_meshes
 from .meshing import check_resolution, decode_mesh, export_mesh
 from .metrics import reconstruction_metrics
-from .pipeline import RECONSTRUCT_REFINE_STEPS, RECONSTRUCT_WEIGHTS, encode_shape
+from .pipeline import RECONSTRUCT_REFINE_STEPS, RECONSTRUCT_SPHERE_LR, RECONSTRUCT_WEIGHTS, encode_shape
 from .runtime import atomic_path, check_seed
 from .skeleton import skeletonize
 from .views import mesh_view, skeleton_view, snapshot_html
@@ -127,10 +127,11 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
     # as `skellab reconstruct` does it: the reconstruction model's one pass, then its features fitted to the organ
     recon = load_autoencoder(weights_path(RECONSTRUCT_WEIGHTS))
     one_pass = encode_shape(recon, organ, seed=config.seed)
-    refined = refine_on_shape(recon, one_pass, organ, steps=RECONSTRUCT_REFINE_STEPS, seed=config.seed)[0]
+    refined = refine_on_shape(recon, one_pass, organ, steps=RECONSTRUCT_REFINE_STEPS, sphere_lr=RECONSTRUCT_SPHERE_LR,
+                              seed=config.seed)[0]
     panels = [("input", _render(meshes=[(organ.vertices, organ.faces)]), "")]
     for name, latent, what in (("reconstruction_one_pass", one_pass, "encoder, one pass"),
-                               ("reconstruction", refined, f"features refined, {RECONSTRUCT_REFINE_STEPS} steps")):
+                               ("reconstruction", refined, f"refined, {RECONSTRUCT_REFINE_STEPS} steps")):
         v, f = decode_mesh(recon, latent, config.resolution, largest_component=True)
         export_mesh(out / f"{name}.ply", v, f, normalization=organ.normalization)
         rec = reconstruction_metrics((v, f), organ.to_trimesh(), n=2048, seed=config.seed)
@@ -138,8 +139,8 @@ def run_demo(out: str | os.PathLike, *, config: DemoConfig = DemoConfig(),
         panels.append((f"{what}: Chamfer {1e3 * rec['cd_pointflow']:.2f} ×10⁻³", _render(meshes=[(v, f)]),
                        _snapshot(out, name, v, f) if config.snapshots else ""))
     gallery.add("2. Reconstruction", "Encoded to 256 skeletal tokens and decoded with skeleton-guided SDF evaluation; "
-                f"then the tokens' features fitted to the organ's SDF for {RECONSTRUCT_REFINE_STEPS} Adam steps, "
-                "spheres fixed (what `skellab reconstruct` writes).", panels)
+                f"then the tokens (features and spheres) fitted to the organ's SDF for {RECONSTRUCT_REFINE_STEPS} Adam "
+                "steps (what `skellab reconstruct` writes).", panels)
     model = load_autoencoder()  # the autoencoder the shipped diffusion model was trained on
 
     log("[3/4] interpolating between two organs (kidney → vessel tree)")

@@ -67,6 +67,9 @@ class Reconstruction:
 RECONSTRUCT_WEIGHTS = "autoencoder_kernel"
 #: Adam steps :func:`reconstruct_file` fits the token features to the input by default (0 turns it off)
 RECONSTRUCT_REFINE_STEPS = 200
+#: learning rate of the spheres' log-radii while :func:`reconstruct_file` refines (centres: a tenth of it); the
+#: skeleton adapts to the input (``refine_features``'s ``sphere_lr``; 0 keeps the encoder's spheres)
+RECONSTRUCT_SPHERE_LR = 0.03
 #: points of a point-cloud input that reconstruction reads (larger clouds are subsampled, seeded)
 MAX_CLOUD_POINTS = 200_000
 MAX_BODIES = 16  # separate bodies reconstructed from one file (each costs an encode and a decode)
@@ -101,7 +104,8 @@ def _bodies(shape: Shape) -> tuple[list[Shape], int, float]:
 
 def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
-                     device: str = "cpu", refine: int = RECONSTRUCT_REFINE_STEPS) -> Reconstruction:
+                     device: str = "cpu", refine: int = RECONSTRUCT_REFINE_STEPS,
+                     sphere_lr: float = RECONSTRUCT_SPHERE_LR) -> Reconstruction:
     """Mesh file → skeletal latent → guided SDF decoding → marching cubes, in the input's units.
 
     A file that holds several separate bodies (a pair of organs) is reconstructed body by body:
@@ -110,7 +114,8 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
     :data:`MAX_BODIES`, are dropped with a warning saying how many and how much volume.
     ``checkpoint`` None: the shipped :data:`RECONSTRUCT_WEIGHTS`. ``refine`` > 0 (default
     :data:`RECONSTRUCT_REFINE_STEPS`): each body's token features are then fitted to its exact SDF for that many
-    Adam steps, the spheres fixed (:func:`skellab.autoencoder.refine_on_shape`); 0 gives the encoder's latent.
+    Adam steps (:func:`skellab.autoencoder.refine_on_shape`), and its spheres too at ``sphere_lr`` (default
+    :data:`RECONSTRUCT_SPHERE_LR`; 0 keeps the encoder's spheres); ``refine`` 0 gives the encoder's latent.
 
     A point-cloud file (``.npy`` of (N, 6) points and outward normals, or a PLY of points with ``nx, ny, nz``;
     :func:`skellab.skeleton.io.read_point_cloud`) is reconstructed as one body: a seeded subset of the encoder's
@@ -124,7 +129,8 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
     cloud = read_point_cloud(path, num_points=MAX_CLOUD_POINTS, seed=seed)
     model = load_autoencoder(weights_path(RECONSTRUCT_WEIGHTS) if checkpoint is None else checkpoint, device=device)
     if cloud is not None:
-        return _reconstruct_cloud(model, path, *cloud, resolution=resolution, organ=organ, seed=seed, refine=refine)
+        return _reconstruct_cloud(model, path, *cloud, resolution=resolution, organ=organ, seed=seed, refine=refine,
+                                  sphere_lr=sphere_lr)
     shape = load_shape_file(path, organ=organ or "unknown")
     bodies, dropped, dropped_fraction = _bodies(shape)
     if dropped:
@@ -134,7 +140,7 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
     for body in bodies:
         latent = encode_shape(model, body, seed=seed, organ=organ)
         if refine:
-            latent = refine_on_shape(model, latent, body, steps=int(refine), seed=seed)[0]
+            latent = refine_on_shape(model, latent, body, steps=int(refine), sphere_lr=sphere_lr, seed=seed)[0]
         v, f = decode_mesh(model, latent, resolution, largest_component=True)
         if len(f) == 0:
             raise SkellabError(f"{Path(path).name}: the decoded SDF has no zero level set at resolution {resolution}")
@@ -176,7 +182,7 @@ def interpolate_files(a: str | os.PathLike, b: str | os.PathLike, *, steps: int 
 
 def _reconstruct_cloud(model: SkeletalAutoencoder, path: str | os.PathLike, points: np.ndarray,
                        normals: np.ndarray | None, *, resolution: int, organ: str | None, seed: int,
-                       refine: int) -> Reconstruction:
+                       refine: int, sphere_lr: float) -> Reconstruction:
     """An oriented point cloud (input units) → normalised frame → encode a seeded subset → refine on the whole
     cloud's implied SDF (``refine`` > 0) → guided decode → mesh in the input's units. One body."""
     name = Path(path).name
@@ -197,7 +203,7 @@ def _reconstruct_cloud(model: SkeletalAutoencoder, path: str | os.PathLike, poin
     latent = encode_points(model, torch.from_numpy(frame[pick]).float().to(device),
                            torch.from_numpy(normals[pick]).float().to(device), class_index=_class_index(model, organ))
     if refine:
-        latent = refine_on_points(model, latent, frame, normals, steps=int(refine), seed=seed)[0]
+        latent = refine_on_points(model, latent, frame, normals, steps=int(refine), sphere_lr=sphere_lr, seed=seed)[0]
     v, f = decode_mesh(model, latent, resolution, largest_component=True)
     if len(f) == 0:
         raise SkellabError(f"{name}: the decoded SDF has no zero level set at resolution {resolution}")

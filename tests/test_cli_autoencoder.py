@@ -53,6 +53,13 @@ def test_reconstruct_refine_fits_the_input_closer_than_the_encoder(meshes, tmp_p
         pts[steps] = trimesh.sample.sample_surface(rec, 3000, seed=0)[0]
     truth = trimesh.sample.sample_surface(ref, 3000, seed=1)[0]
     assert chamfer_distance(pts["60"], truth) < chamfer_distance(pts["0"], truth)
+    # --fixed-spheres: the features alone, still closer than the encoder's
+    out = tmp_path / "rec_fixed.ply"
+    code, stdout, err = run_cli("reconstruct", meshes / "box.stl", "--out", out, "--resolution", "48", "--refine", "60",
+                                "--fixed-spheres")
+    assert code == 0 and "features refined 60 steps" in stdout, err
+    fixed = trimesh.sample.sample_surface(trimesh.load(out, process=True), 3000, seed=0)[0]
+    assert chamfer_distance(fixed, truth) < chamfer_distance(pts["0"], truth)
 
 
 def _write_cloud_ply(path, points, normals=None):

@@ -45,6 +45,7 @@ from ..generation import (
 from ..meshing import check_mesh_path, export_mesh
 from ..pipeline import (
     RECONSTRUCT_REFINE_STEPS,
+    RECONSTRUCT_SPHERE_LR,
     RECONSTRUCT_WEIGHTS,
     STEP_NAME,
     export_reconstruction,
@@ -144,10 +145,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     check_mesh_path(args.out)
     check_output_not_input(args.out, [args.input, args.checkpoint])
     rec = reconstruct_file(args.input, checkpoint=args.checkpoint, resolution=args.resolution,
-                           organ=args.organ, seed=args.seed, device=args.device, refine=args.refine)
+                           organ=args.organ, seed=args.seed, device=args.device, refine=args.refine,
+                           sphere_lr=0.0 if args.fixed_spheres else RECONSTRUCT_SPHERE_LR)
     export_reconstruction(rec, args.out)
     bodies = f", {rec.bodies} separate bodies" if rec.bodies > 1 else ""
-    refined = f", features refined {args.refine} steps" if args.refine else ""
+    what = "features" if args.fixed_spheres else "features and spheres"
+    refined = f", {what} refined {args.refine} steps" if args.refine else ""
     print(f"wrote {args.out}: {len(rec.vertices)} vertices, {len(rec.faces)} faces{bodies} "
           f"(input units{refined}, {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -382,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.add_argument("--refine", type=nonnegative_int, default=RECONSTRUCT_REFINE_STEPS, metavar="STEPS",
-                   help="after encoding, fit the token features to the input's exact SDF (a point cloud: the SDF "
-                        f"its points and normals imply) for STEPS Adam steps, spheres fixed (default "
+                   help="after encoding, fit the tokens (features and spheres) to the input's exact SDF (a point "
+                        f"cloud: the SDF its points and normals imply) for STEPS Adam steps (default "
                         f"{RECONSTRUCT_REFINE_STEPS}: ~8 s on one CPU thread, much more detail on anatomy "
                         "unlike the training data; 0: the encoder's latent alone)")
+    r.add_argument("--fixed-spheres", action="store_true",
+                   help="refine the token features only, keeping the encoder's skeletal spheres (by default the "
+                        "spheres are fitted too)")
     r.set_defaults(func=_cmd_reconstruct)
 
     it = sub.add_parser("interpolate", help="meshes along a path between two organs' skeletal latents")
