@@ -8,7 +8,7 @@ encoder's latent with :func:`skellab.autoencoder.refine_on_shape` (exact SDF sam
 ``STEPS:LR:SCHEDULE[:SPHERE_LR]`` config (``SPHERE_LR`` > 0: the spheres move too; default 0), decoded on a guided 128³ grid and scored by F1@0.02 / F1@0.05 on 20,000 points — the
 numbers ``fidelity.py --refine`` reports, at a fraction of its cost, to choose the defaults it then measures on the
 whole split. One thread; the refinement's seconds are recorded, and the fraction of the (refined) spheres' centres
-inside the shape.
+inside the shape and the farthest any centre moved (normalised frame).
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def main() -> None:
                                              fitted.centers[0].double().numpy()) > 0.5
             rows.append({"shape": shape.shape_id, "steps": steps, "lr": lr, "schedule": schedule,
                          "sphere_lr": sphere_lr, "f1@0.02": m["f1@0.02"], "f1@0.05": m["f1@0.05"],
-                         "centres_inside": float(inside.mean()), "seconds": seconds})
+                         "centres_inside": float(inside.mean()),
+                         "largest_centre_move": float((fitted.centers - latent.centers).norm(dim=-1).max()),
+                         "seconds": seconds})
             print(json.dumps(rows[-1]), flush=True)
     summary = {}
     for steps, lr, schedule, sphere_lr in configs:
