@@ -67,8 +67,8 @@ def test_refinement_bad_input(kwargs, needle):
 def test_refinement_from_an_oriented_point_cloud_fits_the_surface_it_samples():
     import trimesh
 
-    from skellab.autoencoder import point_cloud_queries, refine_on_points
-    from skellab.data.sampling import point_cloud_sdf
+    from skellab.autoencoder import REFINE_SAMPLES, refine_on_points
+    from skellab.data.sampling import point_cloud_queries, point_cloud_sdf
 
     model, lat, q, sdf = _model_and_target()
     ball = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
@@ -79,7 +79,7 @@ def test_refinement_from_an_oriented_point_cloud_fits_the_surface_it_samples():
     assert _loss(model, refined, q, sdf) < 0.8 * _loss(model, lat, q, sdf)
     assert torch.equal(refined.tokens[..., :4], lat.tokens[..., :4]) and info["loss_last"] < info["loss_first"]
     # the same as fitting refine_features to the cloud's SDF at the cloud's queries
-    queries = point_cloud_queries(points, seed=0)
+    queries = point_cloud_queries(points, seed=0, config=REFINE_SAMPLES)
     same, _ = refine_features(model, lat, queries, point_cloud_sdf(points, normals, queries), steps=60, lr=0.05, seed=0)
     assert torch.equal(same.tokens, refined.tokens)
     with pytest.raises(SkellabError, match="normals must have"):

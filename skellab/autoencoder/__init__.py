@@ -28,7 +28,6 @@ from .model import (
 from .refine import (
     REFINE_SAMPLES,
     REFINE_SCHEDULES,
-    point_cloud_queries,
     refine_features,
     refine_on_points,
     refine_on_shape,
@@ -51,7 +50,6 @@ __all__ = [
     "trained_skeleton",
     "REFINE_SAMPLES",
     "REFINE_SCHEDULES",
-    "point_cloud_queries",
     "refine_features",
     "refine_on_points",
     "refine_on_shape",

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.sampling import SampleConfig, check_point_cloud, point_cloud_sdf, sample_sdf
+from ..data.sampling import SampleConfig, check_point_cloud, point_cloud_queries, point_cloud_sdf, sample_sdf
 from ..data.shape import Shape
 from ..errors import SkellabError
 from .model import Latent, SkeletalAutoencoder
 
-__all__ = ["REFINE_SCHEDULES", "REFINE_SAMPLES", "point_cloud_queries", "refine_features", "refine_on_points",
-           "refine_on_shape"]
+__all__ = ["REFINE_SCHEDULES", "REFINE_SAMPLES", "refine_features", "refine_on_points", "refine_on_shape"]
 
 #: the SDF samples :func:`refine_on_shape` fits: 20,000 in the near-surface band (σ 0.005, 0.02, 0.06, as the
 #: training samples) and 2,000 uniform in the box (surface points are not used)
@@ -57,8 +56,8 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
               misses it (thin walls)
     batch   : queries per step, drawn with replacement from a generator seeded by ``seed``
     returns : (refined batch-1 :class:`Latent` on the model's device, detached; ``{"steps", "lr", "schedule",
-              "sphere_lr", "batch", "loss_first", "loss_last"}``: the loss (MSE of the truncated SDF / τ) of the first and the last
-              step's batch). Deterministic given ``seed`` on a given machine; the model's weights and
+              "sphere_lr", "batch", "loss_first", "loss_last"}``: the loss (MSE of the truncated SDF / τ) of the first
+              and the last step's batch). Deterministic given ``seed`` on a given machine; the model's weights and
               gradients are not touched; runs in fp32.
     """
     if not isinstance(latent, Latent) or latent.batch_size != 1:
@@ -130,20 +129,6 @@ def refine_on_shape(model: SkeletalAutoencoder, latent: Latent, shape: Shape, *,
                            schedule=schedule, sphere_lr=sphere_lr, seed=seed)
 
 
-def point_cloud_queries(points: Any, *, seed: int, config: SampleConfig = REFINE_SAMPLES) -> np.ndarray:
-    """Where to fit an oriented point cloud's SDF: (near + uniform, 3) float64, drawn like :func:`sample_sdf`'s
-    queries — ``config.near_samples`` points of the cloud (with replacement) plus Gaussian offsets of
-    ``config.near_sigmas``, then ``config.uniform_samples`` uniform in the box."""
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
-        raise SkellabError(f"points must be a non-empty (n, 3) array, got {p.shape}")
-    rng = np.random.default_rng(int(seed))
-    base = p[rng.integers(len(p), size=config.near_samples)]
-    sig = np.asarray(config.near_sigmas, dtype=np.float64)[np.arange(config.near_samples) % len(config.near_sigmas)]
-    near = base + rng.normal(size=base.shape) * sig[:, None]
-    return np.concatenate([near, rng.uniform(-config.box, config.box, size=(config.uniform_samples, 3))])
-
-
 def refine_on_points(model: SkeletalAutoencoder, latent: Latent, points: Any, normals: Any, *, steps: int = 500,
                      lr: float = 0.3, schedule: str = "cosine", sphere_lr: float = 0.0,
                      seed: int = 0) -> tuple[Latent, dict[str, Any]]:
@@ -151,12 +136,13 @@ def refine_on_points(model: SkeletalAutoencoder, latent: Latent, points: Any, no
 
     points, normals : (P, 3) surface samples and outward normals in the latent's normalised frame (e.g. the
                       points the latent was encoded from, or a denser scan of the same surface)
-    The targets are :func:`~skellab.data.sampling.point_cloud_sdf` at :func:`point_cloud_queries` (as many
+    The targets are :func:`~skellab.data.sampling.point_cloud_sdf` at
+    :func:`~skellab.data.sampling.point_cloud_queries` (as many
     queries as :data:`REFINE_SAMPLES`, drawn with ``seed``): an approximation of the exact SDF that
     :func:`refine_on_shape` fits, made from the encoder's own kind of input.
     """
     points, normals = check_point_cloud(points, normals)
-    queries = point_cloud_queries(points, seed=seed)
+    queries = point_cloud_queries(points, seed=seed, config=REFINE_SAMPLES)
     sdf = point_cloud_sdf(points, normals, queries)
     return refine_features(model, latent, queries, sdf, steps=steps, lr=lr, schedule=schedule, sphere_lr=sphere_lr,
                            seed=seed)

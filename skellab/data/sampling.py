@@ -181,6 +181,28 @@ def point_cloud_sdf(points: Any, normals: Any, queries: Any) -> np.ndarray:
     return np.where(inside, -magnitude, magnitude)
 
 
+def _queries_around(base: np.ndarray, rng: np.random.Generator, config: SampleConfig) -> np.ndarray:
+    """SDF queries: ``base`` surface points (one per near sample) plus Gaussian offsets of ``config.near_sigmas``
+    (split evenly), then ``config.uniform_samples`` uniform in the box — (near + uniform, 3) float64."""
+    parts = []
+    if len(base):
+        sig = np.asarray(config.near_sigmas, dtype=np.float64)[np.arange(len(base)) % len(config.near_sigmas)]
+        parts.append(base + rng.normal(size=base.shape) * sig[:, None])
+    if config.uniform_samples:
+        parts.append(rng.uniform(-config.box, config.box, size=(config.uniform_samples, 3)))
+    return np.concatenate(parts, axis=0)
+
+
+def point_cloud_queries(points: Any, *, seed: int, config: SampleConfig) -> np.ndarray:
+    """Where to fit an oriented point cloud's SDF: (near + uniform, 3) float64, drawn as :func:`sample_sdf` draws
+    its queries, with ``config.near_samples`` points of the cloud (with replacement) as the surface points."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
+        raise SkellabError(f"points must be a non-empty (n, 3) array, got {p.shape}")
+    rng = np.random.default_rng(int(seed))
+    return _queries_around(p[rng.integers(len(p), size=config.near_samples)], rng, config)
+
+
 def sample_sdf(
     shape: Shape, *, config: SampleConfig = SampleConfig(), seed: int
 ) -> dict[str, np.ndarray]:
@@ -195,16 +217,9 @@ def sample_sdf(
     """
     rng = np.random.default_rng(int(seed))
     surface, normals = sample_surface(shape, config.surface_points, seed=int(rng.integers(2**31)))
-    parts = []
-    if config.near_samples:
-        base, _ = sample_surface(shape, config.near_samples, seed=int(rng.integers(2**31)))
-        sig = np.asarray(config.near_sigmas, dtype=np.float64)[
-            np.arange(config.near_samples) % len(config.near_sigmas)
-        ]
-        parts.append(base + rng.normal(size=base.shape) * sig[:, None])
-    if config.uniform_samples:
-        parts.append(rng.uniform(-config.box, config.box, size=(config.uniform_samples, 3)))
-    queries = np.concatenate(parts, axis=0)
+    base = (sample_surface(shape, config.near_samples, seed=int(rng.integers(2**31)))[0] if config.near_samples
+            else np.empty((0, 3)))
+    queries = _queries_around(base, rng, config)
     out = {
         "surface_points": surface,
         "surface_normals": normals,
