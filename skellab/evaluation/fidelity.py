@@ -26,20 +26,29 @@ import igl
 import numpy as np
 import torch
 
-from ..autoencoder import SkeletalAutoencoder, encode_points, refine_on_points, refine_on_shape
+from ..autoencoder import Latent, SkeletalAutoencoder, encode_points, refine_on_points, refine_on_shape
 from ..data.sampling import sample_surface
 from ..data.shape import Shape
 from ..errors import SkellabError
 from ..meshing import decode_grid_guided, extract_mesh, sphere_union_mesh
 from ..metrics.reconstruction import reconstruction_metrics
 
-__all__ = ["FIDELITY_KEYS", "REFINE_CLOUD_POINTS", "REFINE_FROM", "fidelity_of_shape", "evaluate_fidelity"]
+__all__ = ["FIDELITY_KEYS", "REFINE_CLOUD_POINTS", "REFINE_FROM", "centres_inside", "fidelity_of_shape",
+           "evaluate_fidelity"]
 
 FIDELITY_KEYS = ("f1@0.02", "f1@0.05", "cd_pointflow", "hausdorff")
 #: what refinement fits: the shape's exact SDF, or the SDF implied by an oriented surface point cloud
 REFINE_FROM = ("sdf", "points")
 #: size of the point cloud that ``refine_from="points"`` fits (a scan of the surface)
 REFINE_CLOUD_POINTS = 20000
+
+
+def centres_inside(shape: Shape, latent: Latent) -> float:
+    """Fraction of a batch-1 latent's sphere centres inside ``shape`` (libigl's fast winding number > 1/2): the
+    skeleton a thin wall needs stays >= 99 % inside."""
+    wn = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
+                                 latent.centers[0].detach().cpu().double().numpy())
+    return float(np.mean(wn > 0.5))
 
 
 def _check_refine_from(refine_from: str) -> None:
@@ -69,10 +78,7 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
         lat = encode_points(model, torch.from_numpy(points).to(dev), torch.from_numpy(normals).to(dev),
                             class_index=ci).to("cpu")
     row: dict[str, Any] = {"class": shape.organ, "id": shape.shape_id}
-    # the skeletal centres the tokens sit on, inside the true surface? (a thin wall needs >= 99 %)
-    wn = igl.fast_winding_number(np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
-                                 lat.centers[0].double().numpy())
-    row["centres_inside"] = float(np.mean(wn > 0.5))
+    row["centres_inside"] = centres_inside(shape, lat)
     taus = (0.02, 0.05)
     grid = decode_grid_guided(model, lat, resolution)
     row["query_fraction"] = grid.query_fraction
@@ -88,9 +94,7 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
             fitted, info = refine_on_shape(model, lat.to(dev), shape, steps=int(refine), lr=refine_lr,
                                            schedule=refine_schedule, sphere_lr=refine_sphere_lr, seed=seed)
         if refine_sphere_lr > 0:  # the refined skeleton: still inside the shape?
-            row["refined_centres_inside"] = float(np.mean(igl.fast_winding_number(
-                np.asarray(shape.vertices, np.float64), np.asarray(shape.faces, np.int64),
-                fitted.centers[0].detach().cpu().double().numpy()) > 0.5))
+            row["refined_centres_inside"] = centres_inside(shape, fitted)
         row["refine"] = {**info, "from": refine_from, "seconds": time.perf_counter() - t0}
         makers.append(("refined", lambda: extract_mesh(decode_grid_guided(model, fitted.to("cpu"), resolution))))
     for name, make in makers:
