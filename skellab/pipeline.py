@@ -102,6 +102,15 @@ def _bodies(shape: Shape) -> tuple[list[Shape], int, float]:
     return kept, len(parts) - len(kept), dropped_volume / total
 
 
+def _decode_surface(model: SkeletalAutoencoder, latent: Latent, resolution: int, name: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The largest piece of ``latent``'s decoded surface (normalised frame), or a one-line error if it has none."""
+    v, f = decode_mesh(model, latent, resolution, largest_component=True)
+    if len(f) == 0:
+        raise SkellabError(f"{name}: the decoded SDF has no zero level set at resolution {resolution}")
+    return v, f
+
+
 def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                      resolution: int = 128, organ: str | None = None, seed: int = 0,
                      device: str = "cpu", refine: int = RECONSTRUCT_REFINE_STEPS,
@@ -141,9 +150,7 @@ def reconstruct_file(path: str | os.PathLike, *, checkpoint: str | os.PathLike |
         latent = encode_shape(model, body, seed=seed, organ=organ)
         if refine:
             latent = refine_on_shape(model, latent, body, steps=int(refine), sphere_lr=sphere_lr, seed=seed)[0]
-        v, f = decode_mesh(model, latent, resolution, largest_component=True)
-        if len(f) == 0:
-            raise SkellabError(f"{Path(path).name}: the decoded SDF has no zero level set at resolution {resolution}")
+        v, f = _decode_surface(model, latent, resolution, Path(path).name)
         if len(bodies) > 1:
             v = shape.normalization.apply(body.normalization.invert(v))  # the body's frame → the input's frame
         faces.append(f + sum(len(x) for x in vertices))
@@ -204,9 +211,7 @@ def _reconstruct_cloud(model: SkeletalAutoencoder, path: str | os.PathLike, poin
                            torch.from_numpy(normals[pick]).float().to(device), class_index=_class_index(model, organ))
     if refine:
         latent = refine_on_points(model, latent, frame, normals, steps=int(refine), sphere_lr=sphere_lr, seed=seed)[0]
-    v, f = decode_mesh(model, latent, resolution, largest_component=True)
-    if len(f) == 0:
-        raise SkellabError(f"{name}: the decoded SDF has no zero level set at resolution {resolution}")
+    v, f = _decode_surface(model, latent, resolution, name)
     return Reconstruction(norm.invert(v), f, norm, latent, 1, 0)
 
 
