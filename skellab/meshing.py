@@ -56,8 +56,9 @@ from .data.shape import Normalization
 from .errors import SkellabError
 from .runtime import atomic_path, inference_autocast
 
-__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "check_mesh_path", "decode_chunk", "decode_points", "signed_volume", "decode_grid_dense", "decode_grid_guided",
-           "extract_mesh", "cap_at_box", "count_components", "sphere_union_mesh", "decode_mesh", "export_mesh"]
+__all__ = ["SDFGrid", "MAX_RESOLUTION", "check_resolution", "check_mesh_path", "decode_chunk", "decode_points",
+           "signed_volume", "decode_grid_dense", "decode_grid_guided", "extract_mesh", "cap_at_box", "count_components",
+           "sphere_union_mesh", "decode_mesh", "export_mesh"]
 
 MESH_FORMATS = (".ply", ".stl", ".obj")
 
