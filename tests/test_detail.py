@@ -169,6 +169,15 @@ def test_fidelity_preset_adds_detail_families_but_not_the_held_out_one():
     assert tiny.detail_families == () and tiny.per_family == 5
 
 
+def test_generation_preset_is_mini_with_four_times_the_procedural_shapes(monkeypatch):
+    monkeypatch.setattr(build, "load_packaged_anatomy", list)
+    gen, mini = build.preset("generation"), build.preset("mini")
+    assert gen.per_family == 4 * mini.per_family and gen.anatomy and gen.families is None
+    assert gen.detail_families == () and gen.augment == () and gen.sample_config == mini.sample_config
+    seeds = {(s[1], s[2]) for s in build._specs(gen)}
+    assert {(s[1], s[2]) for s in build._specs(mini)} < seeds  # mini's procedural shapes are among them
+
+
 def test_augmented_copies_share_their_originals_fold():
     records = [{"id": f"thalamus_{i}", "class": "thalamus", "meta": {}} for i in range(10)]
     records += [{"id": f"thalamus_{i}_mirror", "class": "thalamus", "meta": {"augmented_from": f"thalamus_{i}"}}
