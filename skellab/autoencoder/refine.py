@@ -94,6 +94,10 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     optimizer = torch.optim.Adam(groups)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(steps), 1))
                  if schedule == "cosine" else None)
+
+    def current_spheres() -> torch.Tensor:
+        return tokens[..., :4] if sphere_lr == 0 else torch.cat([centers, log_radii.exp()], dim=-1)
+
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     was_training = model.training
     model.eval()
@@ -101,8 +105,7 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
     try:
         for step in range(int(steps)):
             idx = torch.randint(q.shape[0], (int(batch),), generator=generator).to(dev)
-            spheres = tokens[..., :4] if sphere_lr == 0 else torch.cat([centers, log_radii.exp()], dim=-1)
-            current = Latent(torch.cat([spheres, features], dim=-1), latent.class_index)
+            current = Latent(torch.cat([current_spheres(), features], dim=-1), latent.class_index)
             loss = torch.nn.functional.mse_loss(model.decode_raw(current, q[idx][None]), target[idx][None])
             for p, grad in zip(params, torch.autograd.grad(loss, params)):  # no gradient reaches the network's weights
                 p.grad = grad
@@ -114,8 +117,7 @@ def refine_features(model: SkeletalAutoencoder, latent: Latent, queries: Any, sd
                 first = last
     finally:
         model.train(was_training)
-    spheres = tokens[..., :4] if sphere_lr == 0 else torch.cat([centers, log_radii.exp()], dim=-1).detach()
-    refined = Latent(torch.cat([spheres, features.detach()], dim=-1), latent.class_index)
+    refined = Latent(torch.cat([current_spheres().detach(), features.detach()], dim=-1), latent.class_index)
     return refined, {"steps": int(steps), "lr": float(lr), "schedule": schedule, "sphere_lr": float(sphere_lr),
                      "batch": int(batch), "loss_first": first, "loss_last": last}
 

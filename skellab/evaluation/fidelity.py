@@ -61,7 +61,8 @@ def fidelity_of_shape(model: SkeletalAutoencoder, shape: Shape, *, resolution: i
                       refine_schedule: str = "cosine", refine_sphere_lr: float = 0.0) -> dict[str, Any]:
     """Network and prior metrics of one shape: ``{"class", "network": {...}, "prior": {...}, "query_fraction",
     "centres_inside"}`` (fraction of the token spheres' centres inside the shape, winding number); with
-    ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps, spheres fixed) and
+    ``refine`` > 0 also ``"refined": {...}`` (the features fitted for ``refine`` steps; the spheres too when
+    ``refine_sphere_lr`` > 0, then also ``"refined_centres_inside"``) and
     ``"refine": {"seconds", "loss_first", "loss_last", ...}``.
 
     ``refine_from``: ``"sdf"`` (exact SDF samples) or ``"points"`` (an oriented point cloud's SDF), see the module;
