@@ -7,7 +7,7 @@ Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :f
     tokens = diffusion.sample(8, class_index="kidney", generator=make_generator(0))  # (8, K, D)
 """
 
-from .denoiser import DenoiserConfig, TokenDenoiser, order_tokens, sort_tokens, timestep_embedding
+from .denoiser import DenoiserConfig, TokenDenoiser, fourier_inputs, order_tokens, sort_tokens, timestep_embedding
 from .inpainting import inpaint_latents
 from .model import (
     CHECKPOINT_FORMAT,
@@ -44,6 +44,7 @@ __all__ = [
     "TokenDenoiser",
     "order_tokens",
     "sort_tokens",
+    "fourier_inputs",
     "timestep_embedding",
     "DEFAULT_GUIDANCE",
     "LatentNormalizer",

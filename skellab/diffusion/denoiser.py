@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import SkellabError
 
 __all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "FEATURE_NORMS",
-           "order_tokens", "sort_tokens"]
+           "order_tokens", "sort_tokens", "fourier_inputs"]
 
 TOKEN_ORDERS = ("set", "morton")
 #: "channel": every feature channel standardised over the training tokens (a channel that barely varies across
@@ -54,6 +54,7 @@ class DenoiserConfig:
     num_tokens: int = 0  # K, for token_order="morton" (one learned position per token); training sets it from the data
     sphere_weight: float = 1.0  # training only: loss weight of the 4 sphere channels (xyz, r) vs the features
     feature_norm: str = "channel"  # training only: how the latent normaliser scales the feature channels (FEATURE_NORMS)
+    sphere_frequencies: int = 0  # L > 0: the 4 sphere channels also enter as sin/cos at L octaves (fourier_inputs)
 
     def __post_init__(self) -> None:
         if self.token_order not in TOKEN_ORDERS:
@@ -72,6 +73,8 @@ class DenoiserConfig:
         if self.feature_norm not in FEATURE_NORMS:
             raise SkellabError(f"DenoiserConfig: feature_norm must be one of {', '.join(FEATURE_NORMS)}, "
                                f"got {self.feature_norm!r}")
+        if not 0 <= self.sphere_frequencies <= 16:
+            raise SkellabError(f"DenoiserConfig: sphere_frequencies must be in [0, 16], got {self.sphere_frequencies}")
         if not 0 < self.sphere_weight <= 1000:
             raise SkellabError(f"DenoiserConfig: sphere_weight must be in (0, 1000], got {self.sphere_weight}")
 
@@ -142,6 +145,23 @@ def sort_tokens(tokens: torch.Tensor, order: str) -> torch.Tensor:
         return tokens
     perm = order_tokens(tokens, order)
     return torch.gather(tokens, -2, perm.unsqueeze(-1).expand_as(tokens))
+
+
+def fourier_inputs(x: torch.Tensor, octaves: int) -> torch.Tensor:
+    """(…, D) → (…, D + 8·octaves): the tokens, then sin and cos of their 4 sphere channels (xyz, r) at
+    frequencies π·2^l, l = 0 … octaves − 1 (channel-major: sin of channel c at octave l is column
+    D + c·octaves + l, its cos 4·octaves further on; unchanged for octaves = 0).
+
+    The denoiser sees standardised, scheduler-scaled tokens (about unit spread at every noise level). A linear
+    input layer can only tell how far apart two tokens are through products of raw coordinates; sin/cos
+    features make "these two spheres nearly touch" a simple function of the embeddings, at scales down to
+    1/2^(octaves−1) of a channel's spread (NeRF's positional encoding, Mildenhall et al. 2020).
+    """
+    if octaves == 0:
+        return x
+    freqs = math.pi * 2.0 ** torch.arange(octaves, device=x.device, dtype=x.dtype)
+    args = (x[..., :4, None] * freqs).flatten(-2)  # (…, 4·octaves)
+    return torch.cat([x, torch.sin(args), torch.cos(args)], dim=-1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -218,7 +238,9 @@ class TokenDenoiser(nn.Module):
         super().__init__()
         cfg = self.config = config or DenoiserConfig()
         self.null_class = cfg.num_classes
-        self.input = nn.Linear(cfg.token_dim, cfg.width)
+        if cfg.sphere_frequencies and cfg.token_dim < 4:
+            raise SkellabError("DenoiserConfig: sphere_frequencies needs tokens with the 4 sphere channels")
+        self.input = nn.Linear(cfg.token_dim + 8 * cfg.sphere_frequencies, cfg.width)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.width), nn.SiLU(),
                                       nn.Linear(cfg.width, cfg.width))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class
@@ -246,7 +268,7 @@ class TokenDenoiser(nn.Module):
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)  # (B,), a scalar is broadcast
         c = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim)) \
             + self.class_embed(self.class_or_null(class_index, b, x.device))  # (B, W)
-        h = self.input(x)  # (B, K, W)
+        h = self.input(fourier_inputs(x, self.config.sphere_frequencies))  # (B, K, W)
         if self.position is not None:
             if x.shape[1] != self.position.shape[0]:
                 raise SkellabError(f"this denoiser orders {self.position.shape[0]} tokens, got {x.shape[1]}")
