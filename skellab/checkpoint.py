@@ -18,6 +18,22 @@ from .runtime import atomic_path, check_regular_file
 from .schema import validate_config
 
 
+#: how a checkpoint may store its floating-point weights: as trained (fp32), or rounded to bfloat16 (half the
+#: bytes; the loader copies them into the model's fp32 parameters, so inference code is unchanged)
+WEIGHT_STORAGE = ("fp32", "bf16")
+
+
+def stored_weights(state_dict: Mapping[str, torch.Tensor], storage: str = "fp32") -> dict[str, torch.Tensor]:
+    """A state dict on the CPU, detached, its floating tensors in ``storage``'s dtype (:data:`WEIGHT_STORAGE`)."""
+    if storage not in WEIGHT_STORAGE:
+        raise SkellabError(f"unknown weight storage {storage!r}: use {' or '.join(WEIGHT_STORAGE)}")
+    out = {}
+    for k, v in state_dict.items():
+        v = v.detach().cpu()
+        out[k] = v.to(torch.bfloat16) if storage == "bf16" and v.is_floating_point() else v
+    return out
+
+
 def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Save ``payload`` (which must carry a ``"format"`` tag) to ``path`` atomically (temp file + rename)."""
     if "format" not in payload:

@@ -153,6 +153,10 @@ def test_release_records_the_classes_a_diffusion_run_trained_on(tiny_run, tmp_pa
         index = release_weights(run, "diffusion", name, weights_dir=tmp_path)
         assert index["trained_classes"] == expected
         assert load_diffusion(tmp_path / f"{name}.pt").organs == expected
+    index = release_weights(tiny_run, "diffusion", "half", weights_dir=tmp_path, storage="bf16")
+    assert index["storage"] == "bf16" and index["bytes"] < 0.6 * (tmp_path / "new.pt").stat().st_size
+    half = load_diffusion(tmp_path / "half.pt")
+    assert half.organs == expected and next(half.denoiser.parameters()).dtype == torch.float32
 
 
 class Crash(Exception):

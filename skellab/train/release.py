@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import write_checkpoint
+from ..checkpoint import stored_weights, write_checkpoint
 from ..diffusion import attach_guide, classes_present, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..runtime import atomic_path
@@ -28,8 +28,11 @@ __all__ = ["release_weights", "add_metrics", "release_guide"]
 
 def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
                     dataset_name: str | None = None, command: str | None = None,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy ``run/<stage>/model.pt`` to ``weights_dir/<name>.pt`` and write ``<name>.json``; return the index."""
+                    extra: dict[str, Any] | None = None, storage: str = "fp32") -> dict[str, Any]:
+    """Copy ``run/<stage>/model.pt`` to ``weights_dir/<name>.pt`` and write ``<name>.json``; return the index.
+
+    ``storage="bf16"`` ships the weights rounded to bfloat16 (half the bytes; :func:`skellab.checkpoint.stored_weights`);
+    the index records it as ``"storage"``."""
     src = Path(run) / stage / "model.pt"
     summary_path = Path(run) / stage / "summary.json"
     if not src.is_file() or not summary_path.is_file():
@@ -38,7 +41,9 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
     summary = json.loads(summary_path.read_text())
     rows = read_log(Path(run) / stage / "log.csv")
     dst = Path(weights_dir) / f"{name}.pt"
-    if _add_trained_classes(payload, Path(run) / stage / "latents.pt"):
+    if isinstance(payload.get("state_dict"), dict):
+        payload["state_dict"] = stored_weights(payload["state_dict"], storage)
+    if _add_trained_classes(payload, Path(run) / stage / "latents.pt") or storage != "fp32":
         write_checkpoint(dst, payload)
     else:
         with atomic_path(dst) as tmp:
@@ -47,7 +52,7 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
            if k.startswith("val_")}
     index = {
         "name": name, "file": dst.name, "format": payload.get("format"), "sha256": file_sha256(dst),
-        "bytes": dst.stat().st_size,
+        "bytes": dst.stat().st_size, "storage": storage,
         "parameters": sum(int(v.numel()) for v in payload["state_dict"].values()),
         "config": payload.get("config"), "classes": payload.get("classes"),
         **({"trained_classes": payload["trained_classes"]} if payload.get("trained_classes") is not None
@@ -95,13 +100,15 @@ def add_metrics(name: str, metrics: dict[str, Any], *, weights_dir: str | os.Pat
 
 
 def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: float, *,
-                  weights_dir: str | os.PathLike = WEIGHTS_DIR, info: dict[str, Any] | None = None) -> dict[str, Any]:
+                  weights_dir: str | os.PathLike = WEIGHTS_DIR, info: dict[str, Any] | None = None,
+                  storage: str = "fp32") -> dict[str, Any]:
     """Ship ``guide_checkpoint``'s denoiser inside ``weights_dir/<name>.pt`` as its autoguidance guide.
 
     The diffusion checkpoint is rewritten atomically with the guide (:func:`skellab.diffusion.attach_guide`:
     it must be a denoiser of the same latents) and ``autoguidance`` as its default weight; ``<name>.json``
     gets the new sha256 and size and a ``guide`` entry (the guide's source file, its sha256, parameters,
-    step and ``info``). Returns the index.
+    step and ``info``). ``storage`` is how both networks' weights are written (:func:`release_weights`).
+    Returns the index.
     """
     dst = Path(weights_dir) / f"{name}.pt"
     model = load_diffusion(dst)
@@ -109,10 +116,10 @@ def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: 
     src_info = {"source": Path(guide_checkpoint).name, "source_sha256": file_sha256(guide_checkpoint),
                 "train": guide.info.get("train"), **(info or {})}
     guided = attach_guide(model, guide, autoguidance, src_info)
-    save_diffusion(dst, guided)
+    save_diffusion(dst, guided, storage=storage)
     path = dst.with_suffix(".json")
     index = json.loads(path.read_text())
-    index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size,
+    index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size, storage=storage,
                  guide={"autoguidance": guided.autoguidance, **guided.guide_info})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
