@@ -463,3 +463,81 @@ def test_pooled_feature_norm_keeps_near_constant_feature_channels_near_constant(
         LatentNormalizer.fit(tokens[..., :4], shared=slice(4, None))
     diff, _ = train_diffusion(tokens, preset="tiny", steps=2, feature_norm="pooled", device="cpu", progress=False)
     assert torch.allclose(diff.normalizer.std, pooled.std)
+
+
+def test_sphere_frequencies_add_sin_cos_of_the_sphere_channels_and_keep_the_set_model(tmp_path):
+    """sphere_frequencies=L: sin/cos of xyz and r at L octaves join the input; still a set model, still trainable,
+    and a checkpoint restores it exactly."""
+    from skellab.diffusion import fourier_inputs
+
+    x = torch.randn(2, 5, 16)
+    assert torch.equal(fourier_inputs(x, 0), x)
+    f = fourier_inputs(x, 3)
+    assert f.shape == (2, 5, 16 + 8 * 3) and torch.equal(f[..., :16], x)
+    assert torch.allclose(f[..., 16 + 3 * 1 + 1], torch.sin(2 * torch.pi * x[..., 1]), atol=1e-5)  # y, octave 1
+    assert torch.allclose(f[..., 16 + 12], torch.cos(torch.pi * x[..., 0]), atol=1e-5)  # cos of x, octave 0
+    with pytest.raises(SkellabError, match="sphere_frequencies"):
+        DenoiserConfig.tiny(sphere_frequencies=17)
+    model = TokenDenoiser(config=DenoiserConfig.tiny(sphere_frequencies=4)).eval()
+    assert model.input.in_features == 16 + 32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, perm, t = torch.randn(1, 8, 16), torch.randperm(8, generator=make_generator(1)), torch.tensor([0.3])
+    assert torch.allclose(model(x[:, perm], t), model(x, t)[:, perm], atol=1e-5)  # permutation-equivariant
+    lat, cls, _ = make_synthetic_latents(16, num_classes=2, num_tokens=8, generator=make_generator(0))
+    diffusion, history = train_diffusion(lat, cls, steps=40, batch_size=16, lr=2e-3, warmup=5, schedule="constant",
+                                         ema_decay=None, sphere_frequencies=4, generator=make_generator(1),
+                                         device="cpu", progress=False)
+    assert diffusion.denoiser.config.sphere_frequencies == 4
+    assert history["loss"][-1] < history["loss"][0]
+    back = load_diffusion(save_diffusion(tmp_path / "f.pt", diffusion))
+    assert back.denoiser.config == diffusion.denoiser.config
+    a = diffusion.sample(2, class_index=0, steps=3, generator=make_generator(5))
+    assert torch.allclose(a, back.sample(2, class_index=0, steps=3, generator=make_generator(5)), atol=1e-6)
+
+
+def test_bf16_weight_storage_halves_the_file_and_loads_into_fp32(trained, tmp_path):
+    """storage="bf16": weights rounded to bfloat16 on disk (about half the bytes), loaded back as fp32 parameters
+    equal to the rounded ones, samples within bf16 rounding of the fp32 model's; an unknown storage is refused."""
+    diffusion = trained[0]
+    full = save_diffusion(tmp_path / "fp32.pt", diffusion)
+    half = save_diffusion(tmp_path / "bf16.pt", diffusion, storage="bf16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    back = load_diffusion(half)
+    for (name, p), q in zip(back.denoiser.named_parameters(), diffusion.denoiser.parameters()):
+        assert p.dtype == torch.float32, name
+        assert torch.equal(p, q.detach().to(torch.bfloat16).float()), name
+    a = diffusion.sample(2, class_index=0, steps=3, generator=make_generator(5), precision="fp32")
+    b = back.sample(2, class_index=0, steps=3, generator=make_generator(5), precision="fp32")
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)
+    with pytest.raises(SkellabError, match="weight storage"):
+        save_diffusion(tmp_path / "x.pt", diffusion, storage="fp8")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_vary_noises_given_organs_to_a_start_sigma_and_denoises_only_from_there(trained):
+    """SDEdit (LatentDiffusion.vary / sample_latents(init=…)): at a small σ the tokens barely move, at a larger σ
+    more; the same generator gives the same variations; bad inputs are refused with one line."""
+    diffusion = trained[0]
+    tokens = diffusion.sample(3, class_index=0, steps=6, generator=make_generator(0))
+    small = diffusion.vary(tokens, 0.05, class_index=0, steps=6, generator=make_generator(1))
+    large = diffusion.vary(tokens, 2.0, class_index=0, steps=6, generator=make_generator(1))
+    again = diffusion.vary(tokens, 2.0, class_index=0, steps=6, generator=make_generator(1))
+    assert small.shape == tokens.shape and torch.equal(large, again)
+    moved_small = (small - tokens).abs().mean() / diffusion.normalizer.std.mean()
+    moved_large = (large - tokens).abs().mean() / diffusion.normalizer.std.mean()
+    assert moved_small < 0.1 and moved_large > 2 * moved_small
+    sched = diffusion.scheduler
+    sched.set_timesteps(6)
+    first = sched.start_at(2.0)
+    starts = [float(s) for s in sched.sigmas_hat[:6]]  # where each of the 6 steps starts
+    assert float(sched.timesteps[first]) == max(s for s in starts if s <= 2.0) and max(starts) > 2.0
+    with pytest.raises(SkellabError, match="positive"):
+        sched.start_at(-1.0)
+    with pytest.raises(SkellabError, match="init must be"):
+        diffusion.vary(tokens[:, :5, :3], 0.5, class_index=0, steps=6)
+    with pytest.raises(SkellabError, match="both or neither"):
+        sample_latents(diffusion.denoiser, diffusion.scheduler, num=1, num_tokens=16, init=tokens[:1])
+    with pytest.raises(SkellabError, match="EDM"):
+        sample_latents(diffusion.denoiser, DDIMScheduler(), num=1, num_tokens=16, init=tokens[:1], start_sigma=0.5)

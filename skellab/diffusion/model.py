@@ -27,6 +27,7 @@ from ..checkpoint import (
     build_with_weights,
     checkpoint_config,
     read_checkpoint,
+    stored_weights,
     write_checkpoint,
 )
 from ..errors import SkellabError
@@ -49,6 +50,7 @@ CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     "num_tokens": (0, 4096),
     "mlp_ratio": (1e-3, 64.0),
     "num_classes": (0, 65536),
+    "sphere_frequencies": (0, 16),
 }
 MAX_AUTOGUIDANCE = 100.0  # a stored autoguidance weight beyond this is a typo or a hostile checkpoint
 
@@ -153,6 +155,22 @@ class LatentDiffusion:
                               normalizer=self.normalizer, return_trajectory=return_trajectory, guide=guide,
                               autoguidance=a, precision=precision)
 
+    def vary(self, tokens: torch.Tensor, start_sigma: float, *, class_index: int | str | torch.Tensor | None = None,
+             guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, generator: torch.Generator | None = None,
+             autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
+        """Variations of given organs (SDEdit): ``tokens`` (num, K, D) in latent units, noised to ``start_sigma``
+        (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``)."""
+        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
+            class_index = self.class_id(class_index)
+        tokens = torch.as_tensor(tokens, dtype=torch.float32)
+        if tokens.ndim != 3:
+            raise SkellabError(f"tokens must be (num, K, D) token sets, got shape {tuple(tokens.shape)}")
+        guide, a = self.guiding(autoguidance)
+        return sample_latents(self.denoiser, self.scheduler, num=tokens.shape[0], num_tokens=tokens.shape[1],
+                              class_index=class_index, guidance=guidance, steps=steps, generator=generator,
+                              normalizer=self.normalizer, guide=guide, autoguidance=a, precision=precision,
+                              init=tokens, start_sigma=start_sigma)
+
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None,
@@ -168,13 +186,14 @@ class LatentDiffusion:
 
 # ---------------------------------------------------------------------- checkpoints
 def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
-                      metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``skellab.diffusion/1`` checkpoint dict (config, normalizer, scheduler, classes embedded)."""
+                      metrics: dict[str, Any] | None = None, storage: str = "fp32") -> dict[str, Any]:
+    """The ``skellab.diffusion/1`` checkpoint dict (config, normalizer, scheduler, classes embedded); ``storage``
+    ``"bf16"`` rounds the networks' weights to bfloat16 (half the bytes, :func:`skellab.checkpoint.stored_weights`)."""
     info = diffusion.info or {}
     return {
         "format": CHECKPOINT_FORMAT,
         "config": diffusion.denoiser.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in diffusion.denoiser.state_dict().items()},
+        "state_dict": stored_weights(diffusion.denoiser.state_dict(), storage),
         "normalizer": diffusion.normalizer.to_dict(),
         "scheduler": dict(diffusion.scheduler.config),
         "classes": list(diffusion.classes) if diffusion.classes else None,
@@ -184,7 +203,7 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
         "metrics": dict(metrics if metrics is not None else info.get("metrics", {})),
         "train": info.get("train"),
         **({"guide": {"config": diffusion.guide.config.to_dict(),
-                      "state_dict": {k: v.detach().cpu() for k, v in diffusion.guide.state_dict().items()},
+                      "state_dict": stored_weights(diffusion.guide.state_dict(), storage),
                       "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info)}}
            if diffusion.guide is not None else {}),
     }
@@ -214,9 +233,10 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
 
 
 def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
-                   metrics: dict[str, Any] | None = None) -> Path:
-    """Write a ``skellab.diffusion/1`` checkpoint atomically (config, normalizer, scheduler embedded)."""
-    write_checkpoint(path, diffusion_payload(diffusion, step=step, metrics=metrics))
+                   metrics: dict[str, Any] | None = None, storage: str = "fp32") -> Path:
+    """Write a ``skellab.diffusion/1`` checkpoint atomically (config, normalizer, scheduler embedded; ``storage``
+    as :func:`diffusion_payload`)."""
+    write_checkpoint(path, diffusion_payload(diffusion, step=step, metrics=metrics, storage=storage))
     return Path(path)
 
 

@@ -176,6 +176,8 @@ def sample_latents(
     guide: nn.Module | None = None,
     autoguidance: float = 1.0,
     precision: str = "auto",
+    init: torch.Tensor | None = None,
+    start_sigma: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Draw ``num`` token sets from the diffusion model.
 
@@ -191,6 +193,11 @@ def sample_latents(
     precision   : the network passes' arithmetic: ``"auto"`` (bf16 autocast where the device multiplies bf16
                   natively — CUDA, CPUs with AMX or AVX512-BF16 — else fp32), ``"fp32"`` or ``"bf16"``
                   (:func:`skellab.runtime.inference_autocast`); the sampler's own steps stay fp32
+    init, start_sigma : SDEdit (EDM only): start from the token sets ``init`` (num, K, D) — latent units when a
+                  ``normalizer`` is given, else standardised — noised to the first step at σ̂ ≤ ``start_sigma``
+                  (standardised units) instead of pure noise, and run only the steps from there
+                  (:meth:`EDMScheduler.start_at`). Small σ keeps the organ and redraws its detail; σ_max is a
+                  fresh sample. Both or neither.
     returns     : tokens (num, K, D) on CPU, and with ``return_trajectory`` a list of the x̂₀
                   estimates after each network call (each (num, K, D), CPU) — the scrubber's frames.
     Deterministic given ``generator``; not differentiable (runs under ``no_grad``).
@@ -210,14 +217,32 @@ def sample_latents(
     if guide is not None:
         guide.eval()
 
-    # 1. the schedule, and pure noise at its largest noise level
+    # 1. the schedule, and pure noise at its largest noise level (SDEdit: the clean init noised to start_sigma)
     scheduler.set_timesteps(steps if steps is not None else scheduler.num_steps)
-    x = scheduler.init_noise((num, num_tokens, dim), generator, device=dev)
+    timesteps = scheduler.timesteps
+    if (init is None) != (start_sigma is None):
+        raise SkellabError("init and start_sigma go together (SDEdit): give both or neither")
+    if init is None:
+        x = scheduler.init_noise((num, num_tokens, dim), generator, device=dev)
+    else:
+        if not hasattr(scheduler, "start_at"):
+            raise SkellabError(f"starting from given tokens (start_sigma) needs the EDM scheduler, not "
+                               f"{type(scheduler).__name__}")
+        init = torch.as_tensor(init, dtype=torch.float32)
+        if tuple(init.shape) != (num, num_tokens, dim) or not torch.isfinite(init).all():
+            raise SkellabError(f"init must be finite token sets of shape ({num}, {num_tokens}, {dim}), "
+                               f"got {tuple(init.shape)}")
+        first = scheduler.start_at(float(start_sigma))
+        timesteps = timesteps[first:]
+        x0 = normalizer.normalize(init) if normalizer is not None else init
+        x = x0.to(dev) + float(timesteps[0]) * scheduler.init_noise(tuple(x0.shape), generator, device=dev) \
+            / float(scheduler.sigmas_hat[0])
+        scheduler.start_at(float(start_sigma))  # init_noise reset the step counter
     trajectory: list[torch.Tensor] = []
     # bf16 autocast (precision "auto" on a device with native bf16) changes only the networks' matrix products; the
     # sampler's elementwise steps stay fp32. Entered once for the loop, so each weight is cast to bf16 once.
     with inference_autocast(dev, precision):
-        for t in scheduler.timesteps:
+        for t in timesteps:
             # 2. what the network sees at this noise level (EDM: c_in·x and c_noise(σ); DDPM: x_t and t)
             x_in, cond = scheduler.scale_model_input(x, t)
             # 3. the network's output, guided: uncond + w·(cond − uncond)

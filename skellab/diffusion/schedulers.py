@@ -181,6 +181,19 @@ class EDMScheduler:
         self._step_index = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def start_at(self, sigma: float) -> int:
+        """Skip the steps above ``sigma``: the index into ``timesteps`` of the first step that starts at σ̂ ≤ ``sigma``,
+        with the step counter set there (call after :meth:`set_timesteps`). The sampler then resumes from a clean
+        sample noised to ``timesteps[index]`` (SDEdit, Meng et al. 2022: the steps above are not run)."""
+        if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
+            raise SkellabError(f"start σ must be a positive number, got {sigma!r}")
+        for index, (stage, i) in enumerate(self._stages):
+            if stage == "first" and float(self.sigmas_hat[i]) <= sigma:
+                self._step_index, self._pending = index, None
+                return index
+        raise SkellabError(f"no sampling step starts at or below σ = {sigma:g} (smallest: "
+                           f"{float(self.sigmas_hat[self.num_inference_steps - 1]):g})")
+
     # ------------------------------------------------------------------ preconditioning
     def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in, c_noise) at σ (any shape), Table 1 of Karras et al. 2022:
