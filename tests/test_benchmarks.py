@@ -131,3 +131,19 @@ def test_token_noise_reports_an_unchanged_surface_at_its_floor_and_moves_with_th
     assert len(pair["latent_std"]) == 16 and kidney["clean_to_shape"] > 0
     assert kidney["features@0.0"]["to_clean"] == pytest.approx(kidney["sampling_floor"])
     assert kidney["spheres@0.05"]["to_clean"] > 1.5 * kidney["sampling_floor"]
+
+
+def test_sdedit_topology_keeps_an_encoded_tree_at_small_noise_and_moves_it_more_at_large(tmp_path):
+    """benchmarks/sdedit_topology.py on two fresh vessel trees with the shipped pair: the reference trees and their
+    encodings are loop-free; SDEdit from σ = 0.05 barely moves the spheres, a fresh sample (σ = 80) moves them far."""
+    out = tmp_path / "sdedit.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sdedit_topology.py"), "--diffusion",
+                        "skellab/weights/diffusion.pt", "--families", "vessel_tree", "--n", "2", "--sigma", "0.05", "80",
+                        "--steps", "6", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(out.read_text())["families"]["vessel_tree"]
+    assert row["references"]["genus0"] == 2 and row["encoded"]["decoded"]["genus0"] == 2
+    runs = row["skellab/weights/diffusion.pt"]
+    assert runs["0.05"]["decoded"]["n"] == 2 and runs["0.05"]["decoded"]["several_pieces"] == 0
+    assert runs["0.05"]["sphere_channels_moved"] < 0.02 < runs["80.0"]["sphere_channels_moved"]
