@@ -225,19 +225,16 @@ def sample_latents(
     if init is None:
         x = scheduler.init_noise((num, num_tokens, dim), generator, device=dev)
     else:
-        if not hasattr(scheduler, "start_at"):
+        if not hasattr(scheduler, "start_from"):
             raise SkellabError(f"starting from given tokens (start_sigma) needs the EDM scheduler, not "
                                f"{type(scheduler).__name__}")
         init = torch.as_tensor(init, dtype=torch.float32)
         if tuple(init.shape) != (num, num_tokens, dim) or not torch.isfinite(init).all():
             raise SkellabError(f"init must be finite token sets of shape ({num}, {num_tokens}, {dim}), "
                                f"got {tuple(init.shape)}")
-        first = scheduler.start_at(float(start_sigma))
-        timesteps = timesteps[first:]
         x0 = normalizer.normalize(init) if normalizer is not None else init
-        x = x0.to(dev) + float(timesteps[0]) * scheduler.init_noise(tuple(x0.shape), generator, device=dev) \
-            / float(scheduler.sigmas_hat[0])
-        scheduler.start_at(float(start_sigma))  # init_noise reset the step counter
+        x, first = scheduler.start_from(x0.to(dev), float(start_sigma), generator)
+        timesteps = timesteps[first:]
     trajectory: list[torch.Tensor] = []
     # bf16 autocast (precision "auto" on a device with native bf16) changes only the networks' matrix products; the
     # sampler's elementwise steps stay fp32. Entered once for the loop, so each weight is cast to bf16 once.

@@ -194,6 +194,14 @@ class EDMScheduler:
         raise SkellabError(f"no sampling step starts at or below σ = {sigma:g} (smallest: "
                            f"{float(self.sigmas_hat[self.num_inference_steps - 1]):g})")
 
+    def start_from(self, sample: torch.Tensor, sigma: float, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, int]:
+        """SDEdit's start: (clean ``sample`` + σ̂·ε, index into ``timesteps`` to resume from), where σ̂ is where the first
+        step at or below ``sigma`` starts (:meth:`start_at`, which also sets the step counter there)."""
+        index = self.start_at(sigma)
+        noise = _randn(tuple(sample.shape), generator, device=sample.device, dtype=sample.dtype)
+        return sample + float(self.timesteps[index]) * noise, index
+
     # ------------------------------------------------------------------ preconditioning
     def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in, c_noise) at σ (any shape), Table 1 of Karras et al. 2022:
