@@ -28,6 +28,7 @@ import trimesh
 
 from skellab.autoencoder import Latent, load_autoencoder
 from skellab.data.procedural import make_shape
+from skellab.data.shape import Normalization
 from skellab.diffusion import load_diffusion
 from skellab.evaluation.fresh import shape_statistics
 from skellab.generation import connect_latents, decode_organ
@@ -41,11 +42,8 @@ RESOLUTION = 64
 
 def _normalised(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """The mesh in its own frame (bbox centre 0, max |coordinate| 1), as ``skellab evaluate --fresh`` measures."""
-    m = mesh.copy()
-    lo, hi = m.bounds
-    m.apply_translation(-(lo + hi) / 2)
-    m.apply_scale(1.0 / max(float(np.abs(m.vertices).max()), 1e-12))
-    return m
+    v = np.asarray(mesh.vertices, np.float64)
+    return trimesh.Trimesh(Normalization.fit(v).apply(v), np.asarray(mesh.faces), process=False)
 
 
 def _stats(tokens: torch.Tensor, ae, organ: str) -> tuple[list[dict], list[dict]]:
@@ -83,6 +81,7 @@ def main() -> None:
     report: dict = {"command": "python benchmarks/sdedit_topology.py --diffusion " + " ".join(args.diffusion),
                     "n": args.n, "sigma": args.sigma, "first_seed": FIRST_SEED, "resolution": RESOLUTION,
                     "families": {}}
+    models = {path: load_diffusion(path) for path in args.diffusion}
     for fam in args.families:
         shapes = [make_shape(fam, FIRST_SEED + i) for i in range(args.n)]
         tokens = torch.cat([encode_shape(ae, s, seed=i).tokens for i, s in enumerate(shapes)])
@@ -90,8 +89,7 @@ def main() -> None:
         enc, enc_prior = _stats(tokens, ae, fam)
         row = {"references": _summary(refs), "encoded": {"decoded": _summary(enc), "spheres": _summary(enc_prior)}}
         print(f"{fam}: references {row['references']}; encoded {row['encoded']}", flush=True)
-        for path in args.diffusion:
-            model = load_diffusion(path)
+        for path, model in models.items():
             row[path] = {}
             for sigma in args.sigma:
                 varied = model.vary(tokens, sigma, class_index=fam, steps=args.steps,
