@@ -41,7 +41,7 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
     summary = json.loads(summary_path.read_text())
     rows = read_log(Path(run) / stage / "log.csv")
     dst = Path(weights_dir) / f"{name}.pt"
-    if isinstance(payload.get("state_dict"), dict):
+    if storage != "fp32":
         payload["state_dict"] = stored_weights(payload["state_dict"], storage)
     if _add_trained_classes(payload, Path(run) / stage / "latents.pt") or storage != "fp32":
         write_checkpoint(dst, payload)
