@@ -141,14 +141,19 @@ class LatentDiffusion:
             raise SkellabError(f"class index {name_or_index} out of range [0, {n})")
         return int(name_or_index)
 
+    def _class_arg(self, class_index: int | str | torch.Tensor | None) -> int | torch.Tensor | None:
+        """A sampler's class argument: a name or a single index checked by :meth:`class_id`; tensors and None as given."""
+        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
+            return self.class_id(class_index)
+        return class_index
+
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
                return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto"):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
         ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`); ``precision``
         as :func:`sample_latents`."""
-        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
-            class_index = self.class_id(class_index)
+        class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
         return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
                               class_index=class_index, guidance=guidance, steps=steps, generator=generator,
@@ -160,8 +165,7 @@ class LatentDiffusion:
              autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
         """Variations of given organs (SDEdit): ``tokens`` (num, K, D) in latent units, noised to ``start_sigma``
         (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``)."""
-        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
-            class_index = self.class_id(class_index)
+        class_index = self._class_arg(class_index)
         tokens = torch.as_tensor(tokens, dtype=torch.float32)
         if tokens.ndim != 3:
             raise SkellabError(f"tokens must be (num, K, D) token sets, got shape {tuple(tokens.shape)}")
@@ -176,8 +180,7 @@ class LatentDiffusion:
                  resample: int = 4, generator: torch.Generator | None = None,
                  autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
-        if isinstance(class_index, (str, int)) and not isinstance(class_index, bool):
-            class_index = self.class_id(class_index)
+        class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
         return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
                                guidance=guidance, steps=steps, resample=resample, generator=generator,
