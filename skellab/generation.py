@@ -53,10 +53,8 @@ from .autoencoder import Latent, SkeletalAutoencoder, load_autoencoder
 from .diffusion import (
     DEFAULT_GUIDANCE,
     LatentDiffusion,
-    inpaint_latents,
     load_diffusion,
     make_scheduler,
-    sample_latents,
 )
 from .errors import SkellabError
 from .meshing import (
@@ -128,8 +126,8 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
     ae_path = Path(autoencoder_checkpoint) if autoencoder_checkpoint is not None else weights_path("autoencoder")
     ae = load_autoencoder(ae_path, device=device)
     check_autoencoder_pair(diff, ae_path)
-    if diff.denoiser.config.token_dim != ae.config.token_dim:
-        raise SkellabError(f"the diffusion model makes {diff.denoiser.config.token_dim}-number tokens but the "
+    if diff.token_dim != ae.config.token_dim:
+        raise SkellabError(f"the diffusion model makes {diff.token_dim}-number tokens but the "
                            f"autoencoder reads {ae.config.token_dim}: they were not trained together")
     if not diff.classes:
         raise SkellabError("the diffusion checkpoint has no class names: it cannot generate a named organ")
@@ -364,7 +362,7 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.organs)}")
     ci = diffusion.class_id(organ)
     sampler = sampling_scheduler(diffusion, scheduler)
-    guide, a = diffusion.guiding(autoguidance)
+    a = diffusion.guiding(autoguidance)[1]  # checked before any work
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 
@@ -378,16 +376,15 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
 
     def sample(num: int) -> tuple[Latent, float, list[dict[str, Any]]]:
         t0 = time.perf_counter()
+        # the model's own methods: a two-stage model draws the spheres, then the features given them
         if keep is None:
-            tokens = sample_latents(diffusion.denoiser, sampler, num=num, num_tokens=diffusion.num_tokens,
-                                    class_index=ci, guidance=float(guidance), steps=int(steps), generator=generator,
-                                    normalizer=diffusion.normalizer, guide=guide,
-                                    autoguidance=a, precision=precision)  # (num, K, D), CPU, latent units
+            tokens = diffusion.sample(num, class_index=ci, guidance=float(guidance), steps=int(steps),
+                                      generator=generator, autoguidance=a, precision=precision,
+                                      scheduler=sampler)  # (num, K, D), CPU, latent units
         else:
-            tokens = inpaint_latents(diffusion.denoiser, sampler, keep[0], keep[1], num=num, class_index=ci,
-                                     guidance=float(guidance), steps=int(steps), resample=int(resample),
-                                     generator=generator, normalizer=diffusion.normalizer, guide=guide,
-                                     autoguidance=a, precision=precision)
+            tokens = diffusion.complete(keep[0], keep[1], num, class_index=ci, guidance=float(guidance),
+                                        steps=int(steps), resample=int(resample), generator=generator,
+                                        autoguidance=a, precision=precision, scheduler=sampler)
         latents, infos = connect_latents(Latent(tokens, torch.full((num,), ci, dtype=torch.long)), connect, anchored)
         return latents, (time.perf_counter() - t0) / num, infos
 

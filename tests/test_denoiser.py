@@ -541,3 +541,63 @@ def test_vary_noises_given_organs_to_a_start_sigma_and_denoises_only_from_there(
         sample_latents(diffusion.denoiser, diffusion.scheduler, num=1, num_tokens=16, init=tokens[:1])
     with pytest.raises(SkellabError, match="EDM"):
         sample_latents(diffusion.denoiser, DDIMScheduler(), num=1, num_tokens=16, init=tokens[:1], start_sigma=0.5)
+
+
+@pytest.fixture(scope="module")
+def two_stage():
+    """A tiny two-stage model (spheres, then features given them) on the synthetic classes (~10 s on 2 cores)."""
+    from skellab.diffusion import join_stages
+
+    lat, cls, protos = make_synthetic_latents(32, num_classes=2, num_tokens=16, generator=make_generator(0))
+    kw = dict(scheduler="edm", steps=300, batch_size=32, lr=2e-3, warmup=20, schedule="constant", ema_decay=None,
+              classes=["liver", "spleen"], device="cpu", progress=False)
+    spheres = train_diffusion(lat, cls, channels="spheres", generator=make_generator(1), **kw)[0]
+    features = train_diffusion(lat, cls, channels="features", generator=make_generator(2), **kw)[0]
+    return spheres, features, join_stages(spheres, features), protos
+
+
+def test_two_stage_model_samples_spheres_then_features_given_them(two_stage, tmp_path):
+    from skellab.diffusion import join_stages
+
+    spheres, features, diffusion, protos = two_stage
+    assert spheres.denoiser.config.token_dim == 4 and features.denoiser.config.token_dim == 12
+    assert diffusion.two_stage and diffusion.token_dim == 16
+    means = protos.mean(1)
+    for c in (0, 1):  # whole organs of the asked class
+        s = diffusion.sample(8, class_index=c, steps=10, generator=make_generator(2))
+        assert s.shape == (8, 16, 16)
+        dist = (s.mean(dim=(0, 1)) - means).norm(dim=-1)
+        assert dist[c] < 0.5 * dist[1 - c], (c, dist)
+    # the feature stage reads each token's sphere: given a class's clean skeleton it puts each token's own
+    # features back, far closer than the class's mean features (a model blind to the spheres could do no better)
+    skeleton = protos[1][:, :4]
+    out = diffusion.finish_skeleton(skeleton, 4, class_index="spleen", steps=10, generator=make_generator(3))
+    assert torch.equal(out[..., :4], skeleton.expand(4, -1, -1))  # the given spheres exactly
+    err = (out[..., 4:] - protos[1][:, 4:]).abs().mean()
+    blind = (protos[1][:, 4:].mean(0) - protos[1][:, 4:]).abs().mean()
+    assert err < 0.5 * blind, (float(err), float(blind))
+    # inpainting: kept tokens exact; the trajectory shows the skeleton forming, then the features
+    keep = torch.zeros(16, dtype=torch.bool)
+    keep[:8] = True
+    done = diffusion.complete(protos[1], keep, 3, class_index=1, steps=6, resample=2, generator=make_generator(4))
+    assert torch.equal(done[:, keep], protos[1][keep].expand(3, -1, -1)) and done[:, ~keep].std(0).mean() > 0.02
+    tokens, traj = diffusion.sample(2, class_index=0, steps=4, generator=make_generator(5), return_trajectory=True)
+    assert len(traj) == 2 * 7 and torch.allclose(traj[-1], tokens, atol=1e-5)
+    assert torch.allclose(traj[6][..., 4:], diffusion.normalizer.mean[4:].expand(2, 16, -1))  # features not yet drawn
+    varied = diffusion.vary(tokens, 0.2, class_index=0, steps=6, generator=make_generator(6))
+    assert varied.shape == tokens.shape and 0 < (varied - tokens).abs().mean() < (tokens - tokens.mean(1, True)).abs().mean()
+    # one checkpoint holds both stages (and the same draws come back)
+    path = save_diffusion(tmp_path / "two.pt", diffusion)
+    back = load_diffusion(path)
+    assert back.two_stage and back.features.config == features.denoiser.config
+    assert torch.equal(back.sample(2, class_index=1, steps=3, generator=make_generator(7)),
+                       diffusion.sample(2, class_index=1, steps=3, generator=make_generator(7)))
+    # one stage alone cannot sample an organ, and the stages must be given in order
+    with pytest.raises(SkellabError, match="join_stages"):
+        spheres.sample(1, class_index=0)
+    with pytest.raises(SkellabError, match="sphere stage and a feature stage"):
+        join_stages(features, spheres)
+    with pytest.raises(SkellabError, match="context"):
+        features.denoiser(torch.randn(1, 16, 12), torch.zeros(1), None)
+    with pytest.raises(SkellabError, match="spheres must be"):
+        diffusion.finish_skeleton(torch.zeros(16, 3), 1)

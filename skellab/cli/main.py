@@ -21,7 +21,7 @@ from ..data.build import build_dataset, import_files, merge_shards
 from ..data.checks import check_dataset
 from ..data.medsdf import MedSDF
 from ..demo import DemoConfig, run_demo
-from ..diffusion import DEFAULT_GUIDANCE
+from ..diffusion import DEFAULT_GUIDANCE, attach_guide, join_stages, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..evaluation import (
     FRESH_METHODS,
@@ -208,7 +208,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     diffusion, autoencoder = load_generation_models(args.checkpoint, args.autoencoder, device=args.device)
     keep = None
     if args.keep is not None:
-        keep = load_keep(args.keep, diffusion.num_tokens, diffusion.denoiser.config.token_dim,
+        keep = load_keep(args.keep, diffusion.num_tokens, diffusion.token_dim,
                          indices=_indices(args.keep_tokens) if args.keep_tokens else None)
     elif args.keep_tokens:
         raise SkellabError("--keep-tokens needs --keep FILE")
@@ -227,6 +227,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     print(f"generated {count} {args.organ} in {time.perf_counter() - t0:.1f} s "
           f"({args.scheduler}, {args.steps} steps, guidance {args.guidance:g}, autoguidance {auto:g}, seed {args.seed}; "
           "normalised frame)")
+    return 0
+
+
+def _cmd_join_stages(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_output_not_input(out, [args.spheres, args.features, args.guide])
+    if out.exists() and not args.overwrite:
+        raise SkellabError(f"{out} exists (pass --overwrite to replace it)")
+    if (args.guide is None) != (args.autoguidance is None):
+        raise SkellabError("--guide and --autoguidance go together")
+    diffusion = join_stages(load_diffusion(args.spheres), load_diffusion(args.features))
+    if args.guide is not None:
+        diffusion = attach_guide(diffusion, load_diffusion(args.guide), args.autoguidance,
+                                 {"source": Path(args.guide).name})
+    save_diffusion(out, diffusion, storage=args.storage)  # atomic: a temporary file, then a rename
+    print(f"{out}: two-stage diffusion model (spheres {args.spheres}, features {args.features}"
+          + (f", autoguidance {args.autoguidance:g} with {args.guide}" if args.guide else "") + ")")
     return 0
 
 
@@ -490,6 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress messages")
     ev.set_defaults(func=_cmd_evaluate)
 
+
+    js = sub.add_parser("join-stages", help="one two-stage diffusion checkpoint from its sphere and feature stages")
+    js.add_argument("spheres", help="the sphere stage (trained with `skellab train diffusion --set channels=spheres`)")
+    js.add_argument("features", help="the feature stage (trained with --set channels=features)")
+    js.add_argument("--out", required=True, help="the joined checkpoint to write")
+    js.add_argument("--guide", default=None, help="a weaker sphere stage for autoguidance (e.g. an earlier export)")
+    js.add_argument("--autoguidance", type=float, default=None, help="the guide's weight a (with --guide)")
+    js.add_argument("--storage", choices=["fp32", "bf16"], default="fp32", help="weight storage (bf16: half the bytes)")
+    js.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    js.set_defaults(func=_cmd_join_stages)
 
     tr = sub.add_parser("train", help="train a stage (skeleton, autoencoder, diffusion) or all; resumable, torchrun-ready")
     add_train_arguments(tr)

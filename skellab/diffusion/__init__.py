@@ -7,13 +7,24 @@ Typical use (training is :mod:`skellab.train`: ``skellab train diffusion`` or :f
     tokens = diffusion.sample(8, class_index="kidney", generator=make_generator(0))  # (8, K, D)
 """
 
-from .denoiser import DenoiserConfig, TokenDenoiser, fourier_inputs, order_tokens, sort_tokens, timestep_embedding
+from .denoiser import (
+    CHANNELS,
+    SPHERE_CHANNELS,
+    DenoiserConfig,
+    TokenDenoiser,
+    fourier_inputs,
+    order_tokens,
+    sort_tokens,
+    split_channels,
+    timestep_embedding,
+)
 from .inpainting import inpaint_latents
 from .model import (
     CHECKPOINT_FORMAT,
     LatentDiffusion,
     attach_guide,
     classes_present,
+    join_stages,
     diffusion_payload,
     load_diffusion,
     save_diffusion,
@@ -45,6 +56,9 @@ __all__ = [
     "order_tokens",
     "sort_tokens",
     "fourier_inputs",
+    "split_channels",
+    "CHANNELS",
+    "SPHERE_CHANNELS",
     "timestep_embedding",
     "DEFAULT_GUIDANCE",
     "LatentNormalizer",
@@ -55,6 +69,7 @@ __all__ = [
     "LatentDiffusion",
     "attach_guide",
     "classes_present",
+    "join_stages",
     "diffusion_payload",
     "save_diffusion",
     "load_diffusion",

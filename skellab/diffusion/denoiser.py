@@ -28,13 +28,17 @@ from torch import nn
 from ..errors import SkellabError
 
 __all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "FEATURE_NORMS",
-           "order_tokens", "sort_tokens", "fourier_inputs"]
+           "CHANNELS", "SPHERE_CHANNELS", "order_tokens", "sort_tokens", "fourier_inputs", "split_channels"]
 
 TOKEN_ORDERS = ("set", "morton")
 #: "channel": every feature channel standardised over the training tokens (a channel that barely varies across
 #: tokens is scaled up to unit variance); "pooled": the feature channels share one mean and std, those of all their
 #: values (a near-constant channel stays near-constant). The 4 sphere channels are always standardised per channel.
 FEATURE_NORMS = ("channel", "pooled")
+#: which channels of a token a denoiser generates: "all" (the joint model); or one stage of a two-stage model (GEM3D's
+#: order): "spheres" (xyz, r, first) and "features" (the rest, given the clean spheres of every token as context)
+CHANNELS = ("all", "spheres", "features")
+SPHERE_CHANNELS = 4  # xyz + radius, the first channels of every token
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class DenoiserConfig:
     sphere_weight: float = 1.0  # training only: loss weight of the 4 sphere channels (xyz, r) vs the features
     feature_norm: str = "channel"  # training only: how the latent normaliser scales the feature channels (FEATURE_NORMS)
     sphere_frequencies: int = 0  # L > 0: the 4 sphere channels also enter as sin/cos at L octaves (fourier_inputs)
+    channels: str = "all"  # CHANNELS: "all" generates whole tokens; "spheres" / "features": a stage of a two-stage model
 
     def __post_init__(self) -> None:
         if self.token_order not in TOKEN_ORDERS:
@@ -75,17 +80,29 @@ class DenoiserConfig:
                                f"got {self.feature_norm!r}")
         if not 0 <= self.sphere_frequencies <= 16:
             raise SkellabError(f"DenoiserConfig: sphere_frequencies must be in [0, 16], got {self.sphere_frequencies}")
+        if self.channels not in CHANNELS:
+            raise SkellabError(f"DenoiserConfig: channels must be one of {', '.join(CHANNELS)}, got {self.channels!r}")
+        if self.channels != "all" and self.token_order != "set":
+            raise SkellabError("DenoiserConfig: a two-stage model (channels spheres / features) needs token_order 'set'")
         if not 0 < self.sphere_weight <= 1000:
             raise SkellabError(f"DenoiserConfig: sphere_weight must be in (0, 1000], got {self.sphere_weight}")
 
     def shared_channels(self) -> slice | None:
-        """The channels :meth:`LatentNormalizer.fit` pools into one mean and std (None: every channel its own)."""
-        return slice(4, None) if self.feature_norm == "pooled" and self.token_dim > 4 else None
+        """The channels of whole latent tokens :meth:`LatentNormalizer.fit` pools into one mean and std (None: every
+        channel its own). A two-stage model's stages share one normaliser of the whole tokens."""
+        whole = self.token_dim > 4 or self.channels != "all"
+        return slice(4, None) if self.feature_norm == "pooled" and whole else None
+
+    @property
+    def context_dim(self) -> int:
+        """Channels read as clean context besides the noisy ones: the 4 sphere channels for the feature stage."""
+        return SPHERE_CHANNELS if self.channels == "features" else 0
 
     def channel_weights(self) -> torch.Tensor | None:
         """(token_dim,) per-channel loss weights with mean 1: the 4 sphere channels get ``sphere_weight`` times the
-        weight of a feature channel (None when uniform or when tokens have no feature channels)."""
-        if self.sphere_weight == 1.0 or self.token_dim <= 4:
+        weight of a feature channel (None when uniform, when tokens have no feature channels, or for a stage of a
+        two-stage model, which generates only one kind)."""
+        if self.sphere_weight == 1.0 or self.token_dim <= 4 or self.channels != "all":
             return None
         w = torch.ones(self.token_dim)
         w[:4] = self.sphere_weight
@@ -164,6 +181,20 @@ def fourier_inputs(x: torch.Tensor, octaves: int) -> torch.Tensor:
     return torch.cat([x, torch.sin(args), torch.cos(args)], dim=-1)
 
 
+def split_channels(channels: str, x0: torch.Tensor, noise: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What a denoiser generating ``channels`` learns from whole standardised tokens ``x0`` (…, K, D) and noise of
+    the same shape: (its clean target channels, their noise, its clean context or None). "all": everything, no
+    context; "spheres": the first 4 channels; "features": the rest, with the clean spheres as context."""
+    if channels == "all":
+        return x0, noise, None
+    if channels == "spheres":
+        return x0[..., :SPHERE_CHANNELS], noise[..., :SPHERE_CHANNELS], None
+    if channels == "features":
+        return x0[..., SPHERE_CHANNELS:], noise[..., SPHERE_CHANNELS:], x0[..., :SPHERE_CHANNELS]
+    raise SkellabError(f"unknown channels {channels!r}: use {', '.join(CHANNELS)}")
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding (B,) → (B, dim): [cos(t·f_i), sin(t·f_i)], f_i = max_period^(−i/(dim/2)).
 
@@ -223,11 +254,13 @@ class _Block(nn.Module):
 class TokenDenoiser(nn.Module):
     """Permutation-equivariant transformer denoiser for token sets ``(B, K, D)``.
 
-    ``forward(x, t, class_index)``:
+    ``forward(x, t, class_index, context=None)``:
 
-    x           : (B, K, D) noisy (already scheduler-scaled) standardised tokens
+    x           : (B, K, D) noisy (already scheduler-scaled) standardised tokens (D = ``config.token_dim``)
     t           : (B,) float noise condition from ``scheduler.scale_model_input`` (DDPM t or EDM c_noise)
     class_index : (B,) int64 in [0, num_classes), negative = null class; or None (all null)
+    context     : (B, K, 4) clean standardised spheres of the same tokens; required by (only) the feature stage of
+                  a two-stage model (``config.channels == "features"``), which enter it like its noisy channels
     returns     : (B, K, D) raw network output (ε, v, x₀ or EDM's F, per the scheduler)
 
     Differentiable in x (and t). ``null_class`` is the index of the learned
@@ -238,9 +271,13 @@ class TokenDenoiser(nn.Module):
         super().__init__()
         cfg = self.config = config or DenoiserConfig()
         self.null_class = cfg.num_classes
-        if cfg.sphere_frequencies and cfg.token_dim < 4:
+        if cfg.channels == "spheres" and cfg.token_dim != SPHERE_CHANNELS:
+            raise SkellabError(f"DenoiserConfig: the sphere stage generates {SPHERE_CHANNELS} channels (xyz, r), "
+                               f"got token_dim {cfg.token_dim}")
+        if cfg.sphere_frequencies and cfg.channels == "all" and cfg.token_dim < 4:
             raise SkellabError("DenoiserConfig: sphere_frequencies needs tokens with the 4 sphere channels")
-        self.input = nn.Linear(cfg.token_dim + 8 * cfg.sphere_frequencies, cfg.width)
+        # the sphere channels (the noisy ones, or the feature stage's clean context) enter with their sin/cos
+        self.input = nn.Linear(cfg.token_dim + cfg.context_dim + 8 * cfg.sphere_frequencies, cfg.width)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.width), nn.SiLU(),
                                       nn.Linear(cfg.width, cfg.width))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class
@@ -261,14 +298,23 @@ class TokenDenoiser(nn.Module):
         """(B,) embedding indices: the class, or ``null_class`` where None / negative."""
         return class_or_null(class_index, self.config.num_classes, batch, device)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_index: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.config.token_dim:
             raise SkellabError(f"denoiser input must be (B, K, {self.config.token_dim}), got {tuple(x.shape)}")
+        ctx_dim = self.config.context_dim
+        if (context is None) != (ctx_dim == 0):
+            raise SkellabError("the feature stage of a two-stage model needs the spheres as context" if ctx_dim
+                               else f"this denoiser (channels {self.config.channels!r}) takes no context")
+        if context is not None and tuple(context.shape) != (*x.shape[:2], ctx_dim):
+            raise SkellabError(f"context must be (B, K, {ctx_dim}) = {(*x.shape[:2], ctx_dim)}, "
+                               f"got {tuple(context.shape)}")
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)  # (B,), a scalar is broadcast
         c = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim)) \
             + self.class_embed(self.class_or_null(class_index, b, x.device))  # (B, W)
-        h = self.input(fourier_inputs(x, self.config.sphere_frequencies))  # (B, K, W)
+        inp = x if context is None else torch.cat([context.to(x.dtype), x], dim=-1)  # spheres first
+        h = self.input(fourier_inputs(inp, self.config.sphere_frequencies))  # (B, K, W)
         if self.position is not None:
             if x.shape[1] != self.position.shape[0]:
                 raise SkellabError(f"this denoiser orders {self.position.shape[0]} tokens, got {x.shape[1]}")

@@ -10,6 +10,13 @@ A plain dict, ``torch.load(weights_only=True)``-safe::
 ``guide`` is a weaker denoiser of the same latents shipped with the model for autoguidance (Karras et al.
 2024; :func:`~.sampling.guided_output`), with the weight ``a`` it was measured best at.
 
+A **two-stage** model (GEM3D's order: the skeleton first, then what the surface around it looks like) stores its
+sphere stage (``config.channels == "spheres"``, 4 channels) as the main network, and its feature stage
+(``"features"``, the other channels, reading the clean spheres of every token as context) under
+``"features": {"config": ..., "state_dict": ..., "info": {...}}``; the normalizer covers whole tokens. Each stage is
+trained on its own (``skellab train diffusion --set channels=spheres`` / ``=features``) and the two are joined with
+:func:`join_stages`. The guide, if any, guides the sphere stage.
+
 Training lives in :mod:`skellab.train` (``skellab train diffusion``, :func:`skellab.train.train_diffusion`).
 """
 
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..checkpoint import (
     build_with_weights,
@@ -34,13 +42,13 @@ from ..errors import SkellabError
 from ..runtime import resolve_device
 from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
-from .denoiser import DenoiserConfig, TokenDenoiser
+from .denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser
 from .inpainting import inpaint_latents
 from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, sample_latents
 from .schedulers import make_scheduler
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "diffusion_payload",
-           "save_diffusion", "load_diffusion", "classes_present"]
+           "save_diffusion", "load_diffusion", "classes_present", "join_stages"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
 
@@ -62,6 +70,25 @@ def _check_autoguidance(a: Any, maximum: float = math.inf) -> float:
         raise SkellabError(f"autoguidance must be a number >= 0{bound}, got {a!r}")
     return float(a)
 MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
+
+
+class _GivenSpheres(nn.Module):
+    """The feature stage of a two-stage model with its context bound: ``(x, cond, class_index) → out`` like any
+    denoiser the samplers take. ``spheres`` (num, K, 4), standardised; a batch of n·num (classifier-free guidance
+    doubles it) reads them n times over."""
+
+    def __init__(self, features: TokenDenoiser, spheres: torch.Tensor):
+        super().__init__()
+        self.net = features
+        self.spheres = spheres.to(next(features.parameters()).device, torch.float32)
+
+    @property
+    def config(self) -> DenoiserConfig:
+        return self.net.config
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
+        reps = x.shape[0] // self.spheres.shape[0]
+        return self.net(x, cond, class_index, context=self.spheres.repeat(reps, 1, 1))
 
 
 def classes_present(classes: list[str], class_index: torch.Tensor) -> list[str]:
@@ -99,6 +126,8 @@ class LatentDiffusion:
     guide_info : what the guide is (its step, parameters, source)
     trained_classes : the classes that had training latents (None: all of ``classes``). A class the
                  autoencoder knows but the denoiser never saw has an untrained embedding: it is refused.
+    features   : a two-stage model's feature stage (``denoiser`` is then its sphere stage); None: a joint model
+    features_info : what the feature stage is (its step, metrics, training)
     """
 
     denoiser: TokenDenoiser
@@ -111,6 +140,32 @@ class LatentDiffusion:
     autoguidance: float = 1.0
     guide_info: dict[str, Any] = field(default_factory=dict)
     trained_classes: list[str] | None = None
+    features: TokenDenoiser | None = None
+    features_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def two_stage(self) -> bool:
+        """True when spheres are sampled first and the features then given them (:func:`join_stages`)."""
+        return self.features is not None
+
+    @property
+    def token_dim(self) -> int:
+        """D, the numbers per token this model samples (both stages together for a two-stage model)."""
+        return int(self.normalizer.mean.shape[0])
+
+    def _whole(self) -> None:
+        """A lone stage of a two-stage model cannot sample organs: :class:`SkellabError` naming the fix."""
+        channels = self.denoiser.config.channels
+        if channels != "all" and not (channels == "spheres" and self.features is not None):
+            raise SkellabError(f"this checkpoint holds one stage of a two-stage model (channels {channels!r}); "
+                               "join its sphere and feature stages with skellab.diffusion.join_stages")
+
+    def _spheres_then_features(self, run_spheres, run_features, z_init: torch.Tensor | None = None):
+        """Run the sphere stage, then the feature stage given its spheres; standardised (num, K, D) tokens."""
+        sph = run_spheres(None if z_init is None else z_init[..., :SPHERE_CHANNELS])
+        feat = run_features(_GivenSpheres(self.features, sph),
+                            None if z_init is None else z_init[..., SPHERE_CHANNELS:])
+        return sph, feat
 
     @property
     def organs(self) -> list[str]:
@@ -149,42 +204,125 @@ class LatentDiffusion:
 
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
-               return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto"):
+               return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto",
+               scheduler: Any | None = None):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
         ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`); ``precision``
-        as :func:`sample_latents`."""
+        as :func:`sample_latents`; ``scheduler`` replaces this model's own for this call (e.g. DDIM for a
+        DDPM-trained model). A two-stage model samples the spheres, then the features given them (one
+        generator, in that order); its trajectory shows the sphere stage's frames, then the feature stage's."""
+        self._whole()
         class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
-        return sample_latents(self.denoiser, self.scheduler, num=num, num_tokens=num_tokens or self.num_tokens,
-                              class_index=class_index, guidance=guidance, steps=steps, generator=generator,
-                              normalizer=self.normalizer, return_trajectory=return_trajectory, guide=guide,
-                              autoguidance=a, precision=precision)
+        sched = scheduler if scheduler is not None else self.scheduler
+        kw = dict(num=num, num_tokens=num_tokens or self.num_tokens, class_index=class_index, guidance=guidance,
+                  steps=steps, generator=generator, return_trajectory=return_trajectory, precision=precision)
+        if not self.two_stage:
+            return sample_latents(self.denoiser, sched, normalizer=self.normalizer, guide=guide, autoguidance=a, **kw)
+        frames: list[torch.Tensor] = []
+
+        def run(net, g, ga):
+            out = sample_latents(net, sched, guide=g, autoguidance=ga, **kw)
+            if return_trajectory:
+                out, traj = out
+                frames.append(traj)
+            return out
+
+        sph, feat = self._spheres_then_features(lambda _: run(self.denoiser, guide, a),
+                                                lambda net, _: run(net, None, 1.0))
+        tokens = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
+        if not return_trajectory:
+            return tokens
+        # the skeleton forms first (features at their mean meanwhile), then the features around the final spheres
+        zeros = torch.zeros(*sph.shape[:-1], feat.shape[-1])
+        traj = [self.normalizer.denormalize(torch.cat([f, zeros], -1)) for f in frames[0]] + \
+               [self.normalizer.denormalize(torch.cat([sph, f], -1)) for f in frames[1]]
+        return tokens, traj
 
     def vary(self, tokens: torch.Tensor, start_sigma: float, *, class_index: int | str | torch.Tensor | None = None,
              guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, generator: torch.Generator | None = None,
              autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
         """Variations of given organs (SDEdit): ``tokens`` (num, K, D) in latent units, noised to ``start_sigma``
-        (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``)."""
+        (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``); a two-stage
+        model varies the spheres, then the features given the varied spheres."""
         class_index = self._class_arg(class_index)
         tokens = torch.as_tensor(tokens, dtype=torch.float32)
         if tokens.ndim != 3:
             raise SkellabError(f"tokens must be (num, K, D) token sets, got shape {tuple(tokens.shape)}")
+        self._whole()
         guide, a = self.guiding(autoguidance)
-        return sample_latents(self.denoiser, self.scheduler, num=tokens.shape[0], num_tokens=tokens.shape[1],
-                              class_index=class_index, guidance=guidance, steps=steps, generator=generator,
-                              normalizer=self.normalizer, guide=guide, autoguidance=a, precision=precision,
-                              init=tokens, start_sigma=start_sigma)
+        kw = dict(num=tokens.shape[0], num_tokens=tokens.shape[1], class_index=class_index, guidance=guidance,
+                  steps=steps, generator=generator, precision=precision, start_sigma=start_sigma)
+        if not self.two_stage:
+            return sample_latents(self.denoiser, self.scheduler, normalizer=self.normalizer, guide=guide,
+                                  autoguidance=a, init=tokens, **kw)
+        z = self.normalizer.normalize(tokens)
+        sph, feat = self._spheres_then_features(
+            lambda z0: sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a, init=z0, **kw),
+            lambda net, z0: sample_latents(net, self.scheduler, init=z0, **kw), z)
+        return self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None,
-                 autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
-        """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``."""
+                 autoguidance: float | None = None, precision: str = "auto", scheduler: Any | None = None) -> torch.Tensor:
+        """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``
+        (``scheduler``: as :meth:`sample`, EDM). A two-stage model completes the spheres (RePaint), then the features
+        given them; a stage with everything kept is not sampled, one with nothing kept is sampled plainly."""
+        self._whole()
         class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
-        return inpaint_latents(self.denoiser, self.scheduler, known, mask, num=num, class_index=class_index,
-                               guidance=guidance, steps=steps, resample=resample, generator=generator,
-                               normalizer=self.normalizer, guide=guide, autoguidance=a, precision=precision)
+        sched = scheduler if scheduler is not None else self.scheduler
+        kw = dict(num=num, class_index=class_index, guidance=guidance, steps=steps, generator=generator,
+                  precision=precision)
+        if not self.two_stage:
+            return inpaint_latents(self.denoiser, sched, known, mask, resample=resample, normalizer=self.normalizer,
+                                   guide=guide, autoguidance=a, **kw)
+        known = torch.as_tensor(known, dtype=torch.float32)
+        D = self.token_dim
+        if known.ndim != 2 or known.shape[-1] != D:
+            raise SkellabError(f"known tokens must be (K, {D}), got {tuple(known.shape)}")
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        mask = mask[:, None].expand_as(known) if mask.ndim == 1 and mask.shape[0] == known.shape[0] else mask
+        if tuple(mask.shape) != tuple(known.shape):
+            raise SkellabError(f"mask must be (K,) or (K, D) = {tuple(known.shape)}, got {tuple(mask.shape)}")
+        if not bool(torch.isfinite(known[mask]).all()):
+            raise SkellabError("known tokens contain NaN or infinite values")
+        z_known = self.normalizer.normalize(torch.where(mask, known, self.normalizer.mean))
+        K = known.shape[0]
+
+        def stage(net, g, ga, z_part, m):
+            if bool(m.all()):  # everything of this stage is given (e.g. an edited skeleton): nothing to draw
+                return z_part.expand(num, *z_part.shape).clone()
+            if not bool(m.any()):  # nothing given: plain sampling (RePaint's jumps would only cost time)
+                return sample_latents(net, sched, num_tokens=K, guide=g, autoguidance=ga, **kw)
+            return inpaint_latents(net, sched, z_part, m, resample=resample, guide=g, autoguidance=ga, **kw)
+
+        sph, feat = self._spheres_then_features(
+            lambda _: stage(self.denoiser, guide, a, z_known[:, :SPHERE_CHANNELS], mask[:, :SPHERE_CHANNELS]),
+            lambda net, _: stage(net, None, 1.0, z_known[:, SPHERE_CHANNELS:], mask[:, SPHERE_CHANNELS:]))
+        out = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
+        return torch.where(mask.expand(num, K, D), known.expand(num, K, D), out)  # kept entries exactly
+
+    def finish_skeleton(self, spheres: torch.Tensor, num: int, *, class_index: int | str | torch.Tensor | None = None,
+                        guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, resample: int = 4,
+                        generator: torch.Generator | None = None, autoguidance: float | None = None,
+                        precision: str = "auto") -> torch.Tensor:
+        """``num`` organs' tokens (num, K, D) for one given skeleton ``spheres`` (K, 4) (xyz, r; latent units, e.g.
+        an edited one): the spheres are kept exactly and diffusion draws the features around them. A two-stage
+        model runs its feature stage given the spheres (one plain sampling pass); a joint model completes the
+        feature channels by inpainting (RePaint, ``resample`` jumps per step)."""
+        spheres = torch.as_tensor(spheres, dtype=torch.float32)
+        if spheres.ndim != 2 or spheres.shape[-1] != SPHERE_CHANNELS or spheres.shape[0] < 1:
+            raise SkellabError(f"spheres must be (K, {SPHERE_CHANNELS}) (xyz, r), got {tuple(spheres.shape)}")
+        if not bool(torch.isfinite(spheres).all()):
+            raise SkellabError("spheres contain NaN or infinite values")
+        known = self.normalizer.mean.expand(spheres.shape[0], self.token_dim).clone()
+        known[:, :SPHERE_CHANNELS] = spheres
+        mask = torch.zeros_like(known, dtype=torch.bool)
+        mask[:, :SPHERE_CHANNELS] = True
+        return self.complete(known, mask, num, class_index=class_index, guidance=guidance, steps=steps,
+                             resample=resample, generator=generator, autoguidance=autoguidance, precision=precision)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -209,6 +347,10 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
                       "state_dict": stored_weights(diffusion.guide.state_dict(), storage),
                       "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info)}}
            if diffusion.guide is not None else {}),
+        **({"features": {"config": diffusion.features.config.to_dict(),
+                         "state_dict": stored_weights(diffusion.features.state_dict(), storage),
+                         "info": dict(diffusion.features_info)}}
+           if diffusion.features is not None else {}),
     }
 
 
@@ -233,6 +375,35 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
     return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight,
                    guide_info={"step": guide.info.get("step"), "parameters": params,
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
+
+
+def join_stages(spheres: LatentDiffusion, features: LatentDiffusion) -> LatentDiffusion:
+    """A two-stage model from its two separately trained stages: ``spheres`` (``channels="spheres"``; its guide and
+    autoguidance weight, if any, are kept) and ``features`` (``channels="features"``). Both must model the same
+    latents: same classes, tokens per organ, scheduler parameterisation and (to 1e-2 of a standard deviation)
+    whole-token normalisation; else :class:`SkellabError`. ``features.info`` becomes ``features_info``."""
+    a, b = spheres.denoiser.config, features.denoiser.config
+    if a.channels != "spheres" or b.channels != "features":
+        raise SkellabError(f"join_stages needs a sphere stage and a feature stage, got channels {a.channels!r} and "
+                           f"{b.channels!r}")
+    if list(spheres.classes or []) != list(features.classes or []) or a.num_classes != b.num_classes:
+        raise SkellabError("the two stages were trained on other classes")
+    if spheres.num_tokens != features.num_tokens:
+        raise SkellabError(f"the stages model {spheres.num_tokens} and {features.num_tokens} tokens per organ")
+    keys = ("name", "sigma_data", "prediction_type")
+    if {k: spheres.scheduler.config.get(k) for k in keys} != {k: features.scheduler.config.get(k) for k in keys}:
+        raise SkellabError("the stages were trained with other scheduler parameterisations")
+    na, nb = spheres.normalizer, features.normalizer
+    if (na.mean.shape != nb.mean.shape or b.token_dim + SPHERE_CHANNELS != na.mean.shape[0]
+            or float(((na.mean - nb.mean).abs() / na.std).max()) > 1e-2
+            or float(((na.std - nb.std).abs() / na.std).max()) > 1e-2):
+        raise SkellabError("the stages' latent normalisation differs: they were not trained on the same latents")
+    trained = spheres.trained_classes
+    if features.trained_classes is not None:
+        trained = [c for c in (trained if trained is not None else features.classes or [])
+                   if c in features.trained_classes]
+    return replace(spheres, features=features.denoiser.eval(), features_info=dict(features.info or {}),
+                   trained_classes=trained)
 
 
 def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
@@ -266,9 +437,11 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
         raise SkellabError(f"{p}: {exc}") from exc
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SkellabError(f"{p}: checkpoint normalizer or scheduler is malformed ({exc})") from exc
-    if normalizer.mean.shape[0] != cfg.token_dim:
-        raise SkellabError(f"{p}: the normalizer has {normalizer.mean.shape[0]} channels, the config's "
-                           f"token_dim is {cfg.token_dim}")
+    whole = {"all": cfg.token_dim, "features": cfg.token_dim + SPHERE_CHANNELS}.get(cfg.channels)
+    dims = normalizer.mean.shape[0]
+    if dims != whole if whole is not None else dims <= SPHERE_CHANNELS:
+        raise SkellabError(f"{p}: the normalizer has {dims} channels, which does not fit the config "
+                           f"(token_dim {cfg.token_dim}, channels {cfg.channels!r})")
     classes = list(entries.classes) if entries.classes else None
     trained = list(entries.trained_classes) if entries.trained_classes is not None else None
     if trained is not None and not set(trained) <= set(classes or []):
@@ -290,5 +463,17 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
+    features, features_info = None, {}
+    if ckpt.get("features") is not None:
+        f = ckpt["features"]
+        if not isinstance(f, dict):
+            raise SkellabError(f"{p}: checkpoint 'features' entry is malformed")
+        fcfg = checkpoint_config(f, DenoiserConfig, path=f"{p}: features", ranges=CONFIG_RANGES)
+        if cfg.channels != "spheres" or fcfg.channels != "features" or fcfg.num_classes != cfg.num_classes \
+                or fcfg.token_dim + SPHERE_CHANNELS != normalizer.mean.shape[0]:
+            raise SkellabError(f"{p}: the feature stage does not fit the sphere stage and normalizer")
+        features = build_with_weights(lambda: TokenDenoiser(config=fcfg), f.get("state_dict"), path=f"{p}: features")
+        features = features.to(dev).eval()
+        features_info = f.get("info") if isinstance(f.get("info"), dict) else {}
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, autoguidance, guide_info, trained)
+                           guide, autoguidance, guide_info, trained, features, features_info)

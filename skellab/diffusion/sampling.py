@@ -123,7 +123,7 @@ def check_guide(denoiser: nn.Module, guide: nn.Module | None) -> None:
     a, b = denoiser.config, getattr(guide, "config", None)
     if b is None:
         raise SkellabError("the guide network has no config: pass a TokenDenoiser")
-    for name in ("token_dim", "num_classes", "token_order"):
+    for name in ("token_dim", "num_classes", "token_order", "channels"):
         if getattr(a, name, None) != getattr(b, name, None):
             raise SkellabError(f"the guide network's {name} is {getattr(b, name, None)!r}, the denoiser's "
                                f"{getattr(a, name, None)!r}: autoguidance needs a weaker model of the same latents")

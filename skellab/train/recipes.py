@@ -27,7 +27,7 @@ from ..baselines.point_diffusion import (
     PointDiffusion,
 )
 from ..data.sampling import sample_surface
-from ..diffusion.denoiser import DenoiserConfig, TokenDenoiser, sort_tokens
+from ..diffusion.denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser, sort_tokens
 from ..diffusion.model import LatentDiffusion
 from ..diffusion.sampling import LatentNormalizer
 from ..diffusion.schedulers import make_scheduler
@@ -204,7 +204,10 @@ def train_diffusion(
 ) -> tuple[LatentDiffusion, dict[str, Any]]:
     """Train a :class:`TokenDenoiser` on latents in memory, with the ``skellab train diffusion`` recipe.
 
-    latents     : (S, K, D) float tensor (or an autoencoder ``Latent``; its class indices are used)
+    latents     : (S, K, D) float tensor (or an autoencoder ``Latent``; its class indices are used). With
+                  ``channels="spheres"`` / ``"features"`` (override or config) one stage of a two-stage model is
+                  trained (its normaliser still covers whole tokens); join the two with
+                  :func:`skellab.diffusion.join_stages`
     class_index : (S,) int64 in [0, num_classes) (None: unconditional)
     preset      : ``"tiny"`` or ``"default"`` (the shipped recipe); ``overrides`` name fields of
                   :class:`DenoiserConfig` or :class:`EngineConfig` (e.g. ``steps=300, ema_decay=None``)
@@ -222,10 +225,17 @@ def train_diffusion(
     class_index = _class_indices(latents.shape[0], class_index)
     n_cls = int(class_index.max()) + 1 if class_index is not None else 0
     stage = stage_config("diffusion", preset, **overrides)
-    config = config or replace(stage.model, token_dim=latents.shape[-1], num_classes=n_cls,
+    channels = (config or stage.model).channels  # a stage of a two-stage model generates some of the D channels
+    D = latents.shape[-1]
+    if channels != "all" and D <= SPHERE_CHANNELS:
+        raise SkellabError(f"a two-stage model needs tokens with features after the {SPHERE_CHANNELS} sphere "
+                           f"channels, got D={D}")
+    dim = {"spheres": SPHERE_CHANNELS, "features": D - SPHERE_CHANNELS}.get(channels, D)
+    config = config or replace(stage.model, token_dim=dim, num_classes=n_cls,
                                num_tokens=latents.shape[1] if stage.model.token_order != "set" else 0)
-    if config.token_dim != latents.shape[-1]:
-        raise SkellabError(f"config.token_dim={config.token_dim} but latents have D={latents.shape[-1]}")
+    if config.token_dim != dim:
+        raise SkellabError(f"config.token_dim={config.token_dim} but latents with D={D} give {dim} channels "
+                           f"to generate (channels {channels!r})")
     if n_cls > config.num_classes:
         raise SkellabError(f"class indices must lie in [0, {config.num_classes}) for this config")
     sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler

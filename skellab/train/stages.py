@@ -28,6 +28,7 @@ from ..data.medsdf import MedSDF
 from ..diffusion import CHECKPOINT_FORMAT as DIFFUSION_FORMAT
 from ..diffusion import (
     LatentDiffusion,
+    SPHERE_CHANNELS,
     LatentNormalizer,
     TokenDenoiser,
     classes_present,
@@ -106,6 +107,8 @@ class _LatentTask(DenoisingTask):
         except (KeyError, TypeError, ValueError) as exc:
             raise SkellabError(f"{autoencoder_path}: checkpoint config is missing or malformed") from exc
         self.classes = list(ae.get("classes") or [])
+        # a stage of a two-stage model generates some of the channels: the 4 sphere ones, or the features
+        token_dim = {"spheres": SPHERE_CHANNELS, "features": token_dim - SPHERE_CHANNELS}.get(config.channels, token_dim)
         cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes),
                       num_tokens=num_tokens if config.token_order != "set" else config.num_tokens)
         self.model_config, self.num_tokens = cfg, num_tokens

@@ -32,6 +32,7 @@ from ..autoencoder import (
 from ..data.dataset import MedSDFDataset, SDFBatchConfig
 from ..data.medsdf import MedSDF
 from ..data.medsdf import sha256_file as file_sha256
+from ..diffusion.denoiser import split_channels
 from ..errors import SkellabError
 from ..skeleton.learned import CHECKPOINT_FORMAT as SKELETON_FORMAT
 from ..skeleton.learned import (
@@ -342,13 +343,17 @@ class DenoisingTask(TrainingTask):
     def compute_loss(self, model, batch):
         sch = self.scheduler
         x0, t, noise = batch["x0"], batch["t"], batch["noise"]
+        cfg = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the denoiser
+        channels = getattr(cfg, "channels", "all")
+        # a stage of a two-stage model learns some channels of the whole tokens (the feature stage: given the spheres)
+        x0, noise, context = split_channels(channels, x0, noise)
         x_t = sch.add_noise(x0, noise, t)
         x_in, cond = sch.scale_model_input(x_t, t)
-        out = model(x_in, cond, batch["class_index"])
+        out = (model(x_in, cond, batch["class_index"]) if context is None
+               else model(x_in, cond, batch["class_index"], context=context))
         target = sch.training_target(x0, noise, t)
         w = sch.training_weight(t).to(x0.device, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
         err = (out.float() - target) ** 2
-        cfg = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the denoiser
         cw = cfg.channel_weights() if hasattr(cfg, "channel_weights") else None
         if cw is not None:  # DenoiserConfig.sphere_weight: spheres vs features (mean weight 1)
             err = err * cw.to(err.device)
