@@ -147,3 +147,20 @@ def test_sdedit_topology_keeps_an_encoded_tree_at_small_noise_and_moves_it_more_
     runs = row["skellab/weights/diffusion.pt"]
     assert runs["0.05"]["decoded"]["n"] == 2 and runs["0.05"]["decoded"]["several_pieces"] == 0
     assert runs["0.05"]["sphere_channels_moved"] < 0.02 < runs["80.0"]["sphere_channels_moved"]
+
+
+def test_finish_skeleton_keeps_the_given_spheres_and_scores_every_row(tmp_path):
+    """benchmarks/finish_skeleton.py on one fresh kidney with the shipped (joint) model: the given spheres do not
+    move, every row (floor, encoded, mean features, sphere union, the model's draws) is scored, and the encoded
+    reconstruction lies above the sampling floor."""
+    out = tmp_path / "finish.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finish_skeleton.py"), "--diffusion",
+                        "skellab/weights/diffusion.pt", "--families", "kidney", "--n", "1", "--draws", "2",
+                        "--steps", "3", "--resample", "1", "--points", "1024", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(out.read_text())["families"]["kidney"]
+    assert set(row) == {"floor", "encoded", "mean_features", "sphere_union", "skellab/weights/diffusion.pt"}
+    drawn = row["skellab/weights/diffusion.pt"]
+    assert drawn["sphere_max_move"] == 0.0 and drawn["no_surface"] == 0 and drawn["diversity"] > 0
+    assert 0 < row["floor"]["cd"] < row["encoded"]["cd"] and row["encoded"]["one_piece"] == 1.0
