@@ -24,6 +24,12 @@ from skellab.diffusion import DEFAULT_GUIDANCE, load_diffusion
 from skellab.runtime import make_generator, resolve_precision
 
 
+def _parameters(model) -> int:
+    """The sampler's parameters: the denoiser, and a two-stage model's feature stage (not the guide)."""
+    nets = [model.denoiser] + ([model.features] if model.two_stage else [])
+    return sum(p.numel() for net in nets for p in net.parameters())
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--diffusion", nargs="+", required=True, help="checkpoints; the first is the baseline")
@@ -58,10 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
         model = models[path]
         best = {num: min(v) for num, v in times[path, prec].items()}
         name = path if len(args.precision) == 1 else f"{path} [{prec}]"
-        rows[name] = {"precision": resolve_precision("cpu", prec), "parameters": sum(p.numel() for p in model.denoiser.parameters()),
+        rows[name] = {"precision": resolve_precision("cpu", prec), "parameters": _parameters(model),
                       "autoguidance": model.guiding(args.autoguidance)[1],
                       "guide_parameters": (model.guide_info or {}).get("parameters"),
                       "config": model.denoiser.config.to_dict(),
+                      **({"feature_stage_config": model.features.config.to_dict()} if model.two_stage else {}),
                       "seconds_one_organ": best[1], f"seconds_batch_{args.batch}": best[args.batch],
                       f"seconds_per_organ_batch_{args.batch}": best[args.batch] / args.batch,
                       "ratio_one_organ": min(times[base][1]) / best[1],
