@@ -374,3 +374,16 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     code, _, err = run_cli("generate", "--checkpoint", sph, "--autoencoder", ae, "--organ", organ, "--n", 1,
                            "--out", tmp_path / "gen")
     assert code == 2 and "join_stages" in err and "Traceback" not in err  # one stage alone cannot generate
+    # shipping: the sphere run as the weights, then its feature stage and guide joined in (bf16 storage)
+    from skellab.train.release import release_feature_stage, release_guide, release_weights
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    release_weights(tmp_path / "spheres", "diffusion", "two", weights_dir=shipped, storage="bf16")
+    release_feature_stage("two", tmp_path / "features", weights_dir=shipped, storage="bf16")
+    index = release_guide("two", tmp_path / "spheres" / "diffusion" / "model_step6.pt", 1.5, weights_dir=shipped,
+                          storage="bf16")
+    assert index["features"]["config"]["channels"] == "features" and index["features"]["training"]["validation"]
+    back = load_diffusion(shipped / "two.pt")
+    assert back.two_stage and back.autoguidance == 1.5 and index["sha256"] and index["storage"] == "bf16"
+    assert torch.allclose(back.features.input.weight, f.denoiser.input.weight, rtol=1e-2, atol=1e-3)

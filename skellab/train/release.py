@@ -16,14 +16,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import stored_weights, write_checkpoint
-from ..diffusion import attach_guide, classes_present, load_diffusion, save_diffusion
+from ..diffusion import attach_guide, classes_present, join_stages, load_diffusion, save_diffusion
 from ..errors import SkellabError
 from ..runtime import atomic_path
 from ..weights import WEIGHTS_DIR
 from .engine import read_log
 from .tasks import file_sha256
 
-__all__ = ["release_weights", "add_metrics", "release_guide"]
+__all__ = ["release_weights", "add_metrics", "release_guide", "release_feature_stage"]
 
 
 def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
@@ -48,8 +48,7 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
     else:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
-    val = {k: [(r["step"], r[k]) for r in rows if r.get(k) == r.get(k)] for k in (rows[-1] if rows else {})
-           if k.startswith("val_")}
+    val = _validation(rows)
     index = {
         "name": name, "file": dst.name, "format": payload.get("format"), "sha256": file_sha256(dst),
         "bytes": dst.stat().st_size, "storage": storage,
@@ -71,6 +70,41 @@ def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_di
         if key in payload:
             index[key] = payload[key]
     with atomic_path(dst.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
+    return index
+
+
+def _validation(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """The validation curves of a run's log rows: {"val_…": [(step, value), …]} (NaN rows skipped)."""
+    return {k: [(r["step"], r[k]) for r in rows if r.get(k) == r.get(k)] for k in (rows[-1] if rows else {})
+            if k.startswith("val_")}
+
+
+def release_feature_stage(name: str, run: str | os.PathLike, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
+                          command: str | None = None, storage: str = "fp32") -> dict[str, Any]:
+    """Join the feature stage trained in ``run/diffusion/`` (``--set channels=features``) into the sphere stage
+    shipped as ``weights_dir/<name>.pt`` (:func:`release_weights` of a ``channels=spheres`` run; a guide, if already
+    attached, stays): the checkpoint is rewritten atomically as one two-stage model
+    (:func:`skellab.diffusion.join_stages`) and ``<name>.json`` gets the new sha256 and size and a ``features``
+    entry (config, parameters, training record and validation curve). Returns the index."""
+    src = Path(run) / "diffusion"
+    if not (src / "model.pt").is_file() or not (src / "summary.json").is_file():
+        raise SkellabError(f"{src}: no finished run (model.pt and summary.json are written at the end)")
+    dst = Path(weights_dir) / f"{name}.pt"
+    joined = join_stages(load_diffusion(dst), load_diffusion(src / "model.pt"))
+    save_diffusion(dst, joined, storage=storage)
+    summary = json.loads((src / "summary.json").read_text())
+    path = dst.with_suffix(".json")
+    index = json.loads(path.read_text())
+    index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size, storage=storage, features={
+        "config": joined.features.config.to_dict(), "parameters": sum(p.numel() for p in joined.features.parameters()),
+        "source_sha256": file_sha256(src / "model.pt"),
+        "training": {"engine": summary.get("engine"), "task": summary.get("task"), "steps": summary.get("steps"),
+                     "data_fingerprint": summary.get("data"), "bf16": summary.get("bf16"),
+                     "wall_seconds": summary.get("seconds_total"), "command": command,
+                     "validation": _validation(read_log(src / "log.csv"))},
+        "metrics": summary.get("metrics", {})})
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
 
