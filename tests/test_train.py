@@ -380,10 +380,12 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     shipped = tmp_path / "weights"
     shipped.mkdir()
     release_weights(tmp_path / "spheres", "diffusion", "two", weights_dir=shipped, storage="bf16")
-    release_feature_stage("two", tmp_path / "features", weights_dir=shipped, storage="bf16")
+    release_feature_stage("two", tmp_path / "features", weights_dir=shipped, storage="bf16", export="model_step6.pt")
     index = release_guide("two", tmp_path / "spheres" / "diffusion" / "model_step6.pt", 1.5, weights_dir=shipped,
                           storage="bf16")
     assert index["features"]["config"]["channels"] == "features" and index["features"]["training"]["validation"]
+    assert index["features"]["source"] == "model_step6.pt" and index["features"]["step"] == 6
     back = load_diffusion(shipped / "two.pt")
     assert back.two_stage and back.autoguidance == 1.5 and index["sha256"] and index["storage"] == "bf16"
-    assert torch.allclose(back.features.input.weight, f.denoiser.input.weight, rtol=1e-2, atol=1e-3)
+    six = load_diffusion(tmp_path / "features" / "diffusion" / "model_step6.pt").denoiser
+    assert torch.allclose(back.features.input.weight, six.input.weight, rtol=1e-2, atol=1e-3)
