@@ -153,6 +153,17 @@ class LatentDiffusion:
         """D, the numbers per token this model samples (both stages together for a two-stage model)."""
         return int(self.normalizer.mean.shape[0])
 
+    def feature_network(self, spheres: torch.Tensor) -> nn.Module:
+        """A two-stage model's feature stage with ``spheres`` (num, K, 4; standardised) bound as its context: a network
+        ``(x, cond, class_index) → out`` like any denoiser :func:`sample_latents` or :func:`guided_output` take (a
+        batch of n·num reads the spheres n times over). What :meth:`sample` runs after the sphere stage."""
+        if self.features is None:
+            raise SkellabError("only a two-stage model has a feature stage (join_stages)")
+        spheres = torch.as_tensor(spheres, dtype=torch.float32)
+        if spheres.ndim != 3 or spheres.shape[-1] != SPHERE_CHANNELS:
+            raise SkellabError(f"spheres must be (num, K, {SPHERE_CHANNELS}), got {tuple(spheres.shape)}")
+        return _GivenSpheres(self.features, spheres)
+
     def _whole(self) -> None:
         """A lone stage of a two-stage model cannot sample organs: :class:`SkellabError` naming the fix."""
         channels = self.denoiser.config.channels
@@ -163,7 +174,7 @@ class LatentDiffusion:
     def _spheres_then_features(self, run_spheres, run_features, z_init: torch.Tensor | None = None):
         """Run the sphere stage, then the feature stage given its spheres; standardised (num, K, D) tokens."""
         sph = run_spheres(None if z_init is None else z_init[..., :SPHERE_CHANNELS])
-        feat = run_features(_GivenSpheres(self.features, sph),
+        feat = run_features(self.feature_network(sph),
                             None if z_init is None else z_init[..., SPHERE_CHANNELS:])
         return sph, feat
 
