@@ -253,7 +253,7 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
            until they overlap it by this margin (:func:`connect_latents`; kept tokens never move);
            None samples without it (the raw sampler output).
     autoguidance : weight of the diffusion model's guide network (:meth:`LatentDiffusion.guiding`); None: the
-           model's own (the shipped model: 1.5, its guide its own step-1,000 export); 1: off.
+           model's own (the shipped model: 1.5, its guide its sphere stage's own step-1,000 export); 1: off.
     precision : arithmetic of the denoiser's passes and of the decoder: ``"auto"`` (bf16 where the device
            multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"`` (:func:`skellab.runtime.inference_autocast`).
 
