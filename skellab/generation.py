@@ -291,7 +291,9 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
     caller that writes each organ and drops it (``skellab generate``) needs as much memory for
     ``n = 2000`` as for 16 (on glibc, also call :func:`skellab.runtime.limit_heap_growth` once: the
     default allocator otherwise fragments its heap organ after organ). Deterministic in the seed; organ i does not depend on ``n`` (unless an
-    earlier batch needed redraws; up to float rounding when it falls in a smaller last batch), and
+    earlier batch needed redraws; up to float rounding when it falls in a smaller last batch; for a two-stage model
+    only its spheres: the features are drawn after the whole batch's spheres, so an organ in a smaller last batch gets
+    other features), and
     for ``n <= batch_size`` the result is exactly that of the former one-batch sampling.
     """
     _check_args(n, steps, guidance, scheduler, resolution)
