@@ -28,7 +28,8 @@ from torch import nn
 from ..errors import SkellabError
 
 __all__ = ["DenoiserConfig", "TokenDenoiser", "timestep_embedding", "class_or_null", "TOKEN_ORDERS", "FEATURE_NORMS",
-           "CHANNELS", "SPHERE_CHANNELS", "order_tokens", "sort_tokens", "fourier_inputs", "split_channels"]
+           "CHANNELS", "SPHERE_CHANNELS", "order_tokens", "sort_tokens", "fourier_inputs", "split_channels",
+           "generated_channels"]
 
 TOKEN_ORDERS = ("set", "morton")
 #: "channel": every feature channel standardised over the training tokens (a channel that barely varies across
@@ -179,6 +180,15 @@ def fourier_inputs(x: torch.Tensor, octaves: int) -> torch.Tensor:
     freqs = math.pi * 2.0 ** torch.arange(octaves, device=x.device, dtype=x.dtype)
     args = (x[..., :4, None] * freqs).flatten(-2)  # (…, 4·octaves)
     return torch.cat([x, torch.sin(args), torch.cos(args)], dim=-1)
+
+
+def generated_channels(channels: str, whole: int) -> int:
+    """How many of a whole token's ``whole`` numbers a denoiser generating ``channels`` makes: all of them, the 4
+    sphere channels, or the rest. A stage of a two-stage model needs tokens with features: else SkellabError."""
+    if channels != "all" and whole <= SPHERE_CHANNELS:
+        raise SkellabError(f"a two-stage model needs tokens with features after the {SPHERE_CHANNELS} sphere "
+                           f"channels, got {whole} numbers per token")
+    return {"spheres": SPHERE_CHANNELS, "features": whole - SPHERE_CHANNELS}.get(channels, whole)
 
 
 def split_channels(channels: str, x0: torch.Tensor, noise: torch.Tensor

@@ -30,6 +30,22 @@ __all__ = ["inpaint_latents"]
 
 
 @torch.no_grad()
+def check_known(known: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What to keep, checked: ``known`` (K, dim) float32 and ``mask`` (K,) or (K, dim) → (known, (K, dim) bool mask);
+    a wrong shape or a NaN / infinite kept entry → SkellabError."""
+    known = torch.as_tensor(known, dtype=torch.float32)
+    if known.ndim != 2 or known.shape[-1] != dim:
+        raise SkellabError(f"known tokens must be (K, {dim}), got {tuple(known.shape)}")
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if mask.ndim == 1 and mask.shape[0] == known.shape[0]:
+        mask = mask[:, None].expand_as(known)
+    if tuple(mask.shape) != tuple(known.shape):
+        raise SkellabError(f"mask must be (K,) or (K, D) = {tuple(known.shape)}, got {tuple(mask.shape)}")
+    if not bool(torch.isfinite(known[mask]).all()):
+        raise SkellabError("known tokens contain NaN or infinite values")
+    return known, mask
+
+
 def inpaint_latents(
     denoiser: nn.Module,
     scheduler: EDMScheduler,
@@ -63,16 +79,7 @@ def inpaint_latents(
     if not isinstance(scheduler, EDMScheduler):
         raise SkellabError("inpainting needs the EDM scheduler (the one skellab's diffusion models are trained with)")
     dim = denoiser.config.token_dim
-    known = torch.as_tensor(known, dtype=torch.float32)
-    if known.ndim != 2 or known.shape[-1] != dim:
-        raise SkellabError(f"known tokens must be (K, {dim}), got {tuple(known.shape)}")
-    mask = torch.as_tensor(mask, dtype=torch.bool)
-    if mask.ndim == 1 and mask.shape[0] == known.shape[0]:
-        mask = mask[:, None].expand_as(known)
-    if tuple(mask.shape) != tuple(known.shape):
-        raise SkellabError(f"mask must be (K,) or (K, D) = {tuple(known.shape)}, got {tuple(mask.shape)}")
-    if not bool(torch.isfinite(known[mask]).all()):
-        raise SkellabError("known tokens contain NaN or infinite values")
+    known, mask = check_known(known, mask, dim)
     if num < 1 or int(resample) < 1 or not guidance >= 0 or not autoguidance >= 0:
         raise SkellabError("num and resample must be >= 1, guidance and autoguidance >= 0")
     # an ordered denoiser sees the tokens in its order; the result goes back to the caller's order at the end

@@ -42,8 +42,8 @@ from ..errors import SkellabError
 from ..runtime import resolve_device
 from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
-from .denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser
-from .inpainting import inpaint_latents
+from .denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser, generated_channels
+from .inpainting import check_known, inpaint_latents
 from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, sample_latents
 from .schedulers import make_scheduler
 
@@ -171,13 +171,6 @@ class LatentDiffusion:
             raise SkellabError(f"this checkpoint holds one stage of a two-stage model (channels {channels!r}); "
                                "join its sphere and feature stages with skellab.diffusion.join_stages")
 
-    def _spheres_then_features(self, run_spheres, run_features, z_init: torch.Tensor | None = None):
-        """Run the sphere stage, then the feature stage given its spheres; standardised (num, K, D) tokens."""
-        sph = run_spheres(None if z_init is None else z_init[..., :SPHERE_CHANNELS])
-        feat = run_features(self.feature_network(sph),
-                            None if z_init is None else z_init[..., SPHERE_CHANNELS:])
-        return sph, feat
-
     @property
     def organs(self) -> list[str]:
         """The class names this model can generate: those it had training latents of."""
@@ -239,8 +232,8 @@ class LatentDiffusion:
                 frames.append(traj)
             return out
 
-        sph, feat = self._spheres_then_features(lambda _: run(self.denoiser, guide, a),
-                                                lambda net, _: run(net, None, 1.0))
+        sph = run(self.denoiser, guide, a)  # the skeleton, then the features given it
+        feat = run(self.feature_network(sph), None, 1.0)
         tokens = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
         if not return_trajectory:
             return tokens
@@ -268,9 +261,9 @@ class LatentDiffusion:
             return sample_latents(self.denoiser, self.scheduler, normalizer=self.normalizer, guide=guide,
                                   autoguidance=a, init=tokens, **kw)
         z = self.normalizer.normalize(tokens)
-        sph, feat = self._spheres_then_features(
-            lambda z0: sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a, init=z0, **kw),
-            lambda net, z0: sample_latents(net, self.scheduler, init=z0, **kw), z)
+        sph = sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a,
+                             init=z[..., :SPHERE_CHANNELS], **kw)
+        feat = sample_latents(self.feature_network(sph), self.scheduler, init=z[..., SPHERE_CHANNELS:], **kw)
         return self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
@@ -289,16 +282,8 @@ class LatentDiffusion:
         if not self.two_stage:
             return inpaint_latents(self.denoiser, sched, known, mask, resample=resample, normalizer=self.normalizer,
                                    guide=guide, autoguidance=a, **kw)
-        known = torch.as_tensor(known, dtype=torch.float32)
         D = self.token_dim
-        if known.ndim != 2 or known.shape[-1] != D:
-            raise SkellabError(f"known tokens must be (K, {D}), got {tuple(known.shape)}")
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        mask = mask[:, None].expand_as(known) if mask.ndim == 1 and mask.shape[0] == known.shape[0] else mask
-        if tuple(mask.shape) != tuple(known.shape):
-            raise SkellabError(f"mask must be (K,) or (K, D) = {tuple(known.shape)}, got {tuple(mask.shape)}")
-        if not bool(torch.isfinite(known[mask]).all()):
-            raise SkellabError("known tokens contain NaN or infinite values")
+        known, mask = check_known(known, mask, D)
         z_known = self.normalizer.normalize(torch.where(mask, known, self.normalizer.mean))
         K = known.shape[0]
 
@@ -309,9 +294,8 @@ class LatentDiffusion:
                 return sample_latents(net, sched, num_tokens=K, guide=g, autoguidance=ga, **kw)
             return inpaint_latents(net, sched, z_part, m, resample=resample, guide=g, autoguidance=ga, **kw)
 
-        sph, feat = self._spheres_then_features(
-            lambda _: stage(self.denoiser, guide, a, z_known[:, :SPHERE_CHANNELS], mask[:, :SPHERE_CHANNELS]),
-            lambda net, _: stage(net, None, 1.0, z_known[:, SPHERE_CHANNELS:], mask[:, SPHERE_CHANNELS:]))
+        sph = stage(self.denoiser, guide, a, z_known[:, :SPHERE_CHANNELS], mask[:, :SPHERE_CHANNELS])
+        feat = stage(self.feature_network(sph), None, 1.0, z_known[:, SPHERE_CHANNELS:], mask[:, SPHERE_CHANNELS:])
         out = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
         return torch.where(mask.expand(num, K, D), known.expand(num, K, D), out)  # kept entries exactly
 
@@ -425,6 +409,19 @@ def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step:
     return Path(path)
 
 
+def _stored_network(ckpt: dict[str, Any], key: str, p: Path) -> tuple[TokenDenoiser | None, dict[str, Any], dict]:
+    """A second network stored under ``ckpt[key]`` (the guide, a feature stage): (network on CPU, its info dict, the
+    entry), or (None, {}, {}) when absent; a malformed entry or weights that do not fit its config → SkellabError."""
+    entry = ckpt.get(key)
+    if entry is None:
+        return None, {}, {}
+    if not isinstance(entry, dict):
+        raise SkellabError(f"{p}: checkpoint {key!r} entry is malformed")
+    cfg = checkpoint_config(entry, DenoiserConfig, path=f"{p}: {key}", ranges=CONFIG_RANGES)
+    net = build_with_weights(lambda: TokenDenoiser(config=cfg), entry.get("state_dict"), path=f"{p}: {key}")
+    return net, entry.get("info") if isinstance(entry.get("info"), dict) else {}, entry
+
+
 def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> LatentDiffusion:
     """Rebuild a :class:`LatentDiffusion` from its checkpoint alone (default: the shipped ``weights_path("diffusion")``).
 
@@ -448,9 +445,12 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
         raise SkellabError(f"{p}: {exc}") from exc
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SkellabError(f"{p}: checkpoint normalizer or scheduler is malformed ({exc})") from exc
-    whole = {"all": cfg.token_dim, "features": cfg.token_dim + SPHERE_CHANNELS}.get(cfg.channels)
     dims = normalizer.mean.shape[0]
-    if dims != whole if whole is not None else dims <= SPHERE_CHANNELS:
+    try:
+        fits = generated_channels(cfg.channels, dims) == cfg.token_dim
+    except SkellabError:
+        fits = False
+    if not fits:
         raise SkellabError(f"{p}: the normalizer has {dims} channels, which does not fit the config "
                            f"(token_dim {cfg.token_dim}, channels {cfg.channels!r})")
     classes = list(entries.classes) if entries.classes else None
@@ -460,31 +460,21 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
     info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
     dev = resolve_device(device)
-    guide, autoguidance, guide_info = None, 1.0, {}
-    if ckpt.get("guide") is not None:
-        g = ckpt["guide"]
-        if not isinstance(g, dict):
-            raise SkellabError(f"{p}: checkpoint 'guide' entry is malformed")
-        gcfg = checkpoint_config(g, DenoiserConfig, path=f"{p}: guide", ranges=CONFIG_RANGES)
-        guide = build_with_weights(lambda: TokenDenoiser(config=gcfg), g.get("state_dict"), path=f"{p}: guide")
-        guide_info = g.get("info") if isinstance(g.get("info"), dict) else {}
+    autoguidance = 1.0
+    guide, guide_info, g = _stored_network(ckpt, "guide", p)
+    if guide is not None:
         try:
             autoguidance = _check_autoguidance(g.get("autoguidance"), MAX_AUTOGUIDANCE)
             check_guide(model, guide)
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
-    features, features_info = None, {}
-    if ckpt.get("features") is not None:
-        f = ckpt["features"]
-        if not isinstance(f, dict):
-            raise SkellabError(f"{p}: checkpoint 'features' entry is malformed")
-        fcfg = checkpoint_config(f, DenoiserConfig, path=f"{p}: features", ranges=CONFIG_RANGES)
+    features, features_info, _ = _stored_network(ckpt, "features", p)
+    if features is not None:
+        fcfg = features.config
         if cfg.channels != "spheres" or fcfg.channels != "features" or fcfg.num_classes != cfg.num_classes \
                 or fcfg.token_dim + SPHERE_CHANNELS != normalizer.mean.shape[0]:
             raise SkellabError(f"{p}: the feature stage does not fit the sphere stage and normalizer")
-        features = build_with_weights(lambda: TokenDenoiser(config=fcfg), f.get("state_dict"), path=f"{p}: features")
         features = features.to(dev).eval()
-        features_info = f.get("info") if isinstance(f.get("info"), dict) else {}
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
                            guide, autoguidance, guide_info, trained, features, features_info)

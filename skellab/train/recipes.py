@@ -27,7 +27,7 @@ from ..baselines.point_diffusion import (
     PointDiffusion,
 )
 from ..data.sampling import sample_surface
-from ..diffusion.denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser, sort_tokens
+from ..diffusion.denoiser import DenoiserConfig, TokenDenoiser, generated_channels, sort_tokens
 from ..diffusion.model import LatentDiffusion
 from ..diffusion.sampling import LatentNormalizer
 from ..diffusion.schedulers import make_scheduler
@@ -227,10 +227,7 @@ def train_diffusion(
     stage = stage_config("diffusion", preset, **overrides)
     channels = (config or stage.model).channels  # a stage of a two-stage model generates some of the D channels
     D = latents.shape[-1]
-    if channels != "all" and D <= SPHERE_CHANNELS:
-        raise SkellabError(f"a two-stage model needs tokens with features after the {SPHERE_CHANNELS} sphere "
-                           f"channels, got D={D}")
-    dim = {"spheres": SPHERE_CHANNELS, "features": D - SPHERE_CHANNELS}.get(channels, D)
+    dim = generated_channels(channels, D)
     config = config or replace(stage.model, token_dim=dim, num_classes=n_cls,
                                num_tokens=latents.shape[1] if stage.model.token_order != "set" else 0)
     if config.token_dim != dim:

@@ -28,11 +28,11 @@ from ..data.medsdf import MedSDF
 from ..diffusion import CHECKPOINT_FORMAT as DIFFUSION_FORMAT
 from ..diffusion import (
     LatentDiffusion,
-    SPHERE_CHANNELS,
     LatentNormalizer,
     TokenDenoiser,
     classes_present,
     diffusion_payload,
+    generated_channels,
     make_scheduler,
     sort_tokens,
 )
@@ -108,7 +108,7 @@ class _LatentTask(DenoisingTask):
             raise SkellabError(f"{autoencoder_path}: checkpoint config is missing or malformed") from exc
         self.classes = list(ae.get("classes") or [])
         # a stage of a two-stage model generates some of the channels: the 4 sphere ones, or the features
-        token_dim = {"spheres": SPHERE_CHANNELS, "features": token_dim - SPHERE_CHANNELS}.get(config.channels, token_dim)
+        token_dim = generated_channels(config.channels, token_dim)
         cfg = replace(config, token_dim=token_dim, num_classes=len(self.classes),
                       num_tokens=num_tokens if config.token_order != "set" else config.num_tokens)
         self.model_config, self.num_tokens = cfg, num_tokens
