@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
                          precision=args.precision)  # warm-up
     result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
                     "guidance": guidance, "autoguidance": diff.guiding(args.autoguidance)[1],
-                    "guide_parameters": (diff.guide_info or {}).get("parameters"), "resolution": args.resolution, "points": args.points,
+                    "guide_parameters": (diff.guide_info or {}).get("parameters"),
+                    **({"feature_steps": diff.feature_steps or args.steps,
+                        "feature_network_calls": 2 * (diff.feature_steps or args.steps) - 1} if diff.two_stage else {}),
+                    "resolution": args.resolution, "points": args.points,
                     "precision": resolve_precision("cpu", args.precision), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor(), "skellab": {}, "point_diffusion": {}}
     for batch in (1, args.batch):

@@ -237,13 +237,15 @@ def _cmd_join_stages(args: argparse.Namespace) -> int:
         raise SkellabError(f"{out} exists (pass --overwrite to replace it)")
     if (args.guide is None) != (args.autoguidance is None):
         raise SkellabError("--guide and --autoguidance go together")
-    diffusion = join_stages(load_diffusion(args.spheres), load_diffusion(args.features))
+    diffusion = join_stages(load_diffusion(args.spheres), load_diffusion(args.features),
+                            feature_steps=args.feature_steps)
     if args.guide is not None:
         diffusion = attach_guide(diffusion, load_diffusion(args.guide), args.autoguidance,
                                  {"source": Path(args.guide).name})
     save_diffusion(out, diffusion, storage=args.storage)  # atomic: a temporary file, then a rename
     print(f"{out}: two-stage diffusion model (spheres {args.spheres}, features {args.features}"
-          + (f", autoguidance {args.autoguidance:g} with {args.guide}" if args.guide else "") + ")")
+          + (f", autoguidance {args.autoguidance:g} with {args.guide}" if args.guide else "")
+          + (f", features in {args.feature_steps} steps" if args.feature_steps else "") + ")")
     return 0
 
 
@@ -515,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--guide", default=None, help="a weaker sphere stage for autoguidance (e.g. an earlier export)")
     js.add_argument("--autoguidance", type=float, default=None, help="the guide's weight a (with --guide)")
     js.add_argument("--storage", choices=["fp32", "bf16"], default="fp32", help="weight storage (bf16: half the bytes)")
+    js.add_argument("--feature-steps", type=positive_int, default=None, metavar="N",
+                    help="sampler steps of the feature stage, whatever the sphere stage's (default: as many)")
     js.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     js.set_defaults(func=_cmd_join_stages)
 

@@ -13,7 +13,9 @@ A plain dict, ``torch.load(weights_only=True)``-safe::
 A **two-stage** model (GEM3D's order: the skeleton first, then what the surface around it looks like) stores its
 sphere stage (``config.channels == "spheres"``, 4 channels) as the main network, and its feature stage
 (``"features"``, the other channels, reading the clean spheres of every token as context) under
-``"features": {"config": ..., "state_dict": ..., "info": {...}}``; the normalizer covers whole tokens. Each stage is
+``"features": {"config": ..., "state_dict": ..., "info": {...}, "steps": n}`` (``steps``, optional: the sampler
+steps the feature stage takes whatever the sphere stage's, :attr:`LatentDiffusion.feature_steps`); the normalizer
+covers whole tokens. Each stage is
 trained on its own (``skellab train diffusion --set channels=spheres`` / ``=features``) and the two are joined with
 :func:`join_stages`. The guide, if any, guides the sphere stage.
 
@@ -61,6 +63,16 @@ CONFIG_RANGES: dict[str, tuple[Any, Any]] = {
     "sphere_frequencies": (0, 16),
 }
 MAX_AUTOGUIDANCE = 100.0  # a stored autoguidance weight beyond this is a typo or a hostile checkpoint
+
+
+MAX_STEPS = 10000  # sampler steps beyond this are a typo or a hostile checkpoint
+
+
+def _check_steps(n: Any, name: str) -> int:
+    """A number of sampler steps: an integer in [1, MAX_STEPS] → int; else :class:`SkellabError`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_STEPS:
+        raise SkellabError(f"{name} must be an integer in [1, {MAX_STEPS}], got {n!r}")
+    return int(n)
 
 
 def _check_autoguidance(a: Any, maximum: float = math.inf) -> float:
@@ -128,6 +140,9 @@ class LatentDiffusion:
                  autoencoder knows but the denoiser never saw has an untrained embedding: it is refused.
     features   : a two-stage model's feature stage (``denoiser`` is then its sphere stage); None: a joint model
     features_info : what the feature stage is (its step, metrics, training)
+    feature_steps : the sampler steps of a two-stage model's feature stage (None: as many as the sphere stage's).
+                 The features given a skeleton are a far easier distribution than the skeleton, so they can be
+                 drawn in fewer steps; a sampler's own ``feature_steps`` argument overrides this.
     """
 
     denoiser: TokenDenoiser
@@ -142,6 +157,17 @@ class LatentDiffusion:
     trained_classes: list[str] | None = None
     features: TokenDenoiser | None = None
     features_info: dict[str, Any] = field(default_factory=dict)
+    feature_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.feature_steps is not None:
+            self.feature_steps = _check_steps(self.feature_steps, "feature_steps")
+
+    def _feature_steps(self, steps: int | None, feature_steps: int | None) -> int | None:
+        """The feature stage's sampler steps: the call's ``feature_steps``, else the model's own, else ``steps``."""
+        if feature_steps is not None:
+            return _check_steps(feature_steps, "feature_steps")
+        return self.feature_steps if self.feature_steps is not None else steps
 
     @property
     def two_stage(self) -> bool:
@@ -209,12 +235,13 @@ class LatentDiffusion:
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
                return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto",
-               scheduler: Any | None = None):
+               scheduler: Any | None = None, feature_steps: int | None = None):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
         ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`); ``precision``
         as :func:`sample_latents`; ``scheduler`` replaces this model's own for this call (e.g. DDIM for a
         DDPM-trained model). A two-stage model samples the spheres, then the features given them (one
-        generator, in that order); its trajectory shows the sphere stage's frames, then the feature stage's."""
+        generator, in that order; the features in ``feature_steps`` steps, :attr:`feature_steps`); its trajectory
+        shows the sphere stage's frames, then the feature stage's."""
         self._whole()
         class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
@@ -225,15 +252,15 @@ class LatentDiffusion:
             return sample_latents(self.denoiser, sched, normalizer=self.normalizer, guide=guide, autoguidance=a, **kw)
         frames: list[torch.Tensor] = []
 
-        def run(net, g, ga):
-            out = sample_latents(net, sched, guide=g, autoguidance=ga, **kw)
+        def run(net, g, ga, n):
+            out = sample_latents(net, sched, guide=g, autoguidance=ga, **{**kw, "steps": n})
             if return_trajectory:
                 out, traj = out
                 frames.append(traj)
             return out
 
-        sph = run(self.denoiser, guide, a)  # the skeleton, then the features given it
-        feat = run(self.feature_network(sph), None, 1.0)
+        sph = run(self.denoiser, guide, a, steps)  # the skeleton, then the features given it
+        feat = run(self.feature_network(sph), None, 1.0, self._feature_steps(steps, feature_steps))
         tokens = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
         if not return_trajectory:
             return tokens
@@ -245,10 +272,11 @@ class LatentDiffusion:
 
     def vary(self, tokens: torch.Tensor, start_sigma: float, *, class_index: int | str | torch.Tensor | None = None,
              guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, generator: torch.Generator | None = None,
-             autoguidance: float | None = None, precision: str = "auto") -> torch.Tensor:
+             autoguidance: float | None = None, precision: str = "auto",
+             feature_steps: int | None = None) -> torch.Tensor:
         """Variations of given organs (SDEdit): ``tokens`` (num, K, D) in latent units, noised to ``start_sigma``
         (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``); a two-stage
-        model varies the spheres, then the features given the varied spheres."""
+        model varies the spheres, then the features given the varied spheres (``feature_steps`` as :meth:`sample`)."""
         class_index = self._class_arg(class_index)
         tokens = torch.as_tensor(tokens, dtype=torch.float32)
         if tokens.ndim != 3:
@@ -263,16 +291,19 @@ class LatentDiffusion:
         z = self.normalizer.normalize(tokens)
         sph = sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a,
                              init=z[..., :SPHERE_CHANNELS], **kw)
-        feat = sample_latents(self.feature_network(sph), self.scheduler, init=z[..., SPHERE_CHANNELS:], **kw)
+        feat = sample_latents(self.feature_network(sph), self.scheduler, init=z[..., SPHERE_CHANNELS:],
+                              **{**kw, "steps": self._feature_steps(steps, feature_steps)})
         return self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
 
     def complete(self, known: torch.Tensor, mask: torch.Tensor, num: int, *,
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None,
-                 autoguidance: float | None = None, precision: str = "auto", scheduler: Any | None = None) -> torch.Tensor:
+                 autoguidance: float | None = None, precision: str = "auto", scheduler: Any | None = None,
+                 feature_steps: int | None = None) -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``
         (``scheduler``: as :meth:`sample`, EDM). A two-stage model completes the spheres (RePaint), then the features
-        given them; a stage with everything kept is not sampled, one with nothing kept is sampled plainly."""
+        given them (in ``feature_steps`` steps, as :meth:`sample`); a stage with everything kept is not sampled, one
+        with nothing kept is sampled plainly."""
         self._whole()
         class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
@@ -287,26 +318,29 @@ class LatentDiffusion:
         z_known = self.normalizer.normalize(torch.where(mask, known, self.normalizer.mean))
         K = known.shape[0]
 
-        def stage(net, g, ga, z_part, m):
+        def stage(net, g, ga, z_part, m, n):
+            kn = {**kw, "steps": n}
             if bool(m.all()):  # everything of this stage is given (e.g. an edited skeleton): nothing to draw
                 return z_part.expand(num, *z_part.shape).clone()
             if not bool(m.any()):  # nothing given: plain sampling (RePaint's jumps would only cost time)
-                return sample_latents(net, sched, num_tokens=K, guide=g, autoguidance=ga, **kw)
-            return inpaint_latents(net, sched, z_part, m, resample=resample, guide=g, autoguidance=ga, **kw)
+                return sample_latents(net, sched, num_tokens=K, guide=g, autoguidance=ga, **kn)
+            return inpaint_latents(net, sched, z_part, m, resample=resample, guide=g, autoguidance=ga, **kn)
 
-        sph = stage(self.denoiser, guide, a, z_known[:, :SPHERE_CHANNELS], mask[:, :SPHERE_CHANNELS])
-        feat = stage(self.feature_network(sph), None, 1.0, z_known[:, SPHERE_CHANNELS:], mask[:, SPHERE_CHANNELS:])
+        sph = stage(self.denoiser, guide, a, z_known[:, :SPHERE_CHANNELS], mask[:, :SPHERE_CHANNELS], steps)
+        feat = stage(self.feature_network(sph), None, 1.0, z_known[:, SPHERE_CHANNELS:], mask[:, SPHERE_CHANNELS:],
+                     self._feature_steps(steps, feature_steps))
         out = self.normalizer.denormalize(torch.cat([sph, feat], dim=-1))
         return torch.where(mask.expand(num, K, D), known.expand(num, K, D), out)  # kept entries exactly
 
     def finish_skeleton(self, spheres: torch.Tensor, num: int, *, class_index: int | str | torch.Tensor | None = None,
                         guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, resample: int = 4,
                         generator: torch.Generator | None = None, autoguidance: float | None = None,
-                        precision: str = "auto") -> torch.Tensor:
+                        precision: str = "auto", feature_steps: int | None = None) -> torch.Tensor:
         """``num`` organs' tokens (num, K, D) for one given skeleton ``spheres`` (K, 4) (xyz, r; latent units, e.g.
         an edited one): the spheres are kept exactly and diffusion draws the features around them. A two-stage
-        model runs its feature stage given the spheres (one plain sampling pass); a joint model completes the
-        feature channels by inpainting (RePaint, ``resample`` jumps per step)."""
+        model runs its feature stage given the spheres (one plain sampling pass of ``feature_steps`` steps, as
+        :meth:`sample`); a joint model completes the feature channels by inpainting (RePaint, ``resample`` jumps per
+        step, ``steps`` steps)."""
         spheres = torch.as_tensor(spheres, dtype=torch.float32)
         if spheres.ndim != 2 or spheres.shape[-1] != SPHERE_CHANNELS or spheres.shape[0] < 1:
             raise SkellabError(f"spheres must be (K, {SPHERE_CHANNELS}) (xyz, r), got {tuple(spheres.shape)}")
@@ -317,7 +351,8 @@ class LatentDiffusion:
         mask = torch.zeros_like(known, dtype=torch.bool)
         mask[:, :SPHERE_CHANNELS] = True
         return self.complete(known, mask, num, class_index=class_index, guidance=guidance, steps=steps,
-                             resample=resample, generator=generator, autoguidance=autoguidance, precision=precision)
+                             resample=resample, generator=generator, autoguidance=autoguidance, precision=precision,
+                             feature_steps=feature_steps)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -344,7 +379,8 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
            if diffusion.guide is not None else {}),
         **({"features": {"config": diffusion.features.config.to_dict(),
                          "state_dict": stored_weights(diffusion.features.state_dict(), storage),
-                         "info": dict(diffusion.features_info)}}
+                         "info": dict(diffusion.features_info),
+                         **({"steps": int(diffusion.feature_steps)} if diffusion.feature_steps is not None else {})}}
            if diffusion.features is not None else {}),
     }
 
@@ -372,11 +408,13 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
 
 
-def join_stages(spheres: LatentDiffusion, features: LatentDiffusion) -> LatentDiffusion:
+def join_stages(spheres: LatentDiffusion, features: LatentDiffusion, *,
+                feature_steps: int | None = None) -> LatentDiffusion:
     """A two-stage model from its two separately trained stages: ``spheres`` (``channels="spheres"``; its guide and
     autoguidance weight, if any, are kept) and ``features`` (``channels="features"``). Both must model the same
     latents: same classes, tokens per organ, scheduler parameterisation and (to 1e-2 of a standard deviation)
-    whole-token normalisation; else :class:`SkellabError`. ``features.info`` becomes ``features_info``."""
+    whole-token normalisation; else :class:`SkellabError`. ``features.info`` becomes ``features_info``;
+    ``feature_steps`` becomes the joined model's :attr:`~LatentDiffusion.feature_steps` (None: as many as the spheres')."""
     a, b = spheres.denoiser.config, features.denoiser.config
     if a.channels != "spheres" or b.channels != "features":
         raise SkellabError(f"join_stages needs a sphere stage and a feature stage, got channels {a.channels!r} and "
@@ -398,7 +436,7 @@ def join_stages(spheres: LatentDiffusion, features: LatentDiffusion) -> LatentDi
         trained = [c for c in (trained if trained is not None else features.classes or [])
                    if c in features.trained_classes]
     return replace(spheres, features=features.denoiser.eval(), features_info=dict(features.info or {}),
-                   trained_classes=trained)
+                   trained_classes=trained, feature_steps=feature_steps)
 
 
 def save_diffusion(path: str | os.PathLike, diffusion: LatentDiffusion, *, step: int | None = None,
@@ -469,12 +507,18 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
-    features, features_info, _ = _stored_network(ckpt, "features", p)
+    features, features_info, f = _stored_network(ckpt, "features", p)
+    feature_steps = None
     if features is not None:
+        if f.get("steps") is not None:
+            try:
+                feature_steps = _check_steps(f["steps"], "the feature stage's steps")
+            except SkellabError as exc:
+                raise SkellabError(f"{p}: {exc}") from exc
         fcfg = features.config
         if cfg.channels != "spheres" or fcfg.channels != "features" or fcfg.num_classes != cfg.num_classes \
                 or fcfg.token_dim + SPHERE_CHANNELS != normalizer.mean.shape[0]:
             raise SkellabError(f"{p}: the feature stage does not fit the sphere stage and normalizer")
         features = features.to(dev).eval()
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, autoguidance, guide_info, trained, features, features_info)
+                           guide, autoguidance, guide_info, trained, features, features_info, feature_steps)

@@ -81,26 +81,28 @@ def _validation(rows: list[dict[str, Any]]) -> dict[str, list]:
 
 
 def release_feature_stage(name: str, run: str | os.PathLike, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
-                          command: str | None = None, storage: str = "fp32", export: str = "model.pt") -> dict[str, Any]:
+                          command: str | None = None, storage: str = "fp32", export: str = "model.pt",
+                          feature_steps: int | None = None) -> dict[str, Any]:
     """Join the feature stage trained in ``run/diffusion/`` (``--set channels=features``) into the sphere stage
     shipped as ``weights_dir/<name>.pt`` (:func:`release_weights` of a ``channels=spheres`` run; a guide, if already
     attached, stays): the checkpoint is rewritten atomically as one two-stage model
     (:func:`skellab.diffusion.join_stages`) and ``<name>.json`` gets the new sha256 and size and a ``features``
     entry (config, parameters, the export's step and metrics, the run's training record and validation curve).
-    ``export``: the run's final ``model.pt`` or one of its step exports (``model_step2000.pt``). Returns the index."""
+    ``export``: the run's final ``model.pt`` or one of its step exports (``model_step2000.pt``); ``feature_steps``: the
+    feature stage's sampler steps (:attr:`skellab.diffusion.LatentDiffusion.feature_steps`). Returns the index."""
     src = Path(run) / "diffusion"
     if not (src / export).is_file() or not (src / "summary.json").is_file():
         raise SkellabError(f"{src}: no finished run with {export} (model.pt and summary.json are written at the end)")
     dst = Path(weights_dir) / f"{name}.pt"
     features = load_diffusion(src / export)
-    joined = join_stages(load_diffusion(dst), features)
+    joined = join_stages(load_diffusion(dst), features, feature_steps=feature_steps)
     save_diffusion(dst, joined, storage=storage)
     summary = json.loads((src / "summary.json").read_text())
     path = dst.with_suffix(".json")
     index = json.loads(path.read_text())
     index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size, storage=storage, features={
         "config": joined.features.config.to_dict(), "parameters": sum(p.numel() for p in joined.features.parameters()),
-        "source": export, "source_sha256": file_sha256(src / export), "step": features.info.get("step"),
+        "sampler_steps": feature_steps, "source": export, "source_sha256": file_sha256(src / export), "step": features.info.get("step"),
         "export_metrics": features.info.get("metrics"),
         "training": {"engine": summary.get("engine"), "task": summary.get("task"), "steps": summary.get("steps"),
                      "data_fingerprint": summary.get("data"), "bf16": summary.get("bf16"),
