@@ -322,7 +322,11 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                 g.seconds = {"sample": t_sample, **g.seconds}
                 g.info.update(steps=int(steps), guidance=float(guidance), autoguidance=used_autoguidance,
                               scheduler=scheduler, seed=int(seed), precision=used_precision,
-                              attempts=attempt, connect={"overlap": connect, **joins[j]})
+                              attempts=attempt, connect={"overlap": connect, **joins[j]},
+                              **({"guide_interval": list(diffusion.guide_interval)}
+                                 if diffusion.guide_interval is not None and used_autoguidance != 1 else {}),
+                              **({"feature_steps": int(diffusion.feature_steps)}
+                                 if diffusion.two_stage and diffusion.feature_steps is not None else {}))
                 out[i] = g
             todo = failed
             if not todo:

@@ -310,6 +310,59 @@ def test_a_class_without_training_latents_is_refused_and_the_record_travels(trai
         load_diffusion(tmp_path / "bad.pt")
 
 
+def test_a_guidance_interval_runs_the_guide_only_at_the_noise_levels_it_names(trained, tmp_path):
+    """``guide_interval`` (lo, hi): autoguidance only at the calls whose σ lies in lo < σ ≤ hi, the plain model
+    elsewhere, and the guide is not even run there; it travels in the checkpoint and a call may override it."""
+    from skellab.diffusion import attach_guide, call_sigma
+
+    main, weak = _random_model(seed=0), _random_model(seed=1)
+    seen = []
+    weak.register_forward_hook(lambda mod, inp, out: seen.append(float(inp[1][0])))  # c_noise = ¼ ln σ
+    kw = dict(num=2, num_tokens=6, steps=6, class_index=1, guide=weak, autoguidance=2.0)
+    run = lambda **k: sample_latents(main, EDMScheduler(), generator=make_generator(0), **{**kw, **k})  # noqa: E731
+    full, plain = run(), run(autoguidance=1.0)
+    assert torch.equal(run(guide_interval=(0.0, float("inf"))), full)  # every σ > 0: the guide everywhere
+    seen.clear()
+    assert torch.equal(run(guide_interval=(1e3, 2e3)), plain) and not seen  # no call in it: the plain model, no guide
+    sched = EDMScheduler()
+    sched.set_timesteps(6)
+    inside = [call_sigma(sched, t) for t in sched.timesteps if 0.3 < call_sigma(sched, t) <= 3.0]
+    middle = run(guide_interval=(0.3, 3.0))
+    assert 0 < len(inside) < len(sched.timesteps) and len(seen) == len(inside)
+    assert torch.allclose(torch.tensor(seen), 0.25 * torch.tensor(inside).log(), atol=1e-5)
+    assert not torch.allclose(middle, full) and not torch.allclose(middle, plain)
+    for bad in ((2.0, 1.0), (-1.0, 2.0), (float("nan"), 1.0), "ab", (1.0,)):
+        with pytest.raises(SkellabError, match="guide_interval"):
+            run(guide_interval=bad)
+    # in a model: stored, used by default, overridden per call
+    diffusion, _, _ = trained
+    weak_model = LatentDiffusion(TokenDenoiser(config=dataclasses.replace(diffusion.denoiser.config, width=16)).eval(),
+                                 diffusion.scheduler, diffusion.normalizer, list(diffusion.classes), diffusion.num_tokens)
+    with torch.no_grad():
+        for p in weak_model.denoiser.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=make_generator(3)))
+    everywhere = attach_guide(diffusion, weak_model, 2.0)
+    limited = attach_guide(diffusion, weak_model, 2.0, interval=(0.3, 3.0))
+    back = load_diffusion(save_diffusion(tmp_path / "iv.pt", limited))
+    assert back.guide_interval == (0.3, 3.0) and everywhere.guide_interval is None
+    s = dict(class_index="liver", steps=6)
+    a = back.sample(2, generator=make_generator(0), **s)
+    assert torch.equal(a, limited.sample(2, generator=make_generator(0), **s))
+    assert not torch.allclose(a, everywhere.sample(2, generator=make_generator(0), **s))
+    assert torch.equal(back.sample(2, generator=make_generator(0), guide_interval=None, **s),
+                       everywhere.sample(2, generator=make_generator(0), **s))
+    keep = torch.arange(diffusion.num_tokens) < 4
+    done = back.complete(a[0], keep, 2, class_index="liver", steps=3, resample=1, generator=make_generator(1))
+    assert torch.equal(done[:, keep], a[0][keep].expand(2, -1, -1))
+    ckpt = torch.load(tmp_path / "iv.pt", weights_only=True)
+    ckpt["guide"]["interval"] = [3.0, 0.3]
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match="guide_interval"):
+        load_diffusion(tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match="guide_interval"):
+        attach_guide(diffusion, weak_model, 2.0, interval=(1.0, 1.0))
+
+
 def test_a_guide_network_travels_in_the_checkpoint(trained, tmp_path):
     """attach_guide + save/load keep the guide and its weight; sampling uses them by default, autoguidance=1
     turns them off; a model without a guide refuses a weight; a corrupt guide entry is a one-line error."""

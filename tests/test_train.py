@@ -357,8 +357,11 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     out = tmp_path / "two.pt"
     code, text, err = run_cli("join-stages", sph, feat, "--out", out, "--guide",
                               tmp_path / "spheres" / "diffusion" / "model_step6.pt", "--autoguidance", "1.5",
-                              "--feature-steps", "3")
-    assert code == 0 and "two-stage" in text and "features in 3 steps" in text, err
+                              "--feature-steps", "3", "--guide-interval", "0.3", "3")
+    assert code == 0 and "two-stage" in text and "features in 3 steps" in text and "0.3 < σ ≤ 3" in text, err
+    code, _, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "w.pt", "--guide-interval", "3", "0.3",
+                           "--guide", sph, "--autoguidance", "2")
+    assert code == 2 and "guide_interval" in err and "Traceback" not in err and not (tmp_path / "w.pt").exists()
     code, _, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "z.pt", "--feature-steps", "0")
     assert code == 2 and "--feature-steps" in err and not (tmp_path / "z.pt").exists()
     code, _, err = run_cli("join-stages", feat, sph, "--out", tmp_path / "x.pt")
@@ -369,7 +372,7 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     code, _, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "y.pt", "--guide", sph)
     assert code == 2 and "--autoguidance" in err
     diff, ae_model = load_generation_models(out, ae)
-    assert diff.two_stage and diff.autoguidance == 1.5 and diff.feature_steps == 3
+    assert diff.two_stage and diff.autoguidance == 1.5 and diff.feature_steps == 3 and diff.guide_interval == (0.3, 3.0)
     organ = diff.organs[0]
     a = generate_from_models(diff, ae_model, organ, 2, steps=2, seed=3, decode=False, connect=None)
     b = generate_from_models(diff, ae_model, organ, 2, steps=2, seed=3, decode=False, connect=None)
@@ -386,11 +389,12 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     release_feature_stage("two", tmp_path / "features", weights_dir=shipped, storage="bf16", export="model_step6.pt",
                           feature_steps=3)
     index = release_guide("two", tmp_path / "spheres" / "diffusion" / "model_step6.pt", 1.5, weights_dir=shipped,
-                          storage="bf16")
+                          storage="bf16", interval=(0.3, 3.0))
     assert index["features"]["config"]["channels"] == "features" and index["features"]["training"]["validation"]
     assert index["features"]["source"] == "model_step6.pt" and index["features"]["step"] == 6
     back = load_diffusion(shipped / "two.pt")
     assert back.two_stage and back.autoguidance == 1.5 and index["sha256"] and index["storage"] == "bf16"
     assert back.feature_steps == 3 and index["features"]["sampler_steps"] == 3
+    assert back.guide_interval == (0.3, 3.0) and index["guide"]["interval"] == [0.3, 3.0]
     six = load_diffusion(tmp_path / "features" / "diffusion" / "model_step6.pt").denoiser
     assert torch.allclose(back.features.input.weight, six.input.weight, rtol=1e-2, atol=1e-3)

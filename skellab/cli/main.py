@@ -237,14 +237,17 @@ def _cmd_join_stages(args: argparse.Namespace) -> int:
         raise SkellabError(f"{out} exists (pass --overwrite to replace it)")
     if (args.guide is None) != (args.autoguidance is None):
         raise SkellabError("--guide and --autoguidance go together")
+    if args.guide_interval is not None and args.guide is None:
+        raise SkellabError("--guide-interval needs --guide")
     diffusion = join_stages(load_diffusion(args.spheres), load_diffusion(args.features),
                             feature_steps=args.feature_steps)
     if args.guide is not None:
         diffusion = attach_guide(diffusion, load_diffusion(args.guide), args.autoguidance,
-                                 {"source": Path(args.guide).name})
+                                 {"source": Path(args.guide).name}, interval=args.guide_interval)
     save_diffusion(out, diffusion, storage=args.storage)  # atomic: a temporary file, then a rename
     print(f"{out}: two-stage diffusion model (spheres {args.spheres}, features {args.features}"
           + (f", autoguidance {args.autoguidance:g} with {args.guide}" if args.guide else "")
+          + (" at noise levels {:g} < σ ≤ {:g}".format(*args.guide_interval) if args.guide_interval else "")
           + (f", features in {args.feature_steps} steps" if args.feature_steps else "") + ")")
     return 0
 
@@ -516,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--out", required=True, help="the joined checkpoint to write")
     js.add_argument("--guide", default=None, help="a weaker sphere stage for autoguidance (e.g. an earlier export)")
     js.add_argument("--autoguidance", type=float, default=None, help="the guide's weight a (with --guide)")
+    js.add_argument("--guide-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="apply the guide only at noise levels LO < σ ≤ HI (default: every step)")
     js.add_argument("--storage", choices=["fp32", "bf16"], default="fp32", help="weight storage (bf16: half the bytes)")
     js.add_argument("--feature-steps", type=positive_int, default=None, metavar="N",
                     help="sampler steps of the feature stage, whatever the sphere stage's (default: as many)")

@@ -30,7 +30,7 @@ from .model import (
     load_diffusion,
     save_diffusion,
 )
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, guided_output, sample_latents
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, call_sigma, check_guide_interval, guided_output, sample_latents
 from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -66,6 +66,8 @@ __all__ = [
     "LatentNormalizer",
     "sample_latents",
     "guided_output",
+    "call_sigma",
+    "check_guide_interval",
     "inpaint_latents",
     "CHECKPOINT_FORMAT",
     "LatentDiffusion",

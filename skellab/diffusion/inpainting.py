@@ -23,7 +23,15 @@ from torch import nn
 from ..errors import SkellabError
 from ..runtime import inference_autocast, resolve_precision
 from .denoiser import order_tokens
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, batch_classes, check_guide, guided_output
+from .sampling import (
+    DEFAULT_GUIDANCE,
+    LatentNormalizer,
+    batch_classes,
+    check_guide,
+    check_guide_interval,
+    guided_output,
+    interval_guide,
+)
 from .schedulers import EDMScheduler, _randn
 
 __all__ = ["inpaint_latents"]
@@ -62,6 +70,7 @@ def inpaint_latents(
     guide: nn.Module | None = None,
     autoguidance: float = 1.0,
     precision: str = "auto",
+    guide_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``num`` token sets (num, K, D) that agree with ``known`` where ``mask`` is True.
 
@@ -72,7 +81,7 @@ def inpaint_latents(
     resample   : RePaint's jumps per step (1: plain replacement; cost × resample)
     guide      : a weaker denoiser of the same latents, for autoguidance with weight ``autoguidance`` (1: off;
                  :func:`~.sampling.guided_output`)
-    precision  : the network passes' arithmetic, as :func:`~.sampling.sample_latents`
+    precision, guide_interval : as :func:`~.sampling.sample_latents`
     returns    : tokens (num, K, D) on CPU, latent units; kept entries equal ``known`` exactly.
     Deterministic given ``generator``.
     """
@@ -94,6 +103,7 @@ def inpaint_latents(
     m = mask.to(dev).expand(num, K, dim)
     class_index = batch_classes(class_index, num, dev)
     check_guide(denoiser, guide)
+    guide_interval = check_guide_interval(guide_interval)
     was_training = denoiser.training
     denoiser.eval()
     guide_was_training = guide.training if guide is not None else False
@@ -106,7 +116,8 @@ def inpaint_latents(
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance, guide, autoguidance).float()
+        g = interval_guide(guide, guide_interval, sigma)
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance).float()
         return x, scheduler.predict_original(out, sigma, x).to(x.dtype)
 
     x = noise() * sigmas[0]

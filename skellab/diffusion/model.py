@@ -5,10 +5,12 @@ A plain dict, ``torch.load(weights_only=True)``-safe::
     {"format": "skellab.diffusion/1", "config": asdict(DenoiserConfig), "state_dict": ...,
      "normalizer": {"mean": (D,), "std": (D,)}, "scheduler": scheduler.config,
      "classes": [...] | None, "num_tokens": K, "step": int, "metrics": {...}, "train": {...},
-     "guide": {"config": ..., "state_dict": ..., "autoguidance": a, "info": {...}}}   # optional
+     "guide": {"config": ..., "state_dict": ..., "autoguidance": a, "info": {...},
+               "interval": [lo, hi]}}   # optional; interval optional
 
 ``guide`` is a weaker denoiser of the same latents shipped with the model for autoguidance (Karras et al.
-2024; :func:`~.sampling.guided_output`), with the weight ``a`` it was measured best at.
+2024; :func:`~.sampling.guided_output`), with the weight ``a`` it was measured best at and, optionally, the noise
+levels ``lo < σ ≤ hi`` it is applied at (Kynkäänniemi et al. 2024; elsewhere the plain model runs alone).
 
 A **two-stage** model (GEM3D's order: the skeleton first, then what the surface around it looks like) stores its
 sphere stage (``config.channels == "spheres"``, 4 channels) as the main network, and its feature stage
@@ -46,7 +48,7 @@ from ..schema import SIZE_RANGE, validate_config
 from ..weights import weights_path
 from .denoiser import SPHERE_CHANNELS, DenoiserConfig, TokenDenoiser, generated_channels
 from .inpainting import check_known, inpaint_latents
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, sample_latents
+from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, check_guide_interval, sample_latents
 from .schedulers import make_scheduler
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "diffusion_payload",
@@ -136,6 +138,8 @@ class LatentDiffusion:
     guide      : a weaker denoiser of the same latents for autoguidance (None: none; :func:`attach_guide`)
     autoguidance : the autoguidance weight used when a sampler is not given one (1: off)
     guide_info : what the guide is (its step, parameters, source)
+    guide_interval : (lo, hi): the guide applies only where lo < σ ≤ hi (:func:`~.sampling.sample_latents`); None:
+                 at every step
     trained_classes : the classes that had training latents (None: all of ``classes``). A class the
                  autoencoder knows but the denoiser never saw has an untrained embedding: it is refused.
     features   : a two-stage model's feature stage (``denoiser`` is then its sphere stage); None: a joint model
@@ -158,10 +162,17 @@ class LatentDiffusion:
     features: TokenDenoiser | None = None
     features_info: dict[str, Any] = field(default_factory=dict)
     feature_steps: int | None = None
+    guide_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.feature_steps is not None:
             self.feature_steps = _check_steps(self.feature_steps, "feature_steps")
+        self.guide_interval = check_guide_interval(self.guide_interval)
+
+    def _interval(self, guide_interval: Any) -> tuple[float, float] | None:
+        """The guidance interval of one call: its own (``"model"``: this model's :attr:`guide_interval`)."""
+        return self.guide_interval if isinstance(guide_interval, str) and guide_interval == "model" \
+            else check_guide_interval(guide_interval)
 
     def _feature_steps(self, steps: int | None, feature_steps: int | None) -> int | None:
         """The feature stage's sampler steps: the call's ``feature_steps``, else the model's own, else ``steps``."""
@@ -235,25 +246,29 @@ class LatentDiffusion:
     def sample(self, num: int, *, class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE,
                steps: int | None = None, generator: torch.Generator | None = None, num_tokens: int | None = None,
                return_trajectory: bool = False, autoguidance: float | None = None, precision: str = "auto",
-               scheduler: Any | None = None, feature_steps: int | None = None):
+               scheduler: Any | None = None, feature_steps: int | None = None,
+               guide_interval: tuple[float, float] | None | str = "model"):
         """:func:`sample_latents` in latent units: tokens (num, K, D) (+ trajectory of x̂₀, latent units).
         ``autoguidance`` None: this model's own weight with its guide network (:meth:`guiding`); ``precision``
         as :func:`sample_latents`; ``scheduler`` replaces this model's own for this call (e.g. DDIM for a
-        DDPM-trained model). A two-stage model samples the spheres, then the features given them (one
+        DDPM-trained model); ``guide_interval``: the noise levels the guide applies at (``"model"``: this model's
+        :attr:`guide_interval`; None: every step). A two-stage model samples the spheres, then the features given them (one
         generator, in that order; the features in ``feature_steps`` steps, :attr:`feature_steps`); its trajectory
         shows the sphere stage's frames, then the feature stage's."""
         self._whole()
         class_index = self._class_arg(class_index)
         guide, a = self.guiding(autoguidance)
+        interval = self._interval(guide_interval)
         sched = scheduler if scheduler is not None else self.scheduler
         kw = dict(num=num, num_tokens=num_tokens or self.num_tokens, class_index=class_index, guidance=guidance,
                   steps=steps, generator=generator, return_trajectory=return_trajectory, precision=precision)
         if not self.two_stage:
-            return sample_latents(self.denoiser, sched, normalizer=self.normalizer, guide=guide, autoguidance=a, **kw)
+            return sample_latents(self.denoiser, sched, normalizer=self.normalizer, guide=guide, autoguidance=a,
+                                  guide_interval=interval, **kw)
         frames: list[torch.Tensor] = []
 
         def run(net, g, ga, n):
-            out = sample_latents(net, sched, guide=g, autoguidance=ga, **{**kw, "steps": n})
+            out = sample_latents(net, sched, guide=g, autoguidance=ga, guide_interval=interval, **{**kw, "steps": n})
             if return_trajectory:
                 out, traj = out
                 frames.append(traj)
@@ -273,7 +288,7 @@ class LatentDiffusion:
     def vary(self, tokens: torch.Tensor, start_sigma: float, *, class_index: int | str | torch.Tensor | None = None,
              guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, generator: torch.Generator | None = None,
              autoguidance: float | None = None, precision: str = "auto",
-             feature_steps: int | None = None) -> torch.Tensor:
+             feature_steps: int | None = None, guide_interval: tuple[float, float] | None | str = "model") -> torch.Tensor:
         """Variations of given organs (SDEdit): ``tokens`` (num, K, D) in latent units, noised to ``start_sigma``
         (standardised units; EDM) and denoised by this model (:func:`sample_latents` with ``init``); a two-stage
         model varies the spheres, then the features given the varied spheres (``feature_steps`` as :meth:`sample`)."""
@@ -283,13 +298,14 @@ class LatentDiffusion:
             raise SkellabError(f"tokens must be (num, K, D) token sets, got shape {tuple(tokens.shape)}")
         self._whole()
         guide, a = self.guiding(autoguidance)
+        interval = self._interval(guide_interval)
         kw = dict(num=tokens.shape[0], num_tokens=tokens.shape[1], class_index=class_index, guidance=guidance,
                   steps=steps, generator=generator, precision=precision, start_sigma=start_sigma)
         if not self.two_stage:
             return sample_latents(self.denoiser, self.scheduler, normalizer=self.normalizer, guide=guide,
-                                  autoguidance=a, init=tokens, **kw)
+                                  autoguidance=a, guide_interval=interval, init=tokens, **kw)
         z = self.normalizer.normalize(tokens)
-        sph = sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a,
+        sph = sample_latents(self.denoiser, self.scheduler, guide=guide, autoguidance=a, guide_interval=interval,
                              init=z[..., :SPHERE_CHANNELS], **kw)
         feat = sample_latents(self.feature_network(sph), self.scheduler, init=z[..., SPHERE_CHANNELS:],
                               **{**kw, "steps": self._feature_steps(steps, feature_steps)})
@@ -299,7 +315,8 @@ class LatentDiffusion:
                  class_index: int | str | torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, steps: int | None = None,
                  resample: int = 4, generator: torch.Generator | None = None,
                  autoguidance: float | None = None, precision: str = "auto", scheduler: Any | None = None,
-                 feature_steps: int | None = None) -> torch.Tensor:
+                 feature_steps: int | None = None,
+                 guide_interval: tuple[float, float] | None | str = "model") -> torch.Tensor:
         """:func:`inpaint_latents` in latent units: ``num`` token sets (num, K, D) keeping ``known[mask]``
         (``scheduler``: as :meth:`sample`, EDM). A two-stage model completes the spheres (RePaint), then the features
         given them (in ``feature_steps`` steps, as :meth:`sample`); a stage with everything kept is not sampled, one
@@ -309,7 +326,7 @@ class LatentDiffusion:
         guide, a = self.guiding(autoguidance)
         sched = scheduler if scheduler is not None else self.scheduler
         kw = dict(num=num, class_index=class_index, guidance=guidance, steps=steps, generator=generator,
-                  precision=precision)
+                  precision=precision, guide_interval=self._interval(guide_interval))
         if not self.two_stage:
             return inpaint_latents(self.denoiser, sched, known, mask, resample=resample, normalizer=self.normalizer,
                                    guide=guide, autoguidance=a, **kw)
@@ -335,7 +352,8 @@ class LatentDiffusion:
     def finish_skeleton(self, spheres: torch.Tensor, num: int, *, class_index: int | str | torch.Tensor | None = None,
                         guidance: float = DEFAULT_GUIDANCE, steps: int | None = None, resample: int = 4,
                         generator: torch.Generator | None = None, autoguidance: float | None = None,
-                        precision: str = "auto", feature_steps: int | None = None) -> torch.Tensor:
+                        precision: str = "auto", feature_steps: int | None = None,
+                        guide_interval: tuple[float, float] | None | str = "model") -> torch.Tensor:
         """``num`` organs' tokens (num, K, D) for one given skeleton ``spheres`` (K, 4) (xyz, r; latent units, e.g.
         an edited one): the spheres are kept exactly and diffusion draws the features around them. A two-stage
         model runs its feature stage given the spheres (one plain sampling pass of ``feature_steps`` steps, as
@@ -352,7 +370,7 @@ class LatentDiffusion:
         mask[:, :SPHERE_CHANNELS] = True
         return self.complete(known, mask, num, class_index=class_index, guidance=guidance, steps=steps,
                              resample=resample, generator=generator, autoguidance=autoguidance, precision=precision,
-                             feature_steps=feature_steps)
+                             feature_steps=feature_steps, guide_interval=guide_interval)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -375,7 +393,9 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
         "train": info.get("train"),
         **({"guide": {"config": diffusion.guide.config.to_dict(),
                       "state_dict": stored_weights(diffusion.guide.state_dict(), storage),
-                      "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info)}}
+                      "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info),
+                      **({"interval": [float(v) for v in diffusion.guide_interval]}
+                         if diffusion.guide_interval is not None else {})}}
            if diffusion.guide is not None else {}),
         **({"features": {"config": diffusion.features.config.to_dict(),
                          "state_dict": stored_weights(diffusion.features.state_dict(), storage),
@@ -386,13 +406,16 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
 
 
 def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidance: float,
-                 info: dict[str, Any] | None = None) -> LatentDiffusion:
+                 info: dict[str, Any] | None = None, *,
+                 interval: tuple[float, float] | None = None) -> LatentDiffusion:
     """``diffusion`` with ``guide``'s network as its autoguidance guide and ``autoguidance`` as its default weight.
 
     The guide must be a denoiser of the same latents: same classes, token size and order, scheduler
     parameterisation and (to 1e-2 of a standard deviation) latent normalisation; else :class:`SkellabError`.
+    ``interval`` (lo, hi): the noise levels the guide applies at (:attr:`LatentDiffusion.guide_interval`; None: all).
     """
     check_guide(diffusion.denoiser, guide.denoiser)
+    interval = check_guide_interval(interval)
     if list(guide.classes or []) != list(diffusion.classes or []):
         raise SkellabError("the guide was trained on other classes")
     keys = ("name", "sigma_data", "prediction_type")
@@ -403,7 +426,7 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
         raise SkellabError("the guide's latent normalisation differs: it was not trained on the same latents")
     weight = _check_autoguidance(autoguidance, MAX_AUTOGUIDANCE)
     params = sum(p.numel() for p in guide.denoiser.parameters())
-    return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight,
+    return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight, guide_interval=interval,
                    guide_info={"step": guide.info.get("step"), "parameters": params,
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
 
@@ -498,12 +521,13 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
     info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
     dev = resolve_device(device)
-    autoguidance = 1.0
+    autoguidance, interval = 1.0, None
     guide, guide_info, g = _stored_network(ckpt, "guide", p)
     if guide is not None:
         try:
             autoguidance = _check_autoguidance(g.get("autoguidance"), MAX_AUTOGUIDANCE)
             check_guide(model, guide)
+            interval = check_guide_interval(g.get("interval"))
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
@@ -521,4 +545,4 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
             raise SkellabError(f"{p}: the feature stage does not fit the sphere stage and normalizer")
         features = features.to(dev).eval()
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, autoguidance, guide_info, trained, features, features_info, feature_steps)
+                           guide, autoguidance, guide_info, trained, features, features_info, feature_steps, interval)

@@ -140,26 +140,27 @@ def add_metrics(name: str, metrics: dict[str, Any], *, weights_dir: str | os.Pat
 
 def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: float, *,
                   weights_dir: str | os.PathLike = WEIGHTS_DIR, info: dict[str, Any] | None = None,
-                  storage: str = "fp32") -> dict[str, Any]:
+                  storage: str = "fp32", interval: tuple[float, float] | None = None) -> dict[str, Any]:
     """Ship ``guide_checkpoint``'s denoiser inside ``weights_dir/<name>.pt`` as its autoguidance guide.
 
     The diffusion checkpoint is rewritten atomically with the guide (:func:`skellab.diffusion.attach_guide`:
     it must be a denoiser of the same latents) and ``autoguidance`` as its default weight; ``<name>.json``
     gets the new sha256 and size and a ``guide`` entry (the guide's source file, its sha256, parameters,
-    step and ``info``). ``storage`` is how both networks' weights are written (:func:`release_weights`).
-    Returns the index.
+    step and ``info``). ``storage`` is how both networks' weights are written (:func:`release_weights`);
+    ``interval``: the noise levels (lo, hi] the guide applies at (None: every step). Returns the index.
     """
     dst = Path(weights_dir) / f"{name}.pt"
     model = load_diffusion(dst)
     guide = load_diffusion(guide_checkpoint)
     src_info = {"source": Path(guide_checkpoint).name, "source_sha256": file_sha256(guide_checkpoint),
                 "train": guide.info.get("train"), **(info or {})}
-    guided = attach_guide(model, guide, autoguidance, src_info)
+    guided = attach_guide(model, guide, autoguidance, src_info, interval=interval)
     save_diffusion(dst, guided, storage=storage)
     path = dst.with_suffix(".json")
     index = json.loads(path.read_text())
     index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size, storage=storage,
-                 guide={"autoguidance": guided.autoguidance, **guided.guide_info})
+                 guide={"autoguidance": guided.autoguidance, **guided.guide_info,
+                        "interval": list(guided.guide_interval) if guided.guide_interval is not None else None})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
