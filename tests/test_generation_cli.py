@@ -164,8 +164,8 @@ def test_generate_keep_completes_an_edited_organ(tmp_path):
 
 
 def test_shipped_weights_fit_the_budget_and_the_diffusion_model_carries_its_guide():
-    """Everything in skellab/weights/ stays within 20 MB; diffusion.pt ships its autoguidance guide and weight,
-    and its index records both and the file's sha256."""
+    """Everything in skellab/weights/ stays within 20 MB; diffusion.pt ships its autoguidance guide and weight and
+    its feature stage's sampler steps, and its index records them and the file's sha256."""
     import hashlib
 
     from skellab.weights import WEIGHTS_DIR, weights_path
@@ -178,3 +178,6 @@ def test_shipped_weights_fit_the_budget_and_the_diffusion_model_carries_its_guid
     assert index["sha256"] == hashlib.sha256(weights_path("diffusion").read_bytes()).hexdigest()
     assert index["guide"]["autoguidance"] == 1.5 and index["guide"]["parameters"] == sum(
         p.numel() for p in diff.guide.parameters())
+    # a two-stage model: the index records the feature stage and the steps it samples in, as the checkpoint holds them
+    assert diff.two_stage and diff.feature_steps == index["features"]["sampler_steps"] == 8
+    assert diff.guide_interval is None and index["guide"].get("interval") is None  # the guide runs at every step
