@@ -434,7 +434,7 @@ def test_inpainting_keeps_the_given_tokens_and_completes_the_rest_in_class(train
     keep = torch.zeros(K, dtype=torch.bool)
     keep[: K // 2] = True  # the user keeps half the tokens
     out = diffusion.complete(known, keep, 6, class_index=1, steps=10, resample=3, generator=make_generator(4))
-    assert out.shape == (6, K, 16)
+    assert out.shape == (6, K, 16) and not out.requires_grad  # sampled under no_grad: no autograd graph kept
     assert torch.equal(out[:, keep], known[keep].expand(6, -1, -1))  # kept tokens do not move at all
     free = out[:, ~keep]
     assert free.std(dim=0).mean() > 0.02  # completions differ from one another

@@ -37,7 +37,6 @@ from .schedulers import EDMScheduler, _randn
 __all__ = ["inpaint_latents"]
 
 
-@torch.no_grad()
 def check_known(known: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What to keep, checked: ``known`` (K, dim) float32 and ``mask`` (K,) or (K, dim) → (known, (K, dim) bool mask);
     a wrong shape or a NaN / infinite kept entry → SkellabError."""
@@ -54,6 +53,7 @@ def check_known(known: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torc
     return known, mask
 
 
+@torch.no_grad()
 def inpaint_latents(
     denoiser: nn.Module,
     scheduler: EDMScheduler,

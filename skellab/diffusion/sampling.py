@@ -23,7 +23,6 @@ both weights ≠ 1 the two directions add: uncond + w·(cond − uncond) + (a �
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +179,7 @@ def call_sigma(scheduler: Any, t: Any) -> float:
     √((1 − ᾱ_t) / ᾱ_t)."""
     if getattr(scheduler, "name", None) == "edm":
         return float(t)
-    a = float(scheduler.alphas_cumprod[int(t)])
+    a = scheduler._alpha_bar(int(t))
     return math.sqrt((1.0 - a) / a)
 
 
