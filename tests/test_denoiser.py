@@ -694,3 +694,72 @@ def test_two_stage_feature_stage_can_take_fewer_steps(two_stage, tmp_path):
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(SkellabError, match="feature stage's steps"):
         load_diffusion(tmp_path / "bad.pt")
+
+
+def test_self_conditioning_reads_the_previous_estimate_in_training_and_sampling(tmp_path):
+    """DenoiserConfig.self_condition: the network also reads an x̂₀ estimate (zeros: none). Training feeds its own
+    no-grad estimate where the sample's coin says so; the samplers feed each call the estimate of the call before
+    (zeros at the first), the guide included; a checkpoint restores it."""
+    from skellab.diffusion.sampling import check_guide
+    from skellab.train.tasks import DenoisingTask
+
+    with pytest.raises(SkellabError, match="self_condition"):
+        DenoiserConfig.tiny(self_condition="yes")
+    torch.manual_seed(0)
+    model = TokenDenoiser(config=DenoiserConfig.tiny(num_classes=2, self_condition=True)).eval()
+    assert model.input.in_features == 2 * 16
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, t = torch.randn(2, 8, 16), torch.tensor([0.3, -0.2])
+    assert torch.equal(model(x, t), model(x, t, self_cond=torch.zeros_like(x)))  # None means zeros
+    assert not torch.allclose(model(x, t), model(x, t, self_cond=torch.randn_like(x)), atol=1e-3)  # and it is read
+    with pytest.raises(SkellabError, match="shape"):
+        model(x, t, self_cond=torch.zeros(2, 8, 4))
+    with pytest.raises(SkellabError, match="self-conditioning"):
+        _random_model(num_classes=2)(x, t, self_cond=torch.zeros_like(x))
+    with pytest.raises(SkellabError, match="self_condition"):  # a guide must read the same inputs
+        check_guide(model, _random_model(num_classes=2))
+
+    # the training loss: coins down = zeros; coins up = the network's own estimate from a first pass
+    sched = EDMScheduler()
+    g = make_generator(0)
+    batch = {"x0": torch.randn(4, 8, 16, generator=g), "noise": torch.randn(4, 8, 16, generator=g),
+             "t": torch.rand(4, generator=g) + 0.1, "class_index": torch.tensor([0, 1, -1, 0])}
+    task = DenoisingTask(torch.zeros(1, 8, 16), None, sched, lambda: None)
+    x_t = sched.add_noise(batch["x0"], batch["noise"], batch["t"])
+    x_in, cond = sched.scale_model_input(x_t, batch["t"])
+    target = sched.training_target(batch["x0"], batch["noise"], batch["t"])
+    w = sched.training_weight(batch["t"]).reshape(-1, 1, 1)
+    with torch.no_grad():
+        est = sched.predict_original(model(x_in, cond, batch["class_index"]), batch["t"], x_t)
+    coins = torch.tensor([True, False, True, False])
+    for c in (torch.zeros(4, dtype=torch.bool), coins):
+        loss = float(task.compute_loss(model, {**batch, "self_cond": c})["total"].detach())
+        sc = torch.where(c.reshape(-1, 1, 1), est, torch.zeros_like(est))
+        manual = (w * (model(x_in, cond, batch["class_index"], self_cond=sc) - target) ** 2).mean()
+        assert loss == pytest.approx(float(manual), rel=1e-5)
+
+    # a tiny training run; the sampler hands each call the estimate of the call before
+    lat, cls, _ = make_synthetic_latents(16, num_classes=2, num_tokens=8, generator=make_generator(0))
+    diffusion, history = train_diffusion(lat, cls, steps=40, batch_size=16, lr=2e-3, warmup=5, schedule="constant",
+                                         ema_decay=None, self_condition=True, generator=make_generator(1),
+                                         device="cpu", progress=False)
+    assert diffusion.denoiser.config.self_condition and history["loss"][-1] < history["loss"][0]
+    seen = []
+    hook = diffusion.denoiser.input.register_forward_hook(lambda m, i, o: seen.append(i[0][..., 16:].clone()))
+    _, traj = sample_latents(diffusion.denoiser, diffusion.scheduler, num=2, num_tokens=8, class_index=1, steps=4,
+                             generator=make_generator(3), return_trajectory=True, precision="fp32")
+    hook.remove()
+    assert len(seen) == len(traj) == 7 and torch.equal(seen[0], torch.zeros_like(seen[0]))
+    for i in range(1, 7):
+        assert torch.allclose(seen[i], traj[i - 1], atol=1e-6)
+    back = load_diffusion(save_diffusion(tmp_path / "sc.pt", diffusion))
+    assert back.denoiser.config == diffusion.denoiser.config
+    a = diffusion.sample(2, class_index=0, steps=3, generator=make_generator(5))
+    assert torch.equal(a, diffusion.sample(2, class_index=0, steps=3, generator=make_generator(5)))
+    assert torch.allclose(a, back.sample(2, class_index=0, steps=3, generator=make_generator(5)), atol=1e-6)
+    # RePaint completion with a self-conditioned model keeps the given tokens exactly
+    known, mask = lat[0], torch.arange(8) < 3
+    out = diffusion.complete(known, mask, 2, class_index=0, steps=3, resample=2, generator=make_generator(6))
+    assert torch.equal(out[:, :3], known[:3].expand(2, 3, 16)) and torch.isfinite(out).all()

@@ -272,6 +272,35 @@ def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, tiny_run, t
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+def test_a_self_conditioned_diffusion_stage_trains_the_same_under_torchrun(tiny_dataset, tiny_run, tmp_path):
+    """The self-conditioning pass (the network's own no-grad estimate) runs inside DDP as in one process: the same
+    losses step for step, and the shared latents of the reference run are reused."""
+    ref = tmp_path / "one"
+    (ref / "diffusion").mkdir(parents=True)
+    shutil.copy(tiny_run / "diffusion" / "latents.pt", ref / "diffusion" / "latents.pt")
+    ae = tiny_run / "autoencoder" / "model.pt"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_stage("diffusion", tiny_dataset, ref, device="cpu", max_steps=TINY_STEPS, progress=False,
+                    autoencoder=ae, self_condition=True)
+    finally:
+        torch.set_num_threads(before)
+    run = tmp_path / "ddp"
+    (run / "diffusion").mkdir(parents=True)
+    shutil.copy(tiny_run / "diffusion" / "latents.pt", run / "diffusion" / "latents.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "skellab.train", "diffusion", "--data", str(tiny_dataset),
+           "--out", str(run), "--autoencoder", str(ae), "--device", "cpu", "--max-steps", str(TINY_STEPS),
+           "--set", "self_condition=True", "--quiet"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _losses(ref, "diffusion"), _losses(run, "diffusion")
+    assert len(a) == len(b) == TINY_STEPS
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
+    assert a != _losses(tiny_run, "diffusion")  # self-conditioning changed the training (same seed and batches)
+
+
 # ---------------------------------------------------------------------- bad input
 def test_cli_bad_input(tiny_dataset, tiny_run, tmp_path):
     base = ["train", "autoencoder", "--data", tiny_dataset, "--device", "cpu", "--quiet"]

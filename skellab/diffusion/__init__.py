@@ -30,7 +30,8 @@ from .model import (
     load_diffusion,
     save_diffusion,
 )
-from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, call_sigma, check_guide_interval, guided_output, sample_latents
+from .sampling import (DEFAULT_GUIDANCE, LatentNormalizer, call_sigma, check_guide_interval, guided_output, sample_latents,
+                       self_conditioned)
 from .schedulers import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -66,6 +67,7 @@ __all__ = [
     "LatentNormalizer",
     "sample_latents",
     "guided_output",
+    "self_conditioned",
     "call_sigma",
     "check_guide_interval",
     "inpaint_latents",

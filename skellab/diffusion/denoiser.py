@@ -61,6 +61,7 @@ class DenoiserConfig:
     feature_norm: str = "channel"  # training only: how the latent normaliser scales the feature channels (FEATURE_NORMS)
     sphere_frequencies: int = 0  # L > 0: the 4 sphere channels also enter as sin/cos at L octaves (fourier_inputs)
     channels: str = "all"  # CHANNELS: "all" generates whole tokens; "spheres" / "features": a stage of a two-stage model
+    self_condition: bool = False  # the network also reads its own previous x̂₀ estimate (Chen et al. 2023), see forward
 
     def __post_init__(self) -> None:
         if self.token_order not in TOKEN_ORDERS:
@@ -87,6 +88,8 @@ class DenoiserConfig:
             raise SkellabError("DenoiserConfig: a two-stage model (channels spheres / features) needs token_order 'set'")
         if not 0 < self.sphere_weight <= 1000:
             raise SkellabError(f"DenoiserConfig: sphere_weight must be in (0, 1000], got {self.sphere_weight}")
+        if not isinstance(self.self_condition, bool):
+            raise SkellabError(f"DenoiserConfig: self_condition must be True or False, got {self.self_condition!r}")
 
     def shared_channels(self) -> slice | None:
         """The channels of whole latent tokens :meth:`LatentNormalizer.fit` pools into one mean and std (None: every
@@ -264,13 +267,17 @@ class _Block(nn.Module):
 class TokenDenoiser(nn.Module):
     """Permutation-equivariant transformer denoiser for token sets ``(B, K, D)``.
 
-    ``forward(x, t, class_index, context=None)``:
+    ``forward(x, t, class_index, context=None, self_cond=None)``:
 
     x           : (B, K, D) noisy (already scheduler-scaled) standardised tokens (D = ``config.token_dim``)
     t           : (B,) float noise condition from ``scheduler.scale_model_input`` (DDPM t or EDM c_noise)
     class_index : (B,) int64 in [0, num_classes), negative = null class; or None (all null)
     context     : (B, K, 4) clean standardised spheres of the same tokens; required by (only) the feature stage of
                   a two-stage model (``config.channels == "features"``), which enter it like its noisy channels
+    self_cond   : (B, K, D) only with ``config.self_condition``: the sampler's x̂₀ estimate from its previous call
+                  (standardised; None → zeros, as at the first call). Training feeds the network's own no-grad
+                  estimate on half of the samples and zeros on the rest (Chen et al. 2023, "Analog Bits"), so the
+                  network learns to refine its last guess; sampling costs no extra call
     returns     : (B, K, D) raw network output (ε, v, x₀ or EDM's F, per the scheduler)
 
     Differentiable in x (and t). ``null_class`` is the index of the learned
@@ -287,7 +294,9 @@ class TokenDenoiser(nn.Module):
         if cfg.sphere_frequencies and cfg.channels == "all" and cfg.token_dim < 4:
             raise SkellabError("DenoiserConfig: sphere_frequencies needs tokens with the 4 sphere channels")
         # the sphere channels (the noisy ones, or the feature stage's clean context) enter with their sin/cos
-        self.input = nn.Linear(cfg.token_dim + cfg.context_dim + 8 * cfg.sphere_frequencies, cfg.width)
+        # self-conditioning: the previous x̂₀ estimate of the generated channels enters beside them (zeros: none yet)
+        self.input = nn.Linear(cfg.token_dim * (2 if cfg.self_condition else 1) + cfg.context_dim
+                               + 8 * cfg.sphere_frequencies, cfg.width)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.width), nn.SiLU(),
                                       nn.Linear(cfg.width, cfg.width))
         self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class
@@ -309,9 +318,13 @@ class TokenDenoiser(nn.Module):
         return class_or_null(class_index, self.config.num_classes, batch, device)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_index: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.config.token_dim:
             raise SkellabError(f"denoiser input must be (B, K, {self.config.token_dim}), got {tuple(x.shape)}")
+        if self_cond is not None and not self.config.self_condition:
+            raise SkellabError("this denoiser was not trained with self-conditioning: pass no self_cond")
+        if self_cond is not None and self_cond.shape != x.shape:
+            raise SkellabError(f"self_cond must have the shape of x, {tuple(x.shape)}, got {tuple(self_cond.shape)}")
         ctx_dim = self.config.context_dim
         if (context is None) != (ctx_dim == 0):
             raise SkellabError("the feature stage of a two-stage model needs the spheres as context" if ctx_dim
@@ -324,7 +337,10 @@ class TokenDenoiser(nn.Module):
         c = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim)) \
             + self.class_embed(self.class_or_null(class_index, b, x.device))  # (B, W)
         inp = x if context is None else torch.cat([context.to(x.dtype), x], dim=-1)  # spheres first
-        h = self.input(fourier_inputs(inp, self.config.sphere_frequencies))  # (B, K, W)
+        inp = fourier_inputs(inp, self.config.sphere_frequencies)
+        if self.config.self_condition:  # the previous x̂₀ (standardised, generated channels), zeros at the first call
+            inp = torch.cat([inp, torch.zeros_like(x) if self_cond is None else self_cond.to(x.dtype)], dim=-1)
+        h = self.input(inp)  # (B, K, W)
         if self.position is not None:
             if x.shape[1] != self.position.shape[0]:
                 raise SkellabError(f"this denoiser orders {self.position.shape[0]} tokens, got {x.shape[1]}")

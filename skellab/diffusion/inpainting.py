@@ -31,6 +31,7 @@ from .sampling import (
     check_guide_interval,
     guided_output,
     interval_guide,
+    self_conditioned,
 )
 from .schedulers import EDMScheduler, _randn
 
@@ -113,12 +114,18 @@ def inpaint_latents(
     sigmas = [float(s) for s in scheduler.sigmas]
     noise = lambda: _randn((num, K, dim), generator, device=dev)  # noqa: E731
 
+    # a self-conditioned denoiser reads its estimate from the call before (zeros at the first), as in sample_latents
+    prev: list[torch.Tensor | None] = [torch.zeros(num, K, dim, device=dev) if self_conditioned(denoiser) else None]
+
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
         g = interval_guide(guide, guide_interval, sigma)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance).float()
-        return x, scheduler.predict_original(out, sigma, x).to(x.dtype)
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance, prev[0]).float()
+        d = scheduler.predict_original(out, sigma, x).to(x.dtype)
+        if prev[0] is not None:
+            prev[0] = d
+        return x, d
 
     x = noise() * sigmas[0]
     with inference_autocast(dev, precision):  # the networks' products only; entered once, as sample_latents

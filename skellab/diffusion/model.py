@@ -100,9 +100,10 @@ class _GivenSpheres(nn.Module):
     def config(self) -> DenoiserConfig:
         return self.net.config
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None = None,
+                self_cond: torch.Tensor | None = None) -> torch.Tensor:
         reps = x.shape[0] // self.spheres.shape[0]
-        return self.net(x, cond, class_index, context=self.spheres.repeat(reps, 1, 1))
+        return self.net(x, cond, class_index, context=self.spheres.repeat(reps, 1, 1), self_cond=self_cond)
 
 
 def classes_present(classes: list[str], class_index: torch.Tensor) -> list[str]:

@@ -124,14 +124,20 @@ def check_guide(denoiser: nn.Module, guide: nn.Module | None) -> None:
     a, b = denoiser.config, getattr(guide, "config", None)
     if b is None:
         raise SkellabError("the guide network has no config: pass a TokenDenoiser")
-    for name in ("token_dim", "num_classes", "token_order", "channels"):
+    for name in ("token_dim", "num_classes", "token_order", "channels", "self_condition"):
         if getattr(a, name, None) != getattr(b, name, None):
             raise SkellabError(f"the guide network's {name} is {getattr(b, name, None)!r}, the denoiser's "
                                f"{getattr(a, name, None)!r}: autoguidance needs a weaker model of the same latents")
 
 
+def self_conditioned(denoiser: nn.Module) -> bool:
+    """Whether ``denoiser`` reads its previous x̂₀ estimate (``DenoiserConfig.self_condition``)."""
+    return bool(getattr(getattr(denoiser, "config", None), "self_condition", False))
+
+
 def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, class_index: torch.Tensor | None,
-                  guidance: float, guide: nn.Module | None = None, autoguidance: float = 1.0) -> torch.Tensor:
+                  guidance: float, guide: nn.Module | None = None, autoguidance: float = 1.0,
+                  self_cond: torch.Tensor | None = None) -> torch.Tensor:
     """Guided network output, (B, K, D).
 
     Classifier-free: uncond + w·(cond − uncond) (w = ``guidance``). With a ``guide`` network and
@@ -142,21 +148,26 @@ def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, clas
     Network passes: one batched forward of 2B when both classifier-free branches are needed, one of B when
     ``class_index`` is None (unconditional), w = 0 (unconditional only) or w = 1 (conditional only); plus
     one forward of the guide when autoguidance is on.
+
+    self_cond : a self-conditioned denoiser's previous x̂₀ estimate (:func:`self_conditioned`), given to every pass
+                (both branches, and the guide); None for any other network.
     """
+    kw = {} if self_cond is None else {"self_cond": self_cond}
     if class_index is None or guidance == 0:
-        out = main = denoiser(x, cond, None)
+        out = main = denoiser(x, cond, None, **kw)
         label = None
     elif guidance == 1:
-        out = main = denoiser(x, cond, class_index)
+        out = main = denoiser(x, cond, class_index, **kw)
         label = class_index
     else:
         null = torch.full_like(class_index, -1)
-        both = denoiser(torch.cat([x, x]), torch.cat([cond, cond]), torch.cat([class_index, null]))
+        both = denoiser(torch.cat([x, x]), torch.cat([cond, cond]), torch.cat([class_index, null]),
+                        **({} if self_cond is None else {"self_cond": torch.cat([self_cond, self_cond])}))
         main, out_uncond = both.chunk(2)
         out = out_uncond + guidance * (main - out_uncond)
         label = class_index
     if guide is not None and autoguidance != 1:
-        out = out + (autoguidance - 1) * (main - guide(x, cond, label))
+        out = out + (autoguidance - 1) * (main - guide(x, cond, label, **kw))
     return out
 
 
@@ -273,6 +284,8 @@ def sample_latents(
         x, first = scheduler.start_from(x0.to(dev), float(start_sigma), generator)
         timesteps = timesteps[first:]
     trajectory: list[torch.Tensor] = []
+    # self-conditioning: each call reads the x̂₀ estimate of the call before it (zeros at the first)
+    x0_prev = torch.zeros_like(x) if self_conditioned(denoiser) else None
     # bf16 autocast (precision "auto" on a device with native bf16) changes only the networks' matrix products; the
     # sampler's elementwise steps stay fp32. Entered once for the loop, so each weight is cast to bf16 once.
     with inference_autocast(dev, precision):
@@ -281,10 +294,12 @@ def sample_latents(
             x_in, cond = scheduler.scale_model_input(x, t)
             # 3. the network's output, guided: uncond + w·(cond − uncond)
             g = interval_guide(guide, guide_interval, call_sigma(scheduler, t))
-            out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance).float()
+            out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance, x0_prev).float()
             # 4. one scheduler step: the less noisy sample, and the current estimate of the clean tokens
             step = scheduler.step(out, t, x, generator=generator)
             x = step.prev_sample
+            if x0_prev is not None:
+                x0_prev = step.pred_original_sample.to(x.dtype)
             if return_trajectory:
                 x0 = step.pred_original_sample.float().cpu()
                 trajectory.append(normalizer.denormalize(x0) if normalizer is not None else x0)

@@ -59,6 +59,25 @@ def _gen(*parts: int | str) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
+SELF_COND_RATE = 0.5  # fraction of training samples that see the network's own estimate (Chen et al. 2023)
+
+
+@torch.no_grad()
+def self_condition_input(model: nn.Module, scheduler: Any, x_t: torch.Tensor, x_in: torch.Tensor, cond: torch.Tensor,
+                         t: torch.Tensor, batch: dict[str, Any], kw: dict[str, Any]) -> torch.Tensor:
+    """A self-conditioned denoiser's ``self_cond`` in training: for the samples whose coin (``batch["self_cond"]``)
+    came up, the network's own x̂₀ estimate from a first pass without it (no gradient, so it is an input, not a path
+    to train through); zeros for the others (what the sampler's first call sees). Standardised units, (B, K, D)."""
+    sc = torch.zeros_like(x_t)
+    pick = batch["self_cond"].nonzero().flatten()
+    if len(pick):
+        c = batch["class_index"]
+        sub = {k: v[pick] for k, v in kw.items()}
+        first = model(x_in[pick], cond[pick], None if c is None else c[pick], **sub).float()
+        sc[pick] = scheduler.predict_original(first, t[pick], x_t[pick]).to(sc.dtype)
+    return sc
+
+
 # ---------------------------------------------------------------------- learned skeleton
 class CloudSkeletonTask(TrainingTask):
     """Self-supervised Point2Skeleton-style training on oriented clouds (S, N0, 3 or 6) in memory.
@@ -334,7 +353,11 @@ class DenoisingTask(TrainingTask):
             if self.class_dropout > 0:
                 drop = torch.tensor([d[2] for d in draws], device=device)
                 c = torch.where(drop, torch.full_like(c, -1), c)
-        return {"x0": x0, "t": t, "noise": noise, "class_index": c}
+        # self-conditioning's coin per sample (read only by a self-conditioned denoiser): its own generator, so the
+        # other draws, and every run without self-conditioning, stay what they were
+        sc = torch.tensor([bool(torch.rand((), generator=_gen(*keys[j], "self-cond")) < SELF_COND_RATE)
+                           for j in range(len(items))], device=device)
+        return {"x0": x0, "t": t, "noise": noise, "class_index": c, "self_cond": sc}
 
     def make_batch(self, items, positions, step, device):
         keys = [(self.seed, "noise", step, p) for p in positions]
@@ -349,8 +372,10 @@ class DenoisingTask(TrainingTask):
         x0, noise, context = split_channels(channels, x0, noise)
         x_t = sch.add_noise(x0, noise, t)
         x_in, cond = sch.scale_model_input(x_t, t)
-        out = (model(x_in, cond, batch["class_index"]) if context is None
-               else model(x_in, cond, batch["class_index"], context=context))
+        kw = {} if context is None else {"context": context}
+        if getattr(cfg, "self_condition", False):
+            kw["self_cond"] = self_condition_input(model, sch, x_t, x_in, cond, t, batch, kw)
+        out = model(x_in, cond, batch["class_index"], **kw)
         target = sch.training_target(x0, noise, t)
         w = sch.training_weight(t).to(x0.device, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
         err = (out.float() - target) ** 2
