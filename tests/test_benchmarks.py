@@ -164,3 +164,31 @@ def test_finish_skeleton_keeps_the_given_spheres_and_scores_every_row(tmp_path):
     drawn = row["skellab/weights/diffusion.pt"]
     assert drawn["sphere_max_move"] == 0.0 and drawn["no_surface"] == 0 and drawn["diversity"] > 0
     assert 0 < row["floor"]["cd"] < row["encoded"]["cd"] and row["encoded"]["one_piece"] == 1.0
+
+
+def test_bench_decoder_times_the_shipped_decoders_on_their_own_guided_queries(tiny_dataset, tmp_path):
+    """benchmarks/bench_decoder.py --data: the real workload is the queries guided decoding sends (recorded exactly,
+    the model left as it was), timed for both shipped decoders beside the synthetic workload."""
+    from skellab.autoencoder import encode_shapes, load_autoencoder
+    from skellab.data.medsdf import MedSDF
+    from skellab.meshing import decode_grid_guided
+
+    spec = importlib.util.spec_from_file_location("bench_decoder_under_test", ROOT / "benchmarks" / "bench_decoder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = load_autoencoder()
+    store = MedSDF.open(tiny_dataset)
+    lat, _ = encode_shapes(model, store, store.ids(split="test")[:1])
+    q = bench.guided_queries(model, lat[0], 24)
+    assert "decode" not in vars(model)  # the recorder is gone
+    assert q.shape == (decode_grid_guided(model, lat[0], 24).num_queries, 3) and (abs(q) <= 1.1 + 1e-6).all()
+    out = tmp_path / "decoder.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_decoder.py"), "--queries", "1024",
+                        "--repeats", "1", "--data", str(tiny_dataset), "--shapes", "2", "--resolution", "24",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr
+    real = json.loads(out.read_text())["real_workload"]
+    assert len(real["shapes"]) == 2 and all(n > 0 for w in real["queries"].values() for n in w)
+    assert set(real["us_per_query"]) == {"global/fp32", "global/bf16", "kernel/fp32", "kernel/bf16"}
+    assert all(math.isfinite(v) and v > 0 for v in real["us_per_query"].values())
+    assert real["ratio_vs_global_fp32"]["global/fp32"] == 1.0
