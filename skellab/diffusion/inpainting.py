@@ -115,16 +115,16 @@ def inpaint_latents(
     noise = lambda: _randn((num, K, dim), generator, device=dev)  # noqa: E731
 
     # a self-conditioned denoiser reads its estimate from the call before (zeros at the first), as in sample_latents
-    prev: list[torch.Tensor | None] = [torch.zeros(num, K, dim, device=dev) if self_conditioned(denoiser) else None]
+    prev = torch.zeros(num, K, dim, device=dev) if self_conditioned(denoiser) else None
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        nonlocal prev
         x = torch.where(m, z_known + sigma * noise(), x)  # the known part, at this noise level
         x_in, cond = scheduler.scale_model_input(x, sigma)
         g = interval_guide(guide, guide_interval, sigma)
-        out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance, prev[0]).float()
+        out = guided_output(denoiser, x_in, cond, class_index, guidance, g, autoguidance, prev).float()
         d = scheduler.predict_original(out, sigma, x).to(x.dtype)
-        if prev[0] is not None:
-            prev[0] = d
+        prev = d if prev is not None else None
         return x, d
 
     x = noise() * sigmas[0]

@@ -162,7 +162,7 @@ def guided_output(denoiser: nn.Module, x: torch.Tensor, cond: torch.Tensor, clas
     else:
         null = torch.full_like(class_index, -1)
         both = denoiser(torch.cat([x, x]), torch.cat([cond, cond]), torch.cat([class_index, null]),
-                        **({} if self_cond is None else {"self_cond": torch.cat([self_cond, self_cond])}))
+                        **{k: torch.cat([v, v]) for k, v in kw.items()})
         main, out_uncond = both.chunk(2)
         out = out_uncond + guidance * (main - out_uncond)
         label = class_index
