@@ -57,6 +57,7 @@ from .diffusion import (
     make_scheduler,
 )
 from .errors import SkellabError
+from .metrics.generation import betti_numbers
 from .meshing import (
     check_resolution,
     count_components,
@@ -70,7 +71,7 @@ from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 from .weights import weights_path
 
-__all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models",
+__all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models", "organ_genus",
            "iter_generated",
            "decode_organ", "load_generation_models", "check_autoencoder_pair", "GENERATED_NAME", "sampling_scheduler", "list_organs", "write_generated"]
 
@@ -125,7 +126,7 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
     diff = load_diffusion(diffusion_checkpoint, device=device)
     ae_path = Path(autoencoder_checkpoint) if autoencoder_checkpoint is not None else weights_path("autoencoder")
     ae = load_autoencoder(ae_path, device=device)
-    check_autoencoder_pair(diff, ae_path)
+    check_autoencoder_pair(diff, ae_path, autoencoder=ae)
     if diff.token_dim != ae.config.token_dim:
         raise SkellabError(f"the diffusion model makes {diff.token_dim}-number tokens but the "
                            f"autoencoder reads {ae.config.token_dim}: they were not trained together")
@@ -134,12 +135,15 @@ def load_generation_models(diffusion_checkpoint: str | os.PathLike | None = None
     return diff, ae
 
 
-def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | os.PathLike) -> None:
+def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | os.PathLike, *,
+                           autoencoder: SkeletalAutoencoder | None = None) -> None:
     """Refuse an autoencoder file other than the one ``diffusion`` was trained on.
 
     A diffusion model trained by ``skellab train`` records the sha256 of its autoencoder's file
     (``info["train"]["autoencoder_sha256"]``, also in the shipped ``diffusion.pt``); another file →
     one-line :class:`SkellabError` (its latents would decode to nonsense). Without a record: a warning.
+    A decoder fine-tuned from that file (``skellab train autoencoder --finetune``, which keeps the encoder and so
+    every latent; ``autoencoder``, when given, is read for its ``info["train"]["encoder_of_sha256"]``) is accepted.
     """
     train = diffusion.info.get("train") if isinstance(diffusion.info, dict) else None
     recorded = train.get("autoencoder_sha256") if isinstance(train, dict) else None
@@ -153,6 +157,11 @@ def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | o
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     actual = digest.hexdigest()
+    info = getattr(autoencoder, "info", None) or {}
+    train_of = info.get("train") if isinstance(info.get("train"), dict) else {}
+    encoder_of = train_of.get("encoder_of_sha256") or train_of.get("finetuned_from_sha256")
+    if isinstance(encoder_of, str) and encoder_of.startswith(recorded.lower()):
+        return  # the same encoder: a decoder fine-tuned from the recorded file
     if not actual.startswith(recorded.lower()):
         raise SkellabError(f"{p}: not the autoencoder this diffusion model was trained with (sha256 {actual[:12]}…, "
                            f"the model records {recorded[:12]}…): pass that one as --autoencoder")
@@ -237,13 +246,21 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
                            "clipped_at_box": clipped})
 
 
+def organ_genus(organ: GeneratedOrgan) -> int:
+    """Genus of a generated organ's mesh: its number of handles (loops), summed over its closed pieces
+    (:func:`skellab.metrics.generation.betti_numbers`: b1 = 2·genus for a closed surface)."""
+    b0, b1, b2 = betti_numbers((organ.vertices, organ.faces))
+    return int(b1) // 2
+
+
 def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
                          steps: int = 20, guidance: float = DEFAULT_GUIDANCE, seed: int = 0, scheduler: str = "edm",
                          resolution: int = 128, largest_component: bool = True, decode: bool = True,
                          max_attempts: int = 3, keep: tuple[torch.Tensor, torch.Tensor] | None = None,
                          resample: int = 4, batch_size: int = GENERATION_BATCH,
                          connect: float | None = CONNECT_OVERLAP,
-                         autoguidance: float | None = None, precision: str = "auto") -> list[GeneratedOrgan] | Latent:
+                         autoguidance: float | None = None, precision: str = "auto",
+                         max_genus: int | None = None) -> list[GeneratedOrgan] | Latent:
     """:func:`generate_organs` with models already loaded (notebooks, evaluation loops).
 
     keep : ``(tokens (K, D), mask (K,) or (K, D))`` in latent units (:func:`load_keep`): every organ
@@ -256,6 +273,10 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
            model's own (the shipped model: 1.5, its guide its sphere stage's own step-1,000 export); 1: off.
     precision : arithmetic of the denoiser's passes and of the decoder: ``"auto"`` (bf16 where the device
            multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"`` (:func:`skellab.runtime.inference_autocast`).
+    max_genus : a topological constraint, met by rejection: an organ whose mesh has more handles (loops) is drawn
+           again, up to ``max_attempts`` draws in all; if none meets it, the draw with the fewest handles is kept
+           (``info["genus"]``, ``info["genus_met"]``). E.g. 0 for a vessel or airway tree. None: every draw is kept
+           (the sampler's own distribution). It filters the model's samples; it does not teach the model trees.
 
     Latents are sampled ``batch_size`` (16) at a time from one seeded generator and each batch is
     decoded before the next is sampled (:func:`iter_generated`), so sampling memory does not grow
@@ -268,7 +289,10 @@ def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoen
         return list(iter_generated(diffusion, autoencoder, organ, n, steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, resolution=resolution, largest_component=largest_component,
                                    max_attempts=max_attempts, keep=keep, resample=resample, batch_size=batch_size,
-                                   connect=connect, autoguidance=autoguidance, precision=precision))
+                                   connect=connect, autoguidance=autoguidance, precision=precision,
+                                   max_genus=max_genus))
+    if max_genus is not None:
+        raise SkellabError("max_genus needs decoded organs (decode=True): the genus is the mesh's")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SkellabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
@@ -283,7 +307,8 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                    keep: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 4,
                    batch_size: int = GENERATION_BATCH,
                    connect: float | None = CONNECT_OVERLAP,
-                   autoguidance: float | None = None, precision: str = "auto") -> Iterator[GeneratedOrgan]:
+                   autoguidance: float | None = None, precision: str = "auto",
+                   max_genus: int | None = None) -> Iterator[GeneratedOrgan]:
     """:func:`generate_from_models`, organ by organ (index 0 … n − 1), in memory independent of ``n``.
 
     Latents are sampled ``batch_size`` at a time from one seeded generator; a batch is decoded
@@ -300,6 +325,9 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
     for name, value in (("batch_size", batch_size), ("max_attempts", max_attempts)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
+    if max_genus is not None and (isinstance(max_genus, bool) or not isinstance(max_genus, (int, np.integer))
+                                  or max_genus < 0):
+        raise SkellabError(f"max_genus must be an integer >= 0 or None, got {max_genus!r}")
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
                       resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance,
                       precision=precision)
@@ -309,6 +337,7 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
         todo = list(range(start, min(n, start + int(batch_size))))
         latents, t_sample, joins = sample(len(todo))
         out: dict[int, GeneratedOrgan] = {}
+        fallback: dict[int, GeneratedOrgan] = {}  # max_genus: the draw with the fewest handles so far
         for attempt in range(1, max_attempts + 1):
             failed = []
             for j, i in enumerate(todo):
@@ -327,12 +356,23 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
                                  if diffusion.guide_interval is not None and used_autoguidance != 1 else {}),
                               **({"feature_steps": int(diffusion.feature_steps)}
                                  if diffusion.two_stage and diffusion.feature_steps is not None else {}))
+                if max_genus is not None:
+                    g.info.update(genus=organ_genus(g), max_genus=int(max_genus))
+                    g.info["genus_met"] = g.info["genus"] <= max_genus
+                    if not g.info["genus_met"]:  # too many loops: draw again, keep the best draw so far
+                        if i not in fallback or g.info["genus"] < fallback[i].info["genus"]:
+                            fallback[i] = g
+                        failed.append(i)
+                        continue
                 out[i] = g
             todo = failed
             if not todo:
                 break
             if attempt < max_attempts:  # fresh samples from the same generator: still a function of the seed
                 latents, t_sample, joins = sample(len(todo))
+        for i in [i for i in todo if i in fallback]:  # the constraint unmet in max_attempts draws: the best one
+            out[i] = fallback.pop(i)
+        todo = [i for i in todo if i not in out]
         if todo:
             raise SkellabError(f"{len(todo)} sampled {organ} latent(s) decoded to no surface in {max_attempts} "
                                "attempts (is the autoencoder the one the diffusion model was trained with?)")
@@ -465,6 +505,8 @@ def generate_organs(
     connect: float | None = CONNECT_OVERLAP,
     autoguidance: float | None = None,
     precision: str = "auto",
+    max_genus: int | None = None,
+    max_attempts: int = 3,
 ) -> list[GeneratedOrgan]:
     """Generate ``n`` new organs of class ``organ``: meshes + skeletons in the normalised frame.
 
@@ -484,6 +526,8 @@ def generate_organs(
                  (:func:`connect_latents`; default 0.1, None: the raw sampler output)
     precision  : ``"auto"`` (bf16 sampling and decoding where the device multiplies bf16 natively, else fp32),
                  ``"fp32"`` or ``"bf16"``
+    max_genus  : redraw an organ whose mesh has more handles, up to ``max_attempts`` draws (rejection sampling;
+                 e.g. 0 for trees; :func:`generate_from_models`); None: every draw is kept
     returns    : list of :class:`GeneratedOrgan`, ``index`` 0 … n − 1.
     Bad arguments, an unknown organ, or a missing/corrupt checkpoint → :class:`SkellabError`.
     Not differentiable.
@@ -492,7 +536,8 @@ def generate_organs(
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint, device=device)
     return generate_from_models(diff, ae, organ, n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                 resolution=resolution, largest_component=largest_component, keep=keep,
-                                batch_size=batch_size, connect=connect, autoguidance=autoguidance, precision=precision)
+                                batch_size=batch_size, connect=connect, autoguidance=autoguidance, precision=precision,
+                                max_genus=max_genus, max_attempts=max_attempts)
 
 
 #: the names :func:`write_generated` writes (what ``skellab generate --overwrite`` may replace)

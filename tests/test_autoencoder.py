@@ -350,3 +350,24 @@ def test_shipped_kernel_autoencoder_adds_to_its_prior_on_a_held_out_thin_shell()
     assert res["centres_inside"] >= 0.95
     assert res["network"]["f1@0.05"] > res["prior"]["f1@0.05"]
     assert res["network"]["cd_pointflow"] < res["prior"]["cd_pointflow"]
+
+
+def test_perturb_spheres_moves_the_spheres_by_scale_times_spread_and_keeps_the_features():
+    from skellab.autoencoder import perturb_spheres
+    from skellab.autoencoder.model import MIN_PERTURBED_RADIUS
+
+    g = torch.Generator().manual_seed(0)
+    lat = Latent.from_parts(torch.rand(2, 16, 3, generator=g), torch.rand(2, 16, generator=g) * 0.05 + 0.01,
+                            torch.randn(2, 16, 5, generator=g), torch.tensor([3, 1]))
+    noise = torch.randn(2, 16, 4, generator=g)
+    spread = torch.tensor([0.3, 0.2, 0.4, 0.1])
+    out = perturb_spheres(lat, noise, torch.tensor([0.0, 0.5]), spread)
+    assert torch.equal(out.tokens[0], lat.tokens[0]) and torch.equal(out.class_index, lat.class_index)
+    assert torch.equal(out.features, lat.features)
+    assert torch.allclose(out.centers[1], lat.centers[1] + 0.5 * spread[:3] * noise[1, :, :3])
+    want_r = (lat.radii[1] + 0.5 * 0.1 * noise[1, :, 3]).clamp_min(MIN_PERTURBED_RADIUS)
+    assert torch.allclose(out.radii[1], want_r) and (out.radii >= MIN_PERTURBED_RADIUS).all()
+    big = perturb_spheres(lat, torch.full((2, 16, 4), -10.0), torch.ones(2), spread)
+    assert (big.radii == MIN_PERTURBED_RADIUS).all()
+    with pytest.raises(SkellabError, match="noise \\(B, K, 4\\)"):
+        perturb_spheres(lat, noise[..., :3], torch.ones(2), spread)

@@ -263,6 +263,17 @@ def test_evaluate_fresh_refuses_bad_arguments():
     assert set(TREE_FAMILIES) <= set(FAMILIES)
 
 
+def test_max_genus_rejection_is_recorded_per_class(one_thread):
+    res = evaluate_fresh(2, classes=["vessel_tree"], methods=["skellab"], resolution=24, steps=2, num_points=256,
+                         emd_points=64, reps=10, max_genus=0, max_attempts=2)
+    rej = res["methods"]["skellab"]["rejection"]["vessel_tree"]
+    assert rej["organs"] == 2 and 2 <= rej["draws"] <= 4 and rej["max_attempts"] == 2 and rej["max_genus"] == 0
+    assert rej["acceptance"] == pytest.approx(2 / rej["draws"])
+    genus = res["methods"]["skellab"]["per_class"]["vessel_tree"]["plausibility"]["genus"]["histogram"]["generated"]
+    assert rej["met"] == genus.get("0", 0)  # the constraint is judged on the mesh the metrics see
+    assert res["setup"]["max_genus"] == 0 and res["setup"]["max_attempts"] == 2
+
+
 # ---------------------------------------------------------------------- the command line
 @pytest.mark.parametrize("args", [
     ("--fresh", "0"),
@@ -277,6 +288,8 @@ def test_evaluate_fresh_refuses_bad_arguments():
     ("--fresh", "2", "--ref-seed", "5"),  # a dataset preset's seed
     ("--fresh", "2", "--ref-seed", "x"),
     ("--data", "d", "--ref-seed", "3000000"),  # --ref-seed belongs to --fresh
+    ("--fresh", "2", "--max-genus", "-1"),
+    ("--fresh", "2", "--max-genus", "0", "--max-attempts", "0"),
 ])
 def test_evaluate_fresh_bad_flags_are_one_line_exit_2(tmp_path, args):
     _one_line_error(*run_cli("evaluate", "--out", tmp_path / "r.json", *args))

@@ -181,3 +181,41 @@ def test_shipped_weights_fit_the_budget_and_the_diffusion_model_carries_its_guid
     # a two-stage model: the index records the feature stage and the steps it samples in, as the checkpoint holds them
     assert diff.two_stage and diff.feature_steps == index["features"]["sampler_steps"] == 8
     assert diff.guide_interval is None and index["guide"].get("interval") is None  # the guide runs at every step
+
+
+def test_max_genus_redraws_organs_with_loops_and_keeps_the_best_when_none_qualifies(monkeypatch, tmp_path):
+    """Rejection by topology: an organ above ``max_genus`` is drawn again (from the same generator, so still a
+    function of the seed); after ``max_attempts`` draws the one with the fewest handles is kept and flagged."""
+    import skellab.generation as generation
+    from skellab.generation import generate_from_models, organ_genus
+
+    diff, ae = load_generation_models()
+    kw = dict(steps=3, resolution=24, seed=5)
+    plain = generate_from_models(diff, ae, "vessel_tree", 2, **kw)
+    assert all("genus" not in g.info for g in plain)  # without the constraint: the sampler's own draws, as before
+    assert [organ_genus(g) for g in plain] == [g.info["genus"] for g in
+                                               generate_from_models(diff, ae, "vessel_tree", 2, max_genus=99, **kw)]
+
+    genera = iter([3, 1, 2, 0, 4, 5])  # draw by draw: organ 0 → 3, organ 1 → 1; redraws 2, 0; then 4, 5
+    monkeypatch.setattr(generation, "organ_genus", lambda g: next(genera))
+    got = generate_from_models(diff, ae, "vessel_tree", 2, max_genus=0, max_attempts=3, **kw)
+    assert [g.info["genus"] for g in got] == [2, 0] and [g.info["genus_met"] for g in got] == [False, True]
+    assert got[1].info["attempts"] == 2 and got[1].info["max_genus"] == 0
+    assert not np.array_equal(got[1].latent.tokens, plain[1].latent.tokens)  # a redrawn organ is a new sample
+
+    monkeypatch.undo()
+    again = generate_from_models(diff, ae, "vessel_tree", 2, max_genus=0, max_attempts=2, **kw)
+    twice = generate_from_models(diff, ae, "vessel_tree", 2, max_genus=0, max_attempts=2, **kw)
+    assert all(np.array_equal(a.faces, b.faces) for a, b in zip(again, twice))  # deterministic in the seed
+    for g in again:
+        assert g.info["genus"] == organ_genus(g) and (g.info["genus_met"] == (g.info["genus"] == 0))
+
+    with pytest.raises(SkellabError, match="max_genus must be an integer >= 0"):
+        generate_from_models(diff, ae, "vessel_tree", 1, max_genus=-1, **kw)
+    with pytest.raises(SkellabError, match="needs decoded organs"):
+        generate_from_models(diff, ae, "vessel_tree", 1, max_genus=0, decode=False, **kw)
+    out = tmp_path / "gen"
+    code, stdout, err = run_cli("generate", "--organ", "vessel_tree", "--n", "1", "--out", out, *FAST,
+                                "--max-genus", "0", "--max-attempts", "2")
+    assert code == 0 and ", genus " in stdout, err
+    _one_line_error(*run_cli("generate", "--organ", "kidney", "--out", tmp_path / "g2", *FAST, "--max-genus", "-1"))

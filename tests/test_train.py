@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -427,3 +428,64 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     assert back.guide_interval == (0.3, 3.0) and index["guide"]["interval"] == [0.3, 3.0]
     six = load_diffusion(tmp_path / "features" / "diffusion" / "model_step6.pt").denoiser
     assert torch.allclose(back.features.input.weight, six.input.weight, rtol=1e-2, atol=1e-3)
+
+
+def test_finetuning_trains_the_decoder_on_noisy_spheres_and_keeps_every_latent(tiny_dataset, tiny_run, tmp_path,
+                                                                                 one_thread):
+    """``--finetune`` + ``sphere_noise``: the encoder (so each latent) stays, the decoder learns, resume is exact."""
+    from skellab.autoencoder import encode_shapes, load_autoencoder
+    from skellab.train.tasks import AutoencoderTask
+
+    src = tiny_run / "autoencoder" / "model.pt"
+    kw = dict(device="cpu", max_steps=TINY_STEPS, progress=False, checkpoint_every=4, finetune=src,
+              sphere_noise=0.1)
+    ref = train_stage("autoencoder", tiny_dataset, tmp_path / "ref", **kw)
+    a, b = _state(src), _state(ref.model_path)
+    enc = [k for k in a if k.startswith("encoder.")]
+    assert enc and all(torch.equal(a[k], b[k]) for k in enc)
+    assert any(not torch.equal(a[k], b[k]) for k in a if not k.startswith("encoder."))
+    old, new = load_autoencoder(src), load_autoencoder(ref.model_path)
+    assert new.config == old.config.replace(sphere_noise=0.1)  # the checkpoint's architecture, not the preset's
+    store = MedSDF.open(tiny_dataset)
+    with torch.no_grad():
+        assert torch.equal(encode_shapes(old, store, split="train", progress=False)[0].tokens,
+                           encode_shapes(new, store, split="train", progress=False)[0].tokens)
+    spread = torch.tensor(new.info["train"]["sphere_spread"])
+    assert spread.shape == (4,) and (spread > 0).all()
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert new.info["train"]["finetuned_from_sha256"] == new.info["train"]["encoder_of_sha256"] == sha
+    # a diffusion model of the source's latents pairs with the fine-tuned decoder; with another autoencoder it does not
+    from skellab.generation import load_generation_models
+    load_generation_models(tiny_run / "diffusion" / "model.pt", ref.model_path)
+    again = train_stage("autoencoder", tiny_dataset, tmp_path / "again", **{**kw, "max_steps": 2, "finetune": ref.model_path})
+    load_generation_models(tiny_run / "diffusion" / "model.pt", again.model_path)  # a fine-tune of a fine-tune too
+    other = train_stage("autoencoder", tiny_dataset, tmp_path / "other", device="cpu", max_steps=2, progress=False)
+    with pytest.raises(SkellabError, match="not the autoencoder this diffusion model was trained with"):
+        load_generation_models(tiny_run / "diffusion" / "model.pt", other.model_path)
+
+    # the noise is the task's: the same for the same (step, position), fresh for another step; validation is clean
+    task = AutoencoderTask(tiny_dataset, new.config, stage_config("autoencoder", "default").sampling, finetune=src)
+    task.prepare(None, torch.device("cpu"), None, False)
+    b1, b2, b3 = (task.make_batch([(0, 0), (1, 0)], [0, 1], s, "cpu") for s in (3, 3, 4))
+    assert torch.equal(b1["sphere_noise"], b2["sphere_noise"]) and torch.equal(b1["sphere_scale"], b2["sphere_scale"])
+    assert not torch.equal(b1["sphere_noise"], b3["sphere_noise"])
+    assert "sphere_noise" not in task._batch(task.val, [(0, 0)], "cpu")
+
+    # exact resume
+    with pytest.raises(Crash):
+        train_stage("autoencoder", tiny_dataset, tmp_path / "crash", callback=crash_at(7), **kw)
+    res = train_stage("autoencoder", tiny_dataset, tmp_path / "crash", resume=True, **kw)
+    assert res.resumed_from == 4 and _losses(tmp_path / "crash", "autoencoder") == _losses(tmp_path / "ref", "autoencoder")
+
+    # what a fine-tune may not change, and a fine-tune source that is not there
+    base = ["train", "autoencoder", "--data", tiny_dataset, "--device", "cpu", "--quiet", "--max-steps", 2]
+    code, _, err = run_cli(*base, "--out", tmp_path / "r1", "--finetune", src, "--set", "decoder_blocks=3")
+    assert code == 2 and "keeps the checkpoint's architecture: decoder_blocks" in err and "Traceback" not in err
+    code, _, err = run_cli(*base, "--out", tmp_path / "r2", "--finetune", tmp_path / "none.pt")
+    assert code == 2 and "to fine-tune not found" in err
+    code, _, err = run_cli("train", "diffusion", "--data", tiny_dataset, "--out", tmp_path / "r3", "--quiet",
+                           "--autoencoder", src, "--finetune", src)
+    assert code == 2 and "autoencoder stage only" in err
+    code, _, err = run_cli(*base, "--out", tmp_path / "r4", "--set", "sphere_noise=2")
+    assert code == 2 and "sphere_noise must be in [0, 1]" in err
+    assert not (tmp_path / "r1").exists() or not any((tmp_path / "r1").rglob("*.pt"))

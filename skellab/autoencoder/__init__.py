@@ -23,6 +23,7 @@ from .model import (
     Latent,
     SkeletalAutoencoder,
     fourier_features,
+    perturb_spheres,
     sphere_union_sdf,
 )
 from .refine import (
@@ -38,6 +39,7 @@ __all__ = [
     "Latent",
     "SkeletalAutoencoder",
     "fourier_features",
+    "perturb_spheres",
     "sphere_union_sdf",
     "CHECKPOINT_FORMAT",
     "autoencoder_payload",

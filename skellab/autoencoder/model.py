@@ -79,6 +79,8 @@ class AutoencoderConfig:
     truncation: float = 0.25  # τ: SDF truncated to [-τ, τ] (paper 0.25)
     sdf_weight: float = 1.0  # weight of the truncated-SDF MSE (in units of τ)
     skeleton_weight: float = 0.1  # weight of the skeleton constraint (sdf(c_k) = −r_k); 0 turns it off
+    sphere_noise: float = 0.0  # training only: σ of Gaussian noise on the token spheres before decoding, in units of
+    #                            each sphere channel's spread over the training skeletons (:func:`perturb_spheres`)
     num_classes: int = 0  # organ classes (0: unconditional)
     class_conditioning: bool = False  # add a learned class bias to the token features
     skeleton_method: str = "medial"  # how the token spheres are made (see skellab.skeleton.METHODS)
@@ -103,6 +105,8 @@ class AutoencoderConfig:
             raise SkellabError(f"truncation must be > 0, got {self.truncation}")
         if self.sdf_weight < 0 or self.skeleton_weight < 0:
             raise SkellabError("loss weights must be >= 0")
+        if not 0.0 <= float(self.sphere_noise) <= 1.0:
+            raise SkellabError(f"sphere_noise must be in [0, 1] (channel spreads), got {self.sphere_noise}")
         if self.class_conditioning and self.num_classes < 1:
             raise SkellabError("class_conditioning needs num_classes >= 1")
         if self.decoder not in DECODERS:
@@ -202,6 +206,32 @@ class Latent:
         ci = [lat.class_index for lat in latents]
         cls_index = None if any(c is None for c in ci) else torch.cat(ci)
         return Latent(torch.cat([lat.tokens for lat in latents]), cls_index)
+
+
+#: the smallest radius :func:`perturb_spheres` leaves a sphere (normalised units)
+MIN_PERTURBED_RADIUS = 1e-3
+
+
+def perturb_spheres(latent: Latent, noise: torch.Tensor, scale: torch.Tensor, spread: torch.Tensor) -> Latent:
+    """``latent`` with its spheres moved as a sampler's errors would move them; the features unchanged.
+
+    noise  : (B, K, 4) standard normal draws for [x, y, z, r]
+    scale  : (B,) σ of each shape, in units of ``spread``
+    spread : (4,) each sphere channel's standard deviation (e.g. over the training skeletons)
+
+    centres and radii get ``scale · spread · noise``; radii stay ≥ :data:`MIN_PERTURBED_RADIUS`. What
+    ``AutoencoderConfig.sphere_noise`` trains the decoder on: the target stays the clean surface, so the decoder
+    learns to read a slightly wrong skeleton as the organ it was meant to be (conditioning augmentation, as in
+    cascaded diffusion models; Ho et al. 2022).
+    """
+    tok = latent.tokens
+    if tuple(noise.shape) != (*tok.shape[:2], 4) or tuple(scale.shape) != tok.shape[:1] or tuple(spread.shape) != (4,):
+        raise SkellabError(f"perturb_spheres: noise (B, K, 4), scale (B,) and spread (4,) for tokens {tuple(tok.shape)}, "
+                           f"got {tuple(noise.shape)}, {tuple(scale.shape)}, {tuple(spread.shape)}")
+    step = noise.to(tok) * (scale.to(tok).view(-1, 1, 1) * spread.to(tok))
+    spheres = tok[..., :4] + step
+    spheres = torch.cat([spheres[..., :3], spheres[..., 3:4].clamp_min(MIN_PERTURBED_RADIUS)], dim=-1)
+    return Latent(torch.cat([spheres, tok[..., 4:]], dim=-1), latent.class_index)
 
 
 def _frequencies(num_frequencies: int, like: torch.Tensor) -> torch.Tensor:

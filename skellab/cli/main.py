@@ -214,12 +214,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise SkellabError("--keep-tokens needs --keep FILE")
     organs = iter_generated(diffusion, autoencoder, args.organ, args.n, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, resolution=args.resolution, keep=keep,
-                            connect=args.connect, autoguidance=args.autoguidance, precision=args.precision)
+                            connect=args.connect, autoguidance=args.autoguidance, precision=args.precision,
+                            max_genus=args.max_genus, max_attempts=args.max_attempts)
     count = 0
     with replace_folder(out, overwrite=args.overwrite, owned=GENERATED_NAME.match) as tmp:
         for g in organs:  # written and dropped one by one: memory does not grow with --n
             write_generated([g], tmp)
             flags = "watertight" if g.watertight else "NOT watertight"
+            if args.max_genus is not None:
+                flags += (f", genus {g.info['genus']} (draw {g.info['attempts']})" if g.info["genus_met"] else
+                          f", genus {g.info['genus']}: above --max-genus after {args.max_attempts} draws")
             print(f"{out / f'organ_{g.index:02d}.ply'}  {len(g.vertices)} vertices, {len(g.faces)} faces, {flags}, "
                   f"{g.skeleton.num_spheres} spheres / {len(g.skeleton.edges)} edges", flush=True)
             count += 1
@@ -310,6 +314,7 @@ def _evaluate_fresh(args: argparse.Namespace, say) -> int:
         emd_points=min(args.emd_points or 256, args.points), steps=args.steps, guidance=args.guidance,
         resolution=64 if args.resolution is None else args.resolution, seed=args.seed, reps=args.bootstrap or 200,
         connect=args.connect, autoguidance=args.autoguidance, precision=args.precision,
+        max_genus=args.max_genus, max_attempts=args.max_attempts,
         diffusion_checkpoint=args.checkpoint, autoencoder_checkpoint=args.autoencoder,
         baseline_checkpoint=args.baseline_checkpoint, baseline_seconds=args.baseline_seconds,
         gallery=picture if gallery else None, methods=args.methods or FRESH_METHODS, log=say)
@@ -334,6 +339,9 @@ FOLDER_RULE = ("replace a non-empty output folder. The folder is always written 
 
 CONNECT_HELP = ("overlap margin in [0, 1) to which stray islands of sampled spheres are moved onto the organ's "
                 "main body before decoding (default 0.1), or 'off' for the raw sampler output")
+MAX_GENUS_HELP = ("redraw an organ whose mesh has more than G handles (loops), up to --max-attempts draws, keeping "
+                  "the one with the fewest if none has at most G (rejection sampling; e.g. 0 for vessel and airway "
+                  "trees). Default: every draw is kept, the model's own distribution")
 PRECISION_HELP = ("arithmetic of the denoiser and the decoder: auto (default: bf16 where the CPU or GPU multiplies "
                   "bf16 natively, else fp32), fp32 (the same numbers on every machine) or bf16")
 
@@ -457,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--autoencoder", default=None, help="autoencoder checkpoint (default: shipped weights)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     gen.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off", help=CONNECT_HELP)
+    gen.add_argument("--max-genus", type=nonnegative_int, default=None, metavar="G", help=MAX_GENUS_HELP)
+    gen.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",
+                     help="draws per organ at most (redraws of a sample with no surface, or above --max-genus)")
     gen.add_argument("--list-organs", action="store_true", help="print the organ classes, one per line, and exit")
     gen.add_argument("--keep", default=None, metavar="FILE",
                      help="complete an edited organ: keep the tokens of FILE (organ_XX_latent.npz: tokens; "
@@ -504,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", nargs="+", default=None, help="only these organ classes")
     ev.add_argument("--connect", type=connect_arg, default=CONNECT_OVERLAP, metavar="MARGIN|off",
                     help=CONNECT_HELP + " (skellab only)")
+    ev.add_argument("--max-genus", type=nonnegative_int, default=None, metavar="G", help=MAX_GENUS_HELP + " (skellab only)")
+    ev.add_argument("--max-attempts", type=positive_int, default=3, metavar="N", help="with --max-genus: draws per organ at most")
     ev.add_argument("--baseline-seconds", type=float, default=None,
                     help="baseline training budget in CPU seconds (default: the diffusion model's, i.e. matched)")
     ev.add_argument("--baseline-checkpoint", default=None, help="reuse this baseline if it exists, else save it here")

@@ -35,6 +35,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeleton-method", default="medial", choices=["medial", "learned", "contraction", "thinning"],
                    help="autoencoder: skeletons for the tokens ('learned' uses RUN/skeleton/model.pt)")
     p.add_argument("--skeleton-checkpoint", default=None, help="learned skeleton weights (default RUN/skeleton/model.pt)")
+    p.add_argument("--finetune", default=None, metavar="CKPT",
+                   help="autoencoder: start from CKPT and train its decoder only (its latents stay), e.g. with "
+                        "--set sphere_noise=0.05")
     p.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model or engine config field, e.g. --set batch_size=64 (repeatable)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads per process")
@@ -51,7 +54,10 @@ def run_train(args: argparse.Namespace) -> int:
     for stage in stages:
         kw: dict[str, Any] = dict(overrides)
         if stage == "autoencoder":
-            kw.update(skeleton_method=args.skeleton_method, skeleton_checkpoint=args.skeleton_checkpoint)
+            kw.update(skeleton_method=args.skeleton_method, skeleton_checkpoint=args.skeleton_checkpoint,
+                      finetune=args.finetune)
+        elif args.finetune is not None:
+            kw["finetune"] = args.finetune  # refused with a one-line error by train_stage
         if stage == "diffusion":
             kw["autoencoder"] = args.autoencoder
         res = train_stage(stage, args.data, args.out, preset=args.preset, device=args.device, max_steps=args.max_steps,

@@ -91,7 +91,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -560,11 +560,32 @@ class _LatentMethod:
     connect: float | None = None
     autoguidance: float | None = None
     precision: str = "auto"
+    max_genus: int | None = None  # rejection: redraw organs with more handles (:func:`generate_from_models`)
+    max_attempts: int = 3
+    rejection: dict[str, dict[str, Any]] = field(default_factory=dict)  # per class, with max_genus: draws made
 
     def generate(self, organ: str, count: int, seed: int, clock: _Clock
                  ) -> tuple[list[trimesh.Trimesh], int, list[tuple[float, float]]]:
         """(meshes in their own normalised frames, failures, raw (max |coordinate|, bbox-centre offset) of each)."""
         t = time.perf_counter()
+        if self.max_genus is not None:  # decoded organ by organ, each redrawn until its genus is low enough
+            organs = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
+                                          guidance=self.guidance, seed=seed, resolution=self.resolution,
+                                          largest_component=self.largest_component, connect=self.connect,
+                                          autoguidance=self.autoguidance, precision=self.precision,
+                                          max_genus=self.max_genus, max_attempts=self.max_attempts)
+            meshes, raw = [], []
+            for g in organs:
+                m, raw_max, offset = _normalised(g.to_trimesh())
+                meshes.append(m)
+                raw.append((raw_max, offset))
+            met = [bool(g.info["genus_met"]) for g in organs]
+            draws = [int(g.info["attempts"]) if ok else self.max_attempts for g, ok in zip(organs, met)]
+            self.rejection[organ] = {"max_genus": int(self.max_genus), "max_attempts": int(self.max_attempts),
+                                     "organs": len(organs), "draws": int(sum(draws)), "met": int(sum(met)),
+                                     "acceptance": len(organs) / max(1, sum(draws))}
+            clock.add(f"generate_{self.name}", time.perf_counter() - t, count)
+            return meshes, 0, raw
         latents = generate_from_models(self.diffusion, self.autoencoder, organ, count, steps=self.steps,
                                        guidance=self.guidance, seed=seed, resolution=self.resolution, decode=False,
                                        connect=self.connect, autoguidance=self.autoguidance,
@@ -640,6 +661,8 @@ def evaluate_fresh(
     connect: float | None = CONNECT_OVERLAP,
     autoguidance: float | None = None,
     precision: str = "auto",
+    max_genus: int | None = None,
+    max_attempts: int = 3,
     reps: int = 200,
     level: float = 0.95,
     skeleton_spheres: int = 64,
@@ -669,6 +692,9 @@ def evaluate_fresh(
     precision            : arithmetic of every network pass (sampling, decoding; all methods): ``"auto"`` (bf16
                            where the CPU/GPU multiplies bf16 natively, else fp32), ``"fp32"`` or ``"bf16"``;
                            ``setup.precision`` records what ``"auto"`` chose
+    max_genus, max_attempts : skellab only: redraw a generated organ whose mesh has more handles than
+                           ``max_genus``, up to ``max_attempts`` draws (rejection; the draws made per class are in
+                           ``methods.skellab.rejection``). None: the sampler's own distribution
     largest_component    : keep only each generated mesh's largest piece (default False: measure the raw output)
     connect              : skellab's island-joining margin (:func:`skellab.generation.connect_latents`;
                            None: the raw sampler output). The surface-token ablation has no spheres to join.
@@ -705,6 +731,9 @@ def evaluate_fresh(
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
+    if max_genus is not None:
+        _check_count(max_genus + 1, "max_genus + 1")  # an integer >= 0
+        _check_count(max_attempts, "max_attempts")
     resolve_precision("cpu", precision)  # and so does an unknown precision
     known = diff.organs
     procedural = [c for c in PROCEDURAL_FAMILIES if c in known]
@@ -736,7 +765,7 @@ def evaluate_fresh(
     train_info = diff.info.get("train") or {}  # also the baseline's default compute budget
     if "skellab" in methods_wanted:
         makers["skellab"] = _LatentMethod("skellab", diff, ae, steps, guidance, resolution, largest_component,
-                                          connect, autoguidance, precision)
+                                          connect, autoguidance, precision, max_genus, max_attempts)
         methods["skellab"] = {"available": True, "kind": "meshes", "training": train_info,
                               "checkpoints": {"diffusion": str(diffusion_checkpoint or weights_path("diffusion")),
                                               "autoencoder": str(autoencoder_checkpoint or weights_path("autoencoder"))}}
@@ -809,6 +838,9 @@ def evaluate_fresh(
             say(f"{c}: {name} done ({len(pts)} shapes"
                 + (f", 1-NNA-CD {row['metrics']['1nna_cd']['value']:.3f})" if row.get("metrics") else ")"))
 
+    for name, maker in makers.items():
+        if maker.max_genus is not None:
+            methods[name]["rejection"] = maker.rejection
     for name, method in methods.items():
         if method["available"]:
             method["summary"] = {
@@ -861,6 +893,7 @@ def evaluate_fresh(
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",
             "bootstrap": {"reps": reps, "level": level, "seeds": "the class's generation seed"},
             "skeleton_spheres": skeleton_spheres, "largest_component": largest_component, "connect": connect,
+            **({"max_genus": max_genus, "max_attempts": max_attempts} if max_genus is not None else {}),
             "data": str(store.root) if store else None, "split": split if store else None,
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,

@@ -150,6 +150,26 @@ class _LatentTask(DenoisingTask):
 
 
 # ---------------------------------------------------------------------- one stage
+#: the autoencoder config fields a fine-tuning run may change: how the decoder is trained, not its shape
+FINETUNE_FIELDS = ("sphere_noise", "sdf_weight", "skeleton_weight")
+
+
+def _finetune_config(path: Path, preset_model: Any, overrides: dict[str, Any], skeleton_method: str) -> Any:
+    """The config of checkpoint ``path`` with the overridden :data:`FINETUNE_FIELDS` (already parsed in ``preset_model``)."""
+    if not path.is_file():
+        raise SkellabError(f"autoencoder checkpoint to fine-tune not found: {path}")
+    base = load_autoencoder(path).config
+    if skeleton_method != base.skeleton_method:
+        raise SkellabError(f"{path} was trained on {base.skeleton_method} skeletons, not {skeleton_method}")
+    model_fields = set(base.to_dict())
+    changed = sorted(k for k in overrides if k in model_fields)
+    bad = [k for k in changed if k not in FINETUNE_FIELDS]
+    if bad:
+        raise SkellabError(f"--finetune keeps the checkpoint's architecture: {', '.join(bad)} cannot be set "
+                           f"(only {', '.join(FINETUNE_FIELDS)})")
+    return base.replace(**{k: getattr(preset_model, k) for k in changed})
+
+
 def train_stage(
     stage: str,
     data: str | os.PathLike,
@@ -164,6 +184,7 @@ def train_stage(
     autoencoder: str | os.PathLike | None = None,
     skeleton_method: str = "medial",
     skeleton_checkpoint: str | os.PathLike | None = None,
+    finetune: str | os.PathLike | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     **overrides: Any,
 ) -> FitResult:
@@ -177,6 +198,9 @@ def train_stage(
     autoencoder         : diffusion only: the frozen autoencoder (default ``out/autoencoder/model.pt``)
     skeleton_method     : autoencoder only: ``"medial"`` (default) or ``"learned"``
     skeleton_checkpoint : learned skeleton weights (default ``out/skeleton/model.pt``)
+    finetune            : autoencoder only: start from this checkpoint and train its decoder only; its encoder, and
+                          so every latent a diffusion model learnt from it, stays. Its config is kept; overrides
+                          may change only the decoder's training (:data:`FINETUNE_FIELDS`), e.g. ``sphere_noise``
     overrides           : fields of the stage's model config or of :class:`EngineConfig`
     """
     if stage not in STAGES:
@@ -205,8 +229,13 @@ def train_stage(
         if skeleton_method == "learned":
             ck = Path(skeleton_checkpoint) if skeleton_checkpoint is not None else run / "skeleton" / "model.pt"
         model = cfg.model.replace(skeleton_method=skeleton_method, skeleton_checkpoint=None if ck is None else str(ck))
-        task = AutoencoderTask(data, model, cfg.sampling, seed=seed, val_batch_size=cfg.engine.batch_size)
+        if finetune is not None:
+            model = _finetune_config(Path(finetune), cfg.model, overrides, skeleton_method)
+        task = AutoencoderTask(data, model, cfg.sampling, seed=seed, val_batch_size=cfg.engine.batch_size,
+                               finetune=finetune)
     else:
+        if finetune is not None:
+            raise SkellabError("--finetune applies to the autoencoder stage only")
         ae_path = Path(autoencoder) if autoencoder is not None else run / "autoencoder" / "model.pt"
         if not ae_path.is_file():
             raise SkellabError(f"autoencoder checkpoint not found: {ae_path} (train it first with "

@@ -27,8 +27,10 @@ from ..autoencoder import (
     AutoencoderConfig,
     SkeletalAutoencoder,
     autoencoder_payload,
+    perturb_spheres,
     skeletons_for,
 )
+from ..checkpoint import read_checkpoint
 from ..data.dataset import MedSDFDataset, SDFBatchConfig
 from ..data.medsdf import MedSDF
 from ..data.medsdf import sha256_file as file_sha256
@@ -201,14 +203,24 @@ class AutoencoderTask(TrainingTask):
     points, and cached; each step draws a fresh random subset of every shape's surface points
     and SDF queries (``sampling``), encodes, decodes and minimises the truncated-SDF MSE (+ the
     skeleton constraint).
+
+    ``model_config.sphere_noise`` > 0 moves each training shape's spheres by Gaussian noise before decoding
+    (:func:`~skellab.autoencoder.perturb_spheres`; σ = u · sphere_noise with u ~ U(0, 1) per shape, in units of each
+    sphere channel's spread over the training skeletons) while the target stays the clean SDF. ``finetune`` starts
+    from a checkpoint's weights and trains its decoder only: the encoder, and so every latent a diffusion model
+    learnt from that checkpoint, stays (``skellab train autoencoder --finetune CKPT``).
     """
 
     name = "autoencoder"
 
     def __init__(self, root: str | os.PathLike, model_config: AutoencoderConfig, sampling: Any, *, seed: int = 0,
-                 val_batch_size: int = 4) -> None:
+                 val_batch_size: int = 4, finetune: str | os.PathLike | None = None) -> None:
         self.checkpoint_format = AUTOENCODER_FORMAT
         self.root, self.seed, self.sampling = Path(root), int(seed), sampling
+        # fine-tuning: start from these weights and train the decoder only (the encoder, so every latent, stays)
+        self.finetune = None if finetune is None else Path(finetune)
+        self._finetune_sha = None if self.finetune is None else file_sha256(self.finetune)[:16]
+        self._encoder_of: str | None = None  # the file whose encoder this is (set by build_model when fine-tuning)
         self.val_batch_size = max(1, int(val_batch_size))
         self.store = MedSDF.open(root)
         self.classes = self.store.classes
@@ -229,10 +241,14 @@ class AutoencoderTask(TrainingTask):
         except SkellabError:
             self.val = None
         self.skel: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self.sphere_spread: torch.Tensor | None = None  # (4,) std of x, y, z, r over the training skeletons
 
     def config_dict(self) -> dict[str, Any]:
         model = {k: v for k, v in self.model_config.to_dict().items() if k != "skeleton_checkpoint"}  # path-free
-        return {"model": model, "data": asdict(self.sampling), "skeleton_checkpoint_sha256": self._skeleton_sha}
+        out = {"model": model, "data": asdict(self.sampling), "skeleton_checkpoint_sha256": self._skeleton_sha}
+        if self.finetune is not None:
+            out["finetune_sha256"] = self._finetune_sha
+        return out
 
     def data_fingerprint(self) -> str:
         return dataset_fingerprint(self.root)
@@ -249,9 +265,21 @@ class AutoencoderTask(TrainingTask):
                                   method=self.model_config.skeleton_method,
                                   cache=None if out is None else out / "skeletons.npz", progress=progress,
                                   skeleton_config=None if self.skeleton_checkpoint is None else str(self.skeleton_checkpoint))
+        spheres = np.concatenate([np.concatenate([self.skel[i][0], self.skel[i][1][:, None]], axis=1) for i in self.ds.ids])
+        self.sphere_spread = torch.from_numpy(spheres.std(axis=0)).float()
 
     def build_model(self) -> nn.Module:
-        return SkeletalAutoencoder(config=self.model_config, classes=self.classes)
+        model = SkeletalAutoencoder(config=self.model_config, classes=self.classes)
+        if self.finetune is not None:
+            ckpt = read_checkpoint(self.finetune, format=AUTOENCODER_FORMAT, kind="autoencoder")
+            try:
+                model.load_state_dict(ckpt["state_dict"])
+            except (KeyError, RuntimeError) as exc:
+                raise SkellabError(f"{self.finetune}: its weights do not fit the fine-tuning config") from exc
+            model.encoder.requires_grad_(False)
+            src = ckpt.get("train") if isinstance(ckpt.get("train"), dict) else {}
+            self._encoder_of = src.get("encoder_of_sha256") or file_sha256(self.finetune)  # a fine-tune's source's
+        return model
 
     def _batch(self, ds, items: Sequence[tuple[int, int]], device) -> dict[str, Any]:
         rows = []
@@ -265,10 +293,20 @@ class AutoencoderTask(TrainingTask):
         return b
 
     def make_batch(self, items, positions, step, device):
-        return self._batch(self.ds, items, device)
+        b = self._batch(self.ds, items, device)
+        if self.model_config.sphere_noise > 0:  # per sample: the spheres' noise and its scale u ~ U(0, 1)
+            gens = [_gen(self.seed, "sphere-noise", step, p) for p in positions]
+            K = self.model_config.num_tokens
+            b["sphere_noise"] = torch.stack([torch.randn(K, 4, generator=g) for g in gens]).to(device)
+            b["sphere_scale"] = torch.cat([torch.rand(1, generator=g) for g in gens]).to(device)
+        return b
 
     def compute_loss(self, model, batch):
-        lat = model.encode(batch["surface"], batch["normals"], batch["centers"], batch["radii"], batch["class_index"])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune is None):  # a frozen encoder: no graph
+            lat = model.encode(batch["surface"], batch["normals"], batch["centers"], batch["radii"], batch["class_index"])
+        if "sphere_noise" in batch:  # validation batches come without: the clean reconstruction
+            lat = perturb_spheres(lat, batch["sphere_noise"], batch["sphere_scale"] * self.model_config.sphere_noise,
+                                  self.sphere_spread)
         return model.loss(lat, batch["queries"], batch["sdf"])
 
     @torch.no_grad()
@@ -285,7 +323,13 @@ class AutoencoderTask(TrainingTask):
         return {"sdf": float(np.average(losses, weights=weights))}
 
     def payload(self, model, *, step, metrics):
-        return autoencoder_payload(model, train_config={"sampling": asdict(self.sampling)}, step=step, metrics=metrics)
+        train: dict[str, Any] = {"sampling": asdict(self.sampling)}
+        if self.model_config.sphere_noise > 0 and self.sphere_spread is not None:
+            train["sphere_spread"] = [float(v) for v in self.sphere_spread]
+        if self.finetune is not None:  # the encoder is the source's, and so is every latent: a diffusion model of it pairs
+            train["finetuned_from_sha256"] = file_sha256(self.finetune)
+            train["encoder_of_sha256"] = self._encoder_of
+        return autoencoder_payload(model, train_config=train, step=step, metrics=metrics)
 
 
 # ---------------------------------------------------------------------- denoising
