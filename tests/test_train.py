@@ -486,6 +486,8 @@ def test_finetuning_trains_the_decoder_on_noisy_spheres_and_keeps_every_latent(t
     code, _, err = run_cli("train", "diffusion", "--data", tiny_dataset, "--out", tmp_path / "r3", "--quiet",
                            "--autoencoder", src, "--finetune", src)
     assert code == 2 and "autoencoder stage only" in err
+    code, _, err = run_cli("train", "all", "--data", tiny_dataset, "--out", tmp_path / "r5", "--quiet", "--finetune", src)
+    assert code == 2 and "autoencoder stage only" in err and not (tmp_path / "r5").exists()
     code, _, err = run_cli(*base, "--out", tmp_path / "r4", "--set", "sphere_noise=2")
     assert code == 2 and "sphere_noise must be in [0, 1]" in err
     assert not (tmp_path / "r1").exists() or not any((tmp_path / "r1").rglob("*.pt"))

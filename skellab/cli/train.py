@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import SkellabError
 from ..train.stages import train_stage
 from .common import Parser, add_debug_flag, positive_int, run_command, seed_arg
 
@@ -46,6 +47,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     overrides = dict(args.overrides)
+    if args.finetune is not None and args.stage != "autoencoder":  # before any work, `all` included
+        raise SkellabError("--finetune applies to the autoencoder stage only (skellab train autoencoder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = [args.stage] if args.stage != "all" else (
@@ -56,8 +59,6 @@ def run_train(args: argparse.Namespace) -> int:
         if stage == "autoencoder":
             kw.update(skeleton_method=args.skeleton_method, skeleton_checkpoint=args.skeleton_checkpoint,
                       finetune=args.finetune)
-        elif args.finetune is not None:
-            kw["finetune"] = args.finetune  # refused with a one-line error by train_stage
         if stage == "diffusion":
             kw["autoencoder"] = args.autoencoder
         res = train_stage(stage, args.data, args.out, preset=args.preset, device=args.device, max_steps=args.max_steps,
