@@ -71,7 +71,7 @@ from .skeleton.graph import skeleton_edges
 from .skeleton.types import Skeleton
 from .weights import weights_path
 
-__all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models", "organ_genus",
+__all__ = ["SAMPLERS", "GENERATION_BATCH", "CONNECT_OVERLAP", "connect_latents", "load_keep", "GeneratedOrgan", "generate_organs", "generate_from_models", "organ_genus", "check_max_genus",
            "iter_generated",
            "decode_organ", "load_generation_models", "check_autoencoder_pair", "GENERATED_NAME", "sampling_scheduler", "list_organs", "write_generated"]
 
@@ -152,16 +152,15 @@ def check_autoencoder_pair(diffusion: LatentDiffusion, autoencoder_path: str | o
         warnings.warn(f"the diffusion checkpoint does not record the autoencoder it was trained with; "
                       f"cannot check that {p.name} is that one", stacklevel=3)
         return
+    ae_train = (getattr(autoencoder, "info", None) or {}).get("train")
+    encoder_of = ae_train.get("encoder_of_sha256") if isinstance(ae_train, dict) else None
+    if isinstance(encoder_of, str) and encoder_of.startswith(recorded.lower()):
+        return  # the same encoder, so the same latents: a decoder fine-tuned from the recorded file
     digest = hashlib.sha256()
     with open(p, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     actual = digest.hexdigest()
-    info = getattr(autoencoder, "info", None) or {}
-    train_of = info.get("train") if isinstance(info.get("train"), dict) else {}
-    encoder_of = train_of.get("encoder_of_sha256") or train_of.get("finetuned_from_sha256")
-    if isinstance(encoder_of, str) and encoder_of.startswith(recorded.lower()):
-        return  # the same encoder: a decoder fine-tuned from the recorded file
     if not actual.startswith(recorded.lower()):
         raise SkellabError(f"{p}: not the autoencoder this diffusion model was trained with (sha256 {actual[:12]}…, "
                            f"the model records {recorded[:12]}…): pass that one as --autoencoder")
@@ -249,8 +248,14 @@ def decode_organ(autoencoder: SkeletalAutoencoder, latent: Latent, *, organ: str
 def organ_genus(organ: GeneratedOrgan) -> int:
     """Genus of a generated organ's mesh: its number of handles (loops), summed over its closed pieces
     (:func:`skellab.metrics.generation.betti_numbers`: b1 = 2·genus for a closed surface)."""
-    b0, b1, b2 = betti_numbers((organ.vertices, organ.faces))
-    return int(b1) // 2
+    return int(betti_numbers((organ.vertices, organ.faces))[1]) // 2
+
+
+def check_max_genus(max_genus: Any) -> None:
+    """``max_genus`` of the generators: None or an integer >= 0, else a one-line :class:`SkellabError`."""
+    if max_genus is not None and (isinstance(max_genus, bool) or not isinstance(max_genus, (int, np.integer))
+                                  or max_genus < 0):
+        raise SkellabError(f"max_genus must be an integer >= 0 or None, got {max_genus!r}")
 
 
 def generate_from_models(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder, organ: str, n: int, *,
@@ -325,9 +330,7 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
     for name, value in (("batch_size", batch_size), ("max_attempts", max_attempts)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SkellabError(f"{name} must be an integer >= 1, got {value!r}")
-    if max_genus is not None and (isinstance(max_genus, bool) or not isinstance(max_genus, (int, np.integer))
-                                  or max_genus < 0):
-        raise SkellabError(f"max_genus must be an integer >= 0 or None, got {max_genus!r}")
+    check_max_genus(max_genus)
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
                       resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance,
                       precision=precision)

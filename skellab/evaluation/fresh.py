@@ -111,7 +111,7 @@ from ..data.sampling import sample_surface
 from ..data.shape import Normalization, Shape
 from ..diffusion import DEFAULT_GUIDANCE
 from ..errors import SkellabError
-from ..generation import CONNECT_OVERLAP, decode_organ, generate_from_models, load_generation_models
+from ..generation import CONNECT_OVERLAP, check_max_genus, decode_organ, generate_from_models, load_generation_models
 from ..meshing import count_components
 from ..metrics import (
     betti_numbers,
@@ -731,8 +731,8 @@ def evaluate_fresh(
 
     diff, ae = load_generation_models(diffusion_checkpoint, autoencoder_checkpoint)
     diff.guiding(autoguidance)  # a bad weight fails here, before any work
+    check_max_genus(max_genus)  # and so do the rejection settings
     if max_genus is not None:
-        _check_count(max_genus + 1, "max_genus + 1")  # an integer >= 0
         _check_count(max_attempts, "max_attempts")
     resolve_precision("cpu", precision)  # and so does an unknown precision
     known = diff.organs

@@ -219,7 +219,7 @@ class AutoencoderTask(TrainingTask):
         self.root, self.seed, self.sampling = Path(root), int(seed), sampling
         # fine-tuning: start from these weights and train the decoder only (the encoder, so every latent, stays)
         self.finetune = None if finetune is None else Path(finetune)
-        self._finetune_sha = None if self.finetune is None else file_sha256(self.finetune)[:16]
+        self._finetune_sha = None if self.finetune is None else file_sha256(self.finetune)  # read once
         self._encoder_of: str | None = None  # the file whose encoder this is (set by build_model when fine-tuning)
         self.val_batch_size = max(1, int(val_batch_size))
         self.store = MedSDF.open(root)
@@ -247,7 +247,7 @@ class AutoencoderTask(TrainingTask):
         model = {k: v for k, v in self.model_config.to_dict().items() if k != "skeleton_checkpoint"}  # path-free
         out = {"model": model, "data": asdict(self.sampling), "skeleton_checkpoint_sha256": self._skeleton_sha}
         if self.finetune is not None:
-            out["finetune_sha256"] = self._finetune_sha
+            out["finetune_sha256"] = self._finetune_sha[:16]
         return out
 
     def data_fingerprint(self) -> str:
@@ -278,7 +278,7 @@ class AutoencoderTask(TrainingTask):
                 raise SkellabError(f"{self.finetune}: its weights do not fit the fine-tuning config") from exc
             model.encoder.requires_grad_(False)
             src = ckpt.get("train") if isinstance(ckpt.get("train"), dict) else {}
-            self._encoder_of = src.get("encoder_of_sha256") or file_sha256(self.finetune)  # a fine-tune's source's
+            self._encoder_of = src.get("encoder_of_sha256") or self._finetune_sha  # a fine-tune's source's
         return model
 
     def _batch(self, ds, items: Sequence[tuple[int, int]], device) -> dict[str, Any]:
@@ -327,7 +327,7 @@ class AutoencoderTask(TrainingTask):
         if self.model_config.sphere_noise > 0 and self.sphere_spread is not None:
             train["sphere_spread"] = [float(v) for v in self.sphere_spread]
         if self.finetune is not None:  # the encoder is the source's, and so is every latent: a diffusion model of it pairs
-            train["finetuned_from_sha256"] = file_sha256(self.finetune)
+            train["finetuned_from_sha256"] = self._finetune_sha
             train["encoder_of_sha256"] = self._encoder_of
         return autoencoder_payload(model, train_config=train, step=step, metrics=metrics)
 
