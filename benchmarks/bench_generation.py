@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     generate_from_models(diff, ae, args.organ, 1, steps=2, resolution=24, seed=args.seed,
                          precision=args.precision)  # warm-up
     result: dict = {"organ": args.organ, "steps": args.steps, "network_calls": 2 * args.steps - 1,
-                    "guidance": guidance, "autoguidance": diff.guiding(args.autoguidance)[1],
+                    "guidance": guidance, "autoguidance": diff.guiding(args.autoguidance, args.organ)[1],
                     "guide_parameters": (diff.guide_info or {}).get("parameters"),
                     **({"feature_steps": diff.feature_steps or args.steps,
                         "feature_network_calls": 2 * (diff.feature_steps or args.steps) - 1} if diff.two_stage else {}),

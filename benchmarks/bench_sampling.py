@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         best = {num: min(v) for num, v in times[path, prec].items()}
         name = path if len(args.precision) == 1 else f"{path} [{prec}]"
         rows[name] = {"precision": resolve_precision("cpu", prec), "parameters": _parameters(model),
-                      "autoguidance": model.guiding(args.autoguidance)[1],
+                      "autoguidance": model.guiding(args.autoguidance, args.organ)[1],
                       "guide_parameters": (model.guide_info or {}).get("parameters"),
                       "config": model.denoiser.config.to_dict(),
                       **({"feature_stage_config": model.features.config.to_dict(),

@@ -334,7 +334,7 @@ def iter_generated(diffusion: LatentDiffusion, autoencoder: SkeletalAutoencoder,
     sample = _sampler(diffusion, organ, steps=steps, guidance=guidance, scheduler=scheduler, keep=keep,
                       resample=resample, generator=make_generator(seed), connect=connect, autoguidance=autoguidance,
                       precision=precision)
-    used_autoguidance = diffusion.guiding(autoguidance)[1]
+    used_autoguidance = diffusion.guiding(autoguidance, organ)[1]
     used_precision = resolve_precision(next(diffusion.denoiser.parameters()).device, precision)
     for start in range(0, n, int(batch_size)):
         todo = list(range(start, min(n, start + int(batch_size))))
@@ -411,7 +411,7 @@ def _sampler(diffusion: LatentDiffusion, organ: str, *, steps: int, guidance: fl
         raise SkellabError(f"unknown organ {organ!r}; known: {', '.join(diffusion.organs)}")
     ci = diffusion.class_id(organ)
     sampler = sampling_scheduler(diffusion, scheduler)
-    a = diffusion.guiding(autoguidance)[1]  # checked before any work
+    a = diffusion.guiding(autoguidance, organ)[1]  # checked before any work (None: the organ's own weight)
     if keep is not None and scheduler != "edm":
         raise SkellabError("completing kept tokens (keep=) needs the edm scheduler")
 

@@ -404,6 +404,79 @@ def test_a_guide_network_travels_in_the_checkpoint(trained, tmp_path):
         load_diffusion(tmp_path / "bad2.pt")
 
 
+def test_classes_can_carry_their_own_autoguidance_weight(trained, tmp_path):
+    """with_class_autoguidance: a named class samples with its own guide weight by default (exactly as with that
+    weight passed), the others with the model's; an explicit weight wins; the weights travel in the checkpoint and
+    through release_class_autoguidance; a batch mixing classes of different weights, unknown classes, bad weights,
+    weights without a guide and a corrupt stored entry are one-line errors."""
+    from skellab.diffusion import attach_guide, with_class_autoguidance
+    from skellab.train.release import release_class_autoguidance
+
+    diffusion, _, _ = trained
+    torch.manual_seed(4)
+    small = TokenDenoiser(config=dataclasses.replace(diffusion.denoiser.config, width=16, depth=1)).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    weak = LatentDiffusion(small, diffusion.scheduler, diffusion.normalizer, list(diffusion.classes),
+                           diffusion.num_tokens)
+    guided = attach_guide(diffusion, weak, 1.5)
+    per_class = with_class_autoguidance(guided, {"liver": 3.0})
+    assert per_class.class_autoguidance == {"liver": 3.0} and guided.class_autoguidance == {}
+    assert per_class.guide is guided.guide  # shared, not copied
+    assert per_class.guiding(None, "liver")[1] == 3.0 and per_class.guiding(None, "spleen")[1] == 1.5
+    assert per_class.guiding(2.0, "liver")[1] == 2.0 and per_class.guiding()[1] == 1.5
+
+    def draw(model, organ, **kw):
+        return model.sample(2, class_index=organ, steps=3, generator=make_generator(0), **kw)
+
+    assert torch.equal(draw(per_class, "liver"), draw(guided, "liver", autoguidance=3.0))
+    assert not torch.allclose(draw(per_class, "liver"), draw(guided, "liver"))
+    assert torch.equal(draw(per_class, "spleen"), draw(guided, "spleen"))
+    assert torch.equal(draw(per_class, "liver", autoguidance=1.5), draw(guided, "liver"))
+    known = draw(per_class, "liver")[0]
+    keep = torch.arange(diffusion.num_tokens) < 4
+    done = per_class.complete(known, keep, 2, class_index="liver", steps=3, resample=1, generator=make_generator(1))
+    assert torch.equal(done, guided.complete(known, keep, 2, class_index="liver", steps=3, resample=1,
+                                             generator=make_generator(1), autoguidance=3.0))
+    with pytest.raises(SkellabError, match="different autoguidance weights"):
+        per_class.sample(2, class_index=torch.tensor([0, 1]), steps=2)
+    # a batch of one class, or an explicit weight, is fine
+    per_class.sample(2, class_index=torch.tensor([1, 1]), steps=2)
+    per_class.sample(2, class_index=torch.tensor([0, 1]), steps=2, autoguidance=2.0)
+
+    back = load_diffusion(save_diffusion(tmp_path / "cw.pt", per_class))
+    assert back.class_autoguidance == {"liver": 3.0} and back.autoguidance == 1.5
+    assert torch.equal(draw(back, "liver"), draw(per_class, "liver"))
+    assert "class_weights" not in torch.load(save_diffusion(tmp_path / "plain.pt", guided),
+                                             weights_only=True)["guide"]
+    assert attach_guide(per_class, weak, 2.0).class_autoguidance == {}  # a new guide: its weights are measured anew
+
+    for bad, match in (({"kidney": 2.0}, "unknown class 'kidney'"), ({"liver": -1.0}, "liver.*autoguidance"),
+                       ({"liver": float("nan")}, "autoguidance"), (["liver"], "map class names")):
+        with pytest.raises(SkellabError, match=match):
+            with_class_autoguidance(guided, bad)
+    with pytest.raises(SkellabError, match="need a guide"):
+        with_class_autoguidance(diffusion, {"liver": 2.0})
+    assert with_class_autoguidance(diffusion, {"liver": 1.0}).guiding(None, "liver") == (None, 1.0)
+    ckpt = torch.load(tmp_path / "cw.pt", weights_only=True)
+    ckpt["guide"]["class_weights"] = {"liver": "strong"}
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(SkellabError, match="bad.pt.*autoguidance"):
+        load_diffusion(tmp_path / "bad.pt")
+
+    # the release helper rewrites a shipped file in place and records the weights in its index
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    save_diffusion(wdir / "diffusion.pt", guided)
+    (wdir / "diffusion.json").write_text('{"name": "diffusion", "storage": "fp32", "guide": {"autoguidance": 1.5}}')
+    index = release_class_autoguidance("diffusion", {"liver": 3.0}, weights_dir=wdir, info={"chosen_by": "test"})
+    assert index["guide"] == {"autoguidance": 1.5, "class_weights": {"liver": 3.0},
+                              "class_weights_info": {"chosen_by": "test"}}
+    assert index["bytes"] == (wdir / "diffusion.pt").stat().st_size
+    assert torch.equal(draw(load_diffusion(wdir / "diffusion.pt"), "liver"), draw(per_class, "liver"))
+
+
 def test_ddpm_training_and_ddim_sampling_run():
     lat, cls, _ = make_synthetic_latents(4, num_classes=2, num_tokens=8, generator=make_generator(0))
     diffusion, history = train_diffusion(lat, cls, scheduler="ddpm", steps=5, batch_size=4, progress=False,

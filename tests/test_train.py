@@ -401,6 +401,18 @@ def test_two_stage_diffusion_trains_stage_by_stage_and_joins_on_the_cli(tiny_dat
     assert code == 2 and "--overwrite" in err
     code, _, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "y.pt", "--guide", sph)
     assert code == 2 and "--autoguidance" in err
+    organ0 = whole.organs[0]  # a class of its own guide weight (--class-autoguidance)
+    code, text, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "cw.pt", "--guide",
+                              tmp_path / "spheres" / "diffusion" / "model_step6.pt", "--autoguidance", "1.5",
+                              "--class-autoguidance", f"{organ0}=2.5")
+    assert code == 0 and f"{organ0} at 2.5" in text, err
+    assert load_diffusion(tmp_path / "cw.pt").class_autoguidance == {organ0: 2.5}
+    for bad, msg in ((["--guide", sph, "--autoguidance", "2", "--class-autoguidance", "nonsense=2"], "unknown class"),
+                     (["--guide", sph, "--autoguidance", "2", "--class-autoguidance", f"{organ0}=-1"], "autoguidance"),
+                     (["--class-autoguidance", f"{organ0}2"], "CLASS=WEIGHT"),
+                     (["--class-autoguidance", f"{organ0}=2"], "needs --guide")):
+        code, _, err = run_cli("join-stages", sph, feat, "--out", tmp_path / "v.pt", *bad)
+        assert code == 2 and msg in err and "Traceback" not in err and not (tmp_path / "v.pt").exists(), err
     diff, ae_model = load_generation_models(out, ae)
     assert diff.two_stage and diff.autoguidance == 1.5 and diff.feature_steps == 3 and diff.guide_interval == (0.3, 3.0)
     organ = diff.organs[0]

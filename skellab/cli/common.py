@@ -37,6 +37,17 @@ def _int_at_least(text: str, low: int, rule: str) -> int:
     return value
 
 
+def class_weight(text: str) -> tuple[str, float]:
+    """argparse type: ``NAME=A`` (a class name and a number) → (NAME, A)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CLASS=WEIGHT, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
     return _int_at_least(text, 1, "positive")

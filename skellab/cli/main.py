@@ -63,7 +63,8 @@ from ..runtime import (
 from ..skeleton.io import skeletonize_file
 from ..skeleton.types import check_skeleton_path
 from ..views.training import figure_png, nearest_reference_gallery
-from .common import Parser, add_debug_flag, connect_arg, nonnegative_int, positive_int, run_command, seed_arg
+from .common import (Parser, add_debug_flag, class_weight, connect_arg, nonnegative_int, positive_int, run_command,
+                     seed_arg)
 from .train import add_train_arguments, run_train
 
 __all__ = ["build_parser", "main"]
@@ -227,7 +228,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"{out / f'organ_{g.index:02d}.ply'}  {len(g.vertices)} vertices, {len(g.faces)} faces, {flags}, "
                   f"{g.skeleton.num_spheres} spheres / {len(g.skeleton.edges)} edges", flush=True)
             count += 1
-    auto = diffusion.guiding(args.autoguidance)[1]
+    auto = diffusion.guiding(args.autoguidance, args.organ)[1]
     print(f"generated {count} {args.organ} in {time.perf_counter() - t0:.1f} s "
           f"({args.scheduler}, {args.steps} steps, guidance {args.guidance:g}, autoguidance {auto:g}, seed {args.seed}; "
           "normalised frame)")
@@ -243,15 +244,20 @@ def _cmd_join_stages(args: argparse.Namespace) -> int:
         raise SkellabError("--guide and --autoguidance go together")
     if args.guide_interval is not None and args.guide is None:
         raise SkellabError("--guide-interval needs --guide")
+    if args.class_autoguidance and args.guide is None:
+        raise SkellabError("--class-autoguidance needs --guide")
+    class_weights = dict(args.class_autoguidance or [])
     diffusion = join_stages(load_diffusion(args.spheres), load_diffusion(args.features),
                             feature_steps=args.feature_steps)
     if args.guide is not None:
         diffusion = attach_guide(diffusion, load_diffusion(args.guide), args.autoguidance,
-                                 {"source": Path(args.guide).name}, interval=args.guide_interval)
+                                 {"source": Path(args.guide).name}, interval=args.guide_interval,
+                                 class_weights=class_weights)
     save_diffusion(out, diffusion, storage=args.storage)  # atomic: a temporary file, then a rename
     print(f"{out}: two-stage diffusion model (spheres {args.spheres}, features {args.features}"
           + (f", autoguidance {args.autoguidance:g} with {args.guide}" if args.guide else "")
           + (" at noise levels {:g} < σ ≤ {:g}".format(*args.guide_interval) if args.guide_interval else "")
+          + "".join(f", {name} at {a:g}" for name, a in class_weights.items())
           + (f", features in {args.feature_steps} steps" if args.feature_steps else "") + ")")
     return 0
 
@@ -534,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--autoguidance", type=float, default=None, help="the guide's weight a (with --guide)")
     js.add_argument("--guide-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="apply the guide only at noise levels LO < σ ≤ HI (default: every step)")
+    js.add_argument("--class-autoguidance", type=class_weight, nargs="+", default=None, metavar="CLASS=A",
+                    help="these classes sample with their own guide weight (e.g. vessel_tree=2; with --guide)")
     js.add_argument("--storage", choices=["fp32", "bf16"], default="fp32", help="weight storage (bf16: half the bytes)")
     js.add_argument("--feature-steps", type=positive_int, default=None, metavar="N",
                     help="sampler steps of the feature stage, whatever the sphere stage's (default: as many)")

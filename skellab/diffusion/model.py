@@ -6,11 +6,12 @@ A plain dict, ``torch.load(weights_only=True)``-safe::
      "normalizer": {"mean": (D,), "std": (D,)}, "scheduler": scheduler.config,
      "classes": [...] | None, "num_tokens": K, "step": int, "metrics": {...}, "train": {...},
      "guide": {"config": ..., "state_dict": ..., "autoguidance": a, "info": {...},
-               "interval": [lo, hi]}}   # optional; interval optional
+               "interval": [lo, hi], "class_weights": {name: a}}}   # optional; interval, class_weights optional
 
 ``guide`` is a weaker denoiser of the same latents shipped with the model for autoguidance (Karras et al.
 2024; :func:`~.sampling.guided_output`), with the weight ``a`` it was measured best at and, optionally, the noise
-levels ``lo < σ ≤ hi`` it is applied at (Kynkäänniemi et al. 2024; elsewhere the plain model runs alone).
+levels ``lo < σ ≤ hi`` it is applied at (Kynkäänniemi et al. 2024; elsewhere the plain model runs alone), and,
+optionally, per-class weights that replace ``a`` for those classes (:attr:`LatentDiffusion.class_autoguidance`).
 
 A **two-stage** model (GEM3D's order: the skeleton first, then what the surface around it looks like) stores its
 sphere stage (``config.channels == "spheres"``, 4 channels) as the main network, and its feature stage
@@ -51,7 +52,8 @@ from .inpainting import check_known, inpaint_latents
 from .sampling import DEFAULT_GUIDANCE, LatentNormalizer, check_guide, check_guide_interval, sample_latents
 from .schedulers import make_scheduler
 
-__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "diffusion_payload",
+__all__ = ["CHECKPOINT_FORMAT", "CONFIG_RANGES", "LatentDiffusion", "attach_guide", "with_class_autoguidance",
+           "diffusion_payload",
            "save_diffusion", "load_diffusion", "classes_present", "join_stages"]
 
 CHECKPOINT_FORMAT = "skellab.diffusion/1"
@@ -83,6 +85,26 @@ def _check_autoguidance(a: Any, maximum: float = math.inf) -> float:
         bound = "" if maximum == math.inf else f" and <= {maximum:g}"
         raise SkellabError(f"autoguidance must be a number >= 0{bound}, got {a!r}")
     return float(a)
+
+
+def _check_class_autoguidance(weights: Any, classes: list[str] | None) -> dict[str, float]:
+    """Per-class autoguidance weights: a dict of known class names → weights in [0, MAX_AUTOGUIDANCE]; else
+    :class:`SkellabError` naming the problem. None → {}."""
+    if weights is None:
+        return {}
+    if not isinstance(weights, dict):
+        raise SkellabError(f"class autoguidance must map class names to weights, got {type(weights).__name__}")
+    out = {}
+    for name, a in weights.items():
+        if not isinstance(name, str) or name not in (classes or []):
+            raise SkellabError(f"class autoguidance names an unknown class {name!r}; known: {', '.join(classes or [])}")
+        try:
+            out[name] = _check_autoguidance(a, MAX_AUTOGUIDANCE)
+        except SkellabError as exc:
+            raise SkellabError(f"class autoguidance of {name!r}: {exc}") from exc
+    return out
+
+
 MAX_TOKENS = 4096  # K sampled per organ: attention is O(K²), K = 4096 is already 16× the paper's 256
 
 
@@ -141,6 +163,8 @@ class LatentDiffusion:
     guide_info : what the guide is (its step, parameters, source)
     guide_interval : (lo, hi): the guide applies only where lo < σ ≤ hi (:func:`~.sampling.sample_latents`); None:
                  at every step
+    class_autoguidance : {class name: weight}: the autoguidance weight of those classes when a sampler is not given
+                 one (the others use ``autoguidance``); :func:`with_class_autoguidance`
     trained_classes : the classes that had training latents (None: all of ``classes``). A class the
                  autoencoder knows but the denoiser never saw has an untrained embedding: it is refused.
     features   : a two-stage model's feature stage (``denoiser`` is then its sphere stage); None: a joint model
@@ -164,11 +188,15 @@ class LatentDiffusion:
     features_info: dict[str, Any] = field(default_factory=dict)
     feature_steps: int | None = None
     guide_interval: tuple[float, float] | None = None
+    class_autoguidance: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.feature_steps is not None:
             self.feature_steps = _check_steps(self.feature_steps, "feature_steps")
         self.guide_interval = check_guide_interval(self.guide_interval)
+        self.class_autoguidance = _check_class_autoguidance(self.class_autoguidance, self.classes)
+        if self.guide is None and any(a != 1 for a in self.class_autoguidance.values()):
+            raise SkellabError("class autoguidance weights other than 1 need a guide network")
 
     def _interval(self, guide_interval: Any) -> tuple[float, float] | None:
         """The guidance interval of one call: its own (``"model"``: this model's :attr:`guide_interval`)."""
@@ -214,10 +242,30 @@ class LatentDiffusion:
         """The class names this model can generate: those it had training latents of."""
         return list(self.trained_classes if self.trained_classes is not None else (self.classes or []))
 
-    def guiding(self, autoguidance: float | None = None) -> tuple[TokenDenoiser | None, float]:
-        """(guide network, autoguidance weight) for a sampler: ``autoguidance`` None → this model's own weight;
-        (None, 1.0) when the model has no guide or the weight is 1. A weight without a guide → SkellabError."""
-        a = _check_autoguidance(self.autoguidance if autoguidance is None else autoguidance)
+    def default_autoguidance(self, class_index: int | str | torch.Tensor | None = None) -> float:
+        """The autoguidance weight a sampler of ``class_index`` uses when it is not given one: the class's own
+        (:attr:`class_autoguidance`), else :attr:`autoguidance`. A batch of several classes whose weights differ →
+        :class:`SkellabError` (sample them one class at a time, or pass a weight)."""
+        if not self.class_autoguidance or class_index is None:
+            return self.autoguidance
+        if isinstance(class_index, torch.Tensor):
+            ids = sorted({int(i) for i in class_index.reshape(-1).tolist()})
+        else:
+            ids = [self.class_id(class_index)]
+        names = [self.classes[i] if self.classes and 0 <= i < len(self.classes) else None for i in ids]
+        weights = {self.class_autoguidance.get(n, self.autoguidance) if n is not None else self.autoguidance
+                   for n in names}
+        if len(weights) > 1:
+            raise SkellabError(f"classes {', '.join(str(n) for n in names)} have different autoguidance weights "
+                               "(class_autoguidance): sample one class at a time or pass autoguidance=")
+        return weights.pop()
+
+    def guiding(self, autoguidance: float | None = None,
+                class_index: int | str | torch.Tensor | None = None) -> tuple[TokenDenoiser | None, float]:
+        """(guide network, autoguidance weight) for a sampler: ``autoguidance`` None → the weight of
+        ``class_index`` (:meth:`default_autoguidance`: its own, else this model's); (None, 1.0) when the model has no
+        guide or the weight is 1. A weight without a guide → SkellabError."""
+        a = _check_autoguidance(self.default_autoguidance(class_index) if autoguidance is None else autoguidance)
         if a == 1:
             return None, 1.0
         if self.guide is None:
@@ -258,7 +306,7 @@ class LatentDiffusion:
         shows the sphere stage's frames, then the feature stage's."""
         self._whole()
         class_index = self._class_arg(class_index)
-        guide, a = self.guiding(autoguidance)
+        guide, a = self.guiding(autoguidance, class_index)
         interval = self._interval(guide_interval)
         sched = scheduler if scheduler is not None else self.scheduler
         kw = dict(num=num, num_tokens=num_tokens or self.num_tokens, class_index=class_index, guidance=guidance,
@@ -298,7 +346,7 @@ class LatentDiffusion:
         if tokens.ndim != 3:
             raise SkellabError(f"tokens must be (num, K, D) token sets, got shape {tuple(tokens.shape)}")
         self._whole()
-        guide, a = self.guiding(autoguidance)
+        guide, a = self.guiding(autoguidance, class_index)
         interval = self._interval(guide_interval)
         kw = dict(num=tokens.shape[0], num_tokens=tokens.shape[1], class_index=class_index, guidance=guidance,
                   steps=steps, generator=generator, precision=precision, start_sigma=start_sigma)
@@ -324,7 +372,7 @@ class LatentDiffusion:
         with nothing kept is sampled plainly."""
         self._whole()
         class_index = self._class_arg(class_index)
-        guide, a = self.guiding(autoguidance)
+        guide, a = self.guiding(autoguidance, class_index)
         sched = scheduler if scheduler is not None else self.scheduler
         kw = dict(num=num, class_index=class_index, guidance=guidance, steps=steps, generator=generator,
                   precision=precision, guide_interval=self._interval(guide_interval))
@@ -396,7 +444,9 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
                       "state_dict": stored_weights(diffusion.guide.state_dict(), storage),
                       "autoguidance": float(diffusion.autoguidance), "info": dict(diffusion.guide_info),
                       **({"interval": [float(v) for v in diffusion.guide_interval]}
-                         if diffusion.guide_interval is not None else {})}}
+                         if diffusion.guide_interval is not None else {}),
+                      **({"class_weights": dict(diffusion.class_autoguidance)}
+                         if diffusion.class_autoguidance else {})}}
            if diffusion.guide is not None else {}),
         **({"features": {"config": diffusion.features.config.to_dict(),
                          "state_dict": stored_weights(diffusion.features.state_dict(), storage),
@@ -408,8 +458,11 @@ def diffusion_payload(diffusion: LatentDiffusion, *, step: int | None = None,
 
 def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidance: float,
                  info: dict[str, Any] | None = None, *,
-                 interval: tuple[float, float] | None = None) -> LatentDiffusion:
-    """``diffusion`` with ``guide``'s network as its autoguidance guide and ``autoguidance`` as its default weight.
+                 interval: tuple[float, float] | None = None,
+                 class_weights: dict[str, float] | None = None) -> LatentDiffusion:
+    """``diffusion`` with ``guide``'s network as its autoguidance guide and ``autoguidance`` as its default weight
+    (``class_weights``: {class: weight} for the classes that sample with another weight; weights measured with
+    a previous guide are dropped).
 
     The guide must be a denoiser of the same latents: same classes, token size and order, scheduler
     parameterisation and (to 1e-2 of a standard deviation) latent normalisation; else :class:`SkellabError`.
@@ -428,8 +481,17 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
     weight = _check_autoguidance(autoguidance, MAX_AUTOGUIDANCE)
     params = sum(p.numel() for p in guide.denoiser.parameters())
     return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight, guide_interval=interval,
+                   class_autoguidance=dict(class_weights) if isinstance(class_weights, dict) else class_weights,
                    guide_info={"step": guide.info.get("step"), "parameters": params,
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
+
+
+def with_class_autoguidance(diffusion: LatentDiffusion, weights: dict[str, float] | None) -> LatentDiffusion:
+    """``diffusion`` whose classes named in ``weights`` sample with their own autoguidance weight by default
+    (:attr:`LatentDiffusion.class_autoguidance`; the others keep :attr:`~LatentDiffusion.autoguidance`; None or {}:
+    none). The networks are shared, not copied. Unknown classes, bad weights, or weights without a guide →
+    :class:`SkellabError`."""
+    return replace(diffusion, class_autoguidance=dict(weights) if isinstance(weights, dict) else weights)
 
 
 def join_stages(spheres: LatentDiffusion, features: LatentDiffusion, *,
@@ -522,13 +584,14 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
     model = build_with_weights(lambda: TokenDenoiser(config=cfg), ckpt.get("state_dict"), path=p)
     info = {"step": entries.step, "metrics": entries.metrics, "train": entries.train}
     dev = resolve_device(device)
-    autoguidance, interval = 1.0, None
+    autoguidance, interval, class_weights = 1.0, None, {}
     guide, guide_info, g = _stored_network(ckpt, "guide", p)
     if guide is not None:
         try:
             autoguidance = _check_autoguidance(g.get("autoguidance"), MAX_AUTOGUIDANCE)
             check_guide(model, guide)
             interval = check_guide_interval(g.get("interval"))
+            class_weights = _check_class_autoguidance(g.get("class_weights"), classes)
         except SkellabError as exc:
             raise SkellabError(f"{p}: {exc}") from exc
         guide = guide.to(dev).eval()
@@ -546,4 +609,5 @@ def load_diffusion(path: str | os.PathLike | None = None, *, device: str | torch
             raise SkellabError(f"{p}: the feature stage does not fit the sphere stage and normalizer")
         features = features.to(dev).eval()
     return LatentDiffusion(model.to(dev).eval(), sched, normalizer, classes, int(entries.num_tokens), info,
-                           guide, autoguidance, guide_info, trained, features, features_info, feature_steps, interval)
+                           guide, autoguidance, guide_info, trained, features, features_info, feature_steps, interval,
+                           class_weights)

@@ -888,6 +888,7 @@ def evaluate_fresh(
                                   "seed" if set(methods_wanted) & set(REDRAW_METHODS) else None),
             "num_points": num_points, "emd_points": emd_points, "resolution": resolution, "steps": steps,
             "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
+            "class_autoguidance": dict(diff.class_autoguidance) if autoguidance is None else {},
             "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
             "precision": resolve_precision(next(diff.denoiser.parameters()).device, precision),
             "generation_seeds": class_seed, "point_sample_seeds": "seed + i for the i-th shape of a class",

@@ -285,6 +285,7 @@ def evaluate_generation(
         },
         "setup": {"n_per_class": n, "num_points": num_points, "emd_points": emd_points, "resolution": resolution,
                   "steps": steps, "guidance": guidance, "autoguidance": diff.guiding(autoguidance)[1],
+                  "class_autoguidance": dict(diff.class_autoguidance) if autoguidance is None else {},
                   "guide": diff.guide_info or None, "scheduler": "edm (Heun)", "seed": seed,
                   "precision": resolve_precision(next(diff.denoiser.parameters()).device, precision),
                   "diffusion_checkpoint": str(diffusion_checkpoint or weights_path("diffusion")),

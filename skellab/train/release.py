@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from ..checkpoint import stored_weights, write_checkpoint
-from ..diffusion import attach_guide, classes_present, join_stages, load_diffusion, save_diffusion
+from ..diffusion import (attach_guide, classes_present, join_stages, load_diffusion, save_diffusion,
+                         with_class_autoguidance)
 from ..errors import SkellabError
 from ..runtime import atomic_path
 from ..weights import WEIGHTS_DIR
 from .engine import read_log
 from .tasks import file_sha256
 
-__all__ = ["release_weights", "add_metrics", "release_guide", "release_feature_stage"]
+__all__ = ["release_weights", "add_metrics", "release_guide", "release_feature_stage", "release_class_autoguidance"]
 
 
 def release_weights(run: str | os.PathLike, stage: str, name: str, *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
@@ -162,5 +163,30 @@ def release_guide(name: str, guide_checkpoint: str | os.PathLike, autoguidance: 
                  guide={"autoguidance": guided.autoguidance, **guided.guide_info,
                         "interval": list(guided.guide_interval) if guided.guide_interval is not None else None})
     with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
+    return index
+
+
+def release_class_autoguidance(name: str, weights: dict[str, float], *, weights_dir: str | os.PathLike = WEIGHTS_DIR,
+                               info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Give classes of the shipped ``weights_dir/<name>.pt`` their own default autoguidance weight
+    (:func:`skellab.diffusion.with_class_autoguidance`; {} removes them). The networks are written back as they are
+    stored (bf16-rounded weights stay exactly those), atomically; ``<name>.json`` gets the new sha256 and size and
+    ``guide.class_weights`` (with ``info``, e.g. how the weights were chosen). Returns the index."""
+    dst = Path(weights_dir) / f"{name}.pt"
+    index_path = dst.with_suffix(".json")
+    index = json.loads(index_path.read_text())
+    storage = index.get("storage", "fp32")
+    model = with_class_autoguidance(load_diffusion(dst), weights)
+    save_diffusion(dst, model, storage=storage)
+    index.update(sha256=file_sha256(dst), bytes=dst.stat().st_size)
+    guide = dict(index.get("guide") or {})
+    guide["class_weights"] = dict(model.class_autoguidance)
+    if info:
+        guide["class_weights_info"] = dict(info)
+    else:
+        guide.pop("class_weights_info", None)
+    index["guide"] = guide
+    with atomic_path(index_path) as tmp:
         tmp.write_text(json.dumps(index, indent=1, default=str) + "\n")
     return index
