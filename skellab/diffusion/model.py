@@ -481,8 +481,7 @@ def attach_guide(diffusion: LatentDiffusion, guide: LatentDiffusion, autoguidanc
     weight = _check_autoguidance(autoguidance, MAX_AUTOGUIDANCE)
     params = sum(p.numel() for p in guide.denoiser.parameters())
     return replace(diffusion, guide=guide.denoiser.eval(), autoguidance=weight, guide_interval=interval,
-                   class_autoguidance=dict(class_weights) if isinstance(class_weights, dict) else class_weights,
-                   guide_info={"step": guide.info.get("step"), "parameters": params,
+                   class_autoguidance=class_weights, guide_info={"step": guide.info.get("step"), "parameters": params,
                                "config": guide.denoiser.config.to_dict(), **(info or {})})
 
 
@@ -491,7 +490,7 @@ def with_class_autoguidance(diffusion: LatentDiffusion, weights: dict[str, float
     (:attr:`LatentDiffusion.class_autoguidance`; the others keep :attr:`~LatentDiffusion.autoguidance`; None or {}:
     none). The networks are shared, not copied. Unknown classes, bad weights, or weights without a guide →
     :class:`SkellabError`."""
-    return replace(diffusion, class_autoguidance=dict(weights) if isinstance(weights, dict) else weights)
+    return replace(diffusion, class_autoguidance=weights)  # checked and copied by LatentDiffusion.__post_init__
 
 
 def join_stages(spheres: LatentDiffusion, features: LatentDiffusion, *,
